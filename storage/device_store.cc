@@ -1,0 +1,163 @@
+#include "storage/device_store.h"
+
+#include "absl/strings/str_cat.h"
+#include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
+#include "storage/rocks.h"
+#include "sync/big_endian.h"
+#include "sync/status_macros.h"
+
+namespace hamlet::storage {
+
+using hamlet::v1::Record;
+using internal::DecodeValue;
+using internal::EncodeValue;
+using internal::FromRocks;
+
+namespace {
+
+constexpr int kMeta = 0;
+constexpr int kRecords = 1;
+constexpr int kOutbox = 2;
+
+std::string SeqKey(uint64_t seq) {
+  std::string key;
+  sync::PutBigEndian64(&key, seq);
+  return key;
+}
+
+rocksdb::WriteOptions Synced() {
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  return write;
+}
+
+}  // namespace
+
+DeviceStore::~DeviceStore() = default;
+
+absl::StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& dir,
+                                                               absl::string_view new_device_id) {
+  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, {"default", "records", "outbox"}));
+  std::unique_ptr<DeviceStore> store(new DeviceStore());
+  store->db_ = std::make_unique<internal::OpenedDb>(std::move(opened));
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> id, store->GetMeta("device_id"));
+  if (id.has_value()) {
+    store->device_id_ = *id;
+  } else {
+    store->device_id_ = std::string(new_device_id);
+    HAMLET_RETURN_IF_ERROR(FromRocks(
+        store->db_->db->Put(Synced(), store->db_->families[kMeta], "device_id", store->device_id_), "saving device id"));
+  }
+  return store;
+}
+
+absl::StatusOr<std::optional<std::string>> DeviceStore::GetMeta(const std::string& key) const {
+  std::string value;
+  rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), db_->families[kMeta], key, &value);
+  if (s.IsNotFound()) return std::nullopt;
+  HAMLET_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading ", key)));
+  return value;
+}
+
+absl::StatusOr<std::optional<Record>> DeviceStore::GetRecord(const std::string& id) const {
+  std::string value;
+  rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), db_->families[kRecords], id, &value);
+  if (s.IsNotFound()) return std::nullopt;
+  HAMLET_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading record ", id)));
+  Record record;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(value, &record));
+  return record;
+}
+
+absl::StatusOr<std::vector<Record>> DeviceStore::ListRecords() const {
+  std::vector<Record> records;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kRecords]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    Record record;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &record));
+    records.push_back(std::move(record));
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "listing records"));
+  return records;
+}
+
+absl::Status DeviceStore::SaveLocalEdit(const Record& state, const Record& change, const hamlet::v1::Stamp& clock) {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> next, GetMeta("outbox_next"));
+  const uint64_t seq = next.has_value() && next->size() == 8 ? sync::GetBigEndian64(*next) : 1;
+  OutboxEntry entry;
+  *entry.mutable_change() = change;
+  rocksdb::WriteBatch batch;
+  batch.Put(db_->families[kRecords], state.id(), EncodeValue(state));
+  batch.Put(db_->families[kOutbox], SeqKey(seq), EncodeValue(entry));
+  batch.Put(db_->families[kMeta], "outbox_next", SeqKey(seq + 1));
+  batch.Put(db_->families[kMeta], "clock", EncodeValue(clock));
+  return FromRocks(db_->db->Write(Synced(), &batch), "saving local edit");
+}
+
+absl::StatusOr<std::vector<OutboxItem>> DeviceStore::ReadOutbox(size_t max) const {
+  std::vector<OutboxItem> items;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kOutbox]));
+  for (it->SeekToFirst(); it->Valid() && items.size() < max; it->Next()) {
+    OutboxEntry entry;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &entry));
+    items.push_back({sync::GetBigEndian64(internal::View(it->key())), std::move(*entry.mutable_change())});
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading outbox"));
+  return items;
+}
+
+absl::StatusOr<size_t> DeviceStore::OutboxSize() const {
+  size_t count = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kOutbox]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++count;
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting outbox"));
+  return count;
+}
+
+absl::StatusOr<std::optional<PendingBatch>> DeviceStore::GetPendingBatch() const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("pending"));
+  if (!value.has_value()) return std::nullopt;
+  PendingBatch batch;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(*value, &batch));
+  return batch;
+}
+
+absl::Status DeviceStore::SetPendingBatch(const PendingBatch& batch) {
+  return FromRocks(db_->db->Put(Synced(), db_->families[kMeta], "pending", EncodeValue(batch)),
+                   "saving pending batch");
+}
+
+absl::Status DeviceStore::AckPendingBatch() {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<PendingBatch> pending, GetPendingBatch());
+  if (!pending.has_value()) return absl::OkStatus();
+  rocksdb::WriteBatch batch;
+  batch.DeleteRange(db_->families[kOutbox], SeqKey(0), SeqKey(pending->last_outbox_seq() + 1));
+  batch.Delete(db_->families[kMeta], "pending");
+  return FromRocks(db_->db->Write(Synced(), &batch), "acknowledging batch");
+}
+
+absl::StatusOr<std::string> DeviceStore::GetCursor() const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("cursor"));
+  return value.value_or("");
+}
+
+absl::Status DeviceStore::SavePulledPage(const std::vector<Record>& states, const std::string& next_cursor) {
+  rocksdb::WriteBatch batch;
+  for (const Record& state : states) batch.Put(db_->families[kRecords], state.id(), EncodeValue(state));
+  batch.Put(db_->families[kMeta], "cursor", next_cursor);
+  return FromRocks(db_->db->Write(Synced(), &batch), "saving pulled page");
+}
+
+absl::Status DeviceStore::ResetCursor() {
+  return FromRocks(db_->db->Delete(Synced(), db_->families[kMeta], "cursor"), "resetting cursor");
+}
+
+absl::StatusOr<hamlet::v1::Stamp> DeviceStore::GetClock() const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("clock"));
+  hamlet::v1::Stamp clock;
+  if (value.has_value()) HAMLET_RETURN_IF_ERROR(DecodeValue(*value, &clock));
+  return clock;
+}
+
+}  // namespace hamlet::storage

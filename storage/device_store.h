@@ -1,0 +1,89 @@
+#ifndef HAMLET_STORAGE_DEVICE_STORE_H_
+#define HAMLET_STORAGE_DEVICE_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "hamlet/v1/sync.pb.h"
+#include "storage/storage.pb.h"
+
+namespace hamlet::storage {
+namespace internal {
+struct OpenedDb;
+}  // namespace internal
+
+struct OutboxItem {
+  uint64_t seq = 0;  // Local order of the edit.
+  hamlet::v1::Record change;
+};
+
+// A device's local database: its records as it sees them, the outbox of edits
+// not yet acknowledged by the server, the pull cursor and the batch in flight.
+// Every write is synced: an edit saved on a phone survives a battery pull.
+//
+// Key layout (docs/STORAGE.md):
+//   default  "device_id" -> UUID text; "cursor" -> opaque bytes;
+//            "outbox_next" -> be64; "pending" -> v1 PendingBatch; "clock" -> v1 Stamp
+//   records  record_id -> v1 Record
+//   outbox   be64(seq) -> v1 OutboxEntry
+//
+// Not thread-safe: one sync client owns a store at a time (RocksDB's lock
+// keeps a second process out).
+class DeviceStore {
+ public:
+  // Opens the store in `dir`; a new store takes `new_device_id` as its id.
+  // FAILED_PRECONDITION if another process has it open.
+  static absl::StatusOr<std::unique_ptr<DeviceStore>> Open(const std::string& dir, absl::string_view new_device_id);
+  ~DeviceStore();
+
+  const std::string& device_id() const { return device_id_; }
+
+  // nullopt if the device has no record with that id.
+  absl::StatusOr<std::optional<hamlet::v1::Record>> GetRecord(const std::string& id) const;
+  // Every record, in id order.
+  absl::StatusOr<std::vector<hamlet::v1::Record>> ListRecords() const;
+
+  // Saves a local edit atomically: the record's new state, and the change at the
+  // end of the outbox; also the device clock after the edit.
+  absl::Status SaveLocalEdit(const hamlet::v1::Record& state, const hamlet::v1::Record& change,
+                             const hamlet::v1::Stamp& clock);
+
+  // Up to `max` outbox entries, oldest first.
+  absl::StatusOr<std::vector<OutboxItem>> ReadOutbox(size_t max) const;
+  absl::StatusOr<size_t> OutboxSize() const;
+
+  // The batch being pushed, or nullopt if none.
+  absl::StatusOr<std::optional<PendingBatch>> GetPendingBatch() const;
+  absl::Status SetPendingBatch(const PendingBatch& batch);
+  // The server acknowledged the pending batch: drops it and its outbox entries.
+  absl::Status AckPendingBatch();
+
+  // The pull cursor; empty before the first pull.
+  absl::StatusOr<std::string> GetCursor() const;
+  // Stores a pulled page's merged records and the cursor after it, atomically,
+  // so an interrupted pull resumes after the last page saved.
+  absl::Status SavePulledPage(const std::vector<hamlet::v1::Record>& states, const std::string& next_cursor);
+  // Forgets the cursor (the server said it is no longer valid); keeps the
+  // records and the outbox.
+  absl::Status ResetCursor();
+
+  // The device clock persisted by the latest edit (unset for a new store).
+  absl::StatusOr<hamlet::v1::Stamp> GetClock() const;
+
+ private:
+  DeviceStore() = default;
+  absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const;
+
+  std::unique_ptr<internal::OpenedDb> db_;
+  std::string device_id_;
+};
+
+}  // namespace hamlet::storage
+
+#endif  // HAMLET_STORAGE_DEVICE_STORE_H_

@@ -1,0 +1,73 @@
+#include "storage/rocks.h"
+
+#include "absl/strings/str_cat.h"
+#include "rocksdb/options.h"
+
+namespace hamlet::storage::internal {
+
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string message = absl::StrCat(what, ": ", s.ToString());
+  if (s.IsCorruption()) return absl::DataLossError(message);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(message);
+  if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) return absl::UnavailableError(message);
+  if (s.IsIOError()) {
+    // A held LOCK file shows up as an IOError mentioning the lock.
+    if (s.ToString().find("lock") != std::string::npos) return absl::FailedPreconditionError(message);
+    return absl::UnavailableError(message);
+  }
+  if (s.IsInvalidArgument() || s.IsNotSupported()) return absl::FailedPreconditionError(message);
+  return absl::InternalError(message);
+}
+
+OpenedDb::~OpenedDb() {
+  if (!db) return;
+  for (rocksdb::ColumnFamilyHandle* handle : families) {
+    // Closing is best effort; the DB is already consistent on disk.
+    db->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
+  }
+  db->Close().PermitUncheckedError();
+}
+
+absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names) {
+  rocksdb::DBOptions options;
+  options.create_if_missing = true;
+  options.create_missing_column_families = true;
+  // Damage in the WAL's tail is reported, not silently skipped: an acknowledged
+  // push must never vanish without a trace.
+  options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  options.keep_log_file_num = 5;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (const std::string& name : names) {
+    rocksdb::ColumnFamilyOptions cf;
+    cf.OptimizeForPointLookup(64);
+    descriptors.emplace_back(name, cf);
+  }
+  OpenedDb opened;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(options, dir, descriptors, &opened.families, &raw);
+  if (!s.ok()) return FromRocks(s, absl::StrCat("opening database in ", dir));
+  opened.db.reset(raw);
+  return opened;
+}
+
+std::string EncodeValue(const google::protobuf::MessageLite& message) {
+  std::string out(1, static_cast<char>(kValueFormatV1));
+  message.AppendToString(&out);
+  return out;
+}
+
+absl::Status DecodeValue(absl::string_view bytes, google::protobuf::MessageLite* message) {
+  if (bytes.empty() || static_cast<uint8_t>(bytes[0]) != kValueFormatV1) {
+    return absl::DataLossError(absl::StrCat("stored ", message->GetTypeName(), " has unknown format version ",
+                                            bytes.empty() ? -1 : static_cast<uint8_t>(bytes[0])));
+  }
+  bytes.remove_prefix(1);
+  if (!message->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError(absl::StrCat("stored ", message->GetTypeName(), " does not parse"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace hamlet::storage::internal

@@ -1,0 +1,255 @@
+#include "storage/town_store.h"
+
+#include <algorithm>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
+#include "storage/rocks.h"
+#include "sync/big_endian.h"
+#include "sync/status_macros.h"
+#include "sync/uuid.h"
+
+namespace hamlet::storage {
+
+using hamlet::v1::Record;
+using internal::DecodeValue;
+using internal::EncodeValue;
+using internal::FromRocks;
+using sync::GetBigEndian64;
+using sync::PutBigEndian64;
+
+// Key layout (docs/STORAGE.md). Column families and their keys:
+//
+//   default          meta_key -> value
+//     "format"       -> "1"                     DO NOT CHANGE the layout without
+//     "server_id"    -> UUID text                 bumping "format".
+//     "epoch"        -> be64
+//     "last_seq"     -> be64
+//     "clock"        -> v1 Stamp
+//   records          record_id -> v1 Record (current merged state)
+//   changes          be64(seq) -> record_id          one entry per record, at its
+//   commune_changes  u8(len) commune be64(seq) -> record_id   latest seq
+//   devices          device_id -> v1 DeviceState
+//   batches          device_id 0x00 batch_id -> v1 BatchReceipt
+//
+// "v1 X" is the byte 0x01 followed by the serialized proto X (storage/rocks.h).
+namespace {
+
+constexpr char kFormat[] = "1";
+const std::vector<std::string>& FamilyNames() {
+  static const auto* names = new std::vector<std::string>{"default", "records", "changes", "commune_changes",
+                                                          "devices", "batches"};
+  return *names;
+}
+
+std::string SeqKey(uint64_t seq) {
+  std::string key;
+  PutBigEndian64(&key, seq);
+  return key;
+}
+
+std::string BucketPrefix(const std::string& commune) {
+  std::string prefix(1, static_cast<char>(commune.size()));
+  prefix.append(commune);
+  return prefix;
+}
+
+std::string BatchKey(const std::string& device_id, const std::string& batch_id) {
+  return absl::StrCat(device_id, std::string(1, '\0'), batch_id);
+}
+
+rocksdb::WriteOptions WriteOptionsFor(const TownStoreOptions& options) {
+  rocksdb::WriteOptions write;
+  write.sync = options.sync_writes;
+  return write;
+}
+
+}  // namespace
+
+TownStore::~TownStore() = default;
+
+absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& dir,
+                                                           const TownStoreOptions& options) {
+  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, FamilyNames()));
+  std::unique_ptr<TownStore> store(new TownStore());
+  store->options_ = options;
+  store->db_ = std::make_unique<internal::OpenedDb>(std::move(opened));
+  auto& families = store->db_->families;
+  store->meta_ = families[0];
+  store->records_ = families[1];
+  store->changes_ = families[2];
+  store->commune_changes_ = families[3];
+  store->devices_ = families[4];
+  store->batches_ = families[5];
+  rocksdb::DB* db = store->db_->db.get();
+
+  std::string value;
+  rocksdb::Status s = db->Get(rocksdb::ReadOptions(), store->meta_, "format", &value);
+  if (s.IsNotFound()) {
+    // A new store: its identity is written once, durably, before any use.
+    absl::BitGen gen;
+    rocksdb::WriteBatch batch;
+    store->server_id_ = sync::NewUuid(gen);
+    store->epoch_ = 1;
+    batch.Put(store->meta_, "format", kFormat);
+    batch.Put(store->meta_, "server_id", store->server_id_);
+    batch.Put(store->meta_, "epoch", SeqKey(store->epoch_));
+    batch.Put(store->meta_, "last_seq", SeqKey(0));
+    rocksdb::WriteOptions write;
+    write.sync = true;
+    HAMLET_RETURN_IF_ERROR(FromRocks(db->Write(write, &batch), "creating store"));
+    return store;
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading store format"));
+  if (value != kFormat) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data dir ", dir, " has store format ", value, "; this hamletd reads format ", kFormat,
+        ". Use the hamletd that wrote it."));
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "server_id", &store->server_id_),
+                                   "reading server id"));
+  HAMLET_RETURN_IF_ERROR(FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "epoch", &value), "reading epoch"));
+  if (value.size() != 8) return absl::DataLossError("stored epoch is damaged");
+  store->epoch_ = GetBigEndian64(value);
+  HAMLET_RETURN_IF_ERROR(
+      FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "last_seq", &value), "reading last sequence number"));
+  if (value.size() != 8) return absl::DataLossError("stored last_seq is damaged");
+  store->last_seq_ = GetBigEndian64(value);
+  s = db->Get(rocksdb::ReadOptions(), store->meta_, "clock", &value);
+  if (!s.IsNotFound()) {
+    HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading clock"));
+    HAMLET_RETURN_IF_ERROR(DecodeValue(value, &store->persisted_clock_));
+  }
+  return store;
+}
+
+absl::StatusOr<std::optional<Record>> TownStore::GetRecord(const std::string& id) const {
+  std::string value;
+  rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), records_, id, &value);
+  if (s.IsNotFound()) return std::nullopt;
+  HAMLET_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading record ", id)));
+  Record record;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(value, &record));
+  return record;
+}
+
+absl::StatusOr<std::optional<BatchReceipt>> TownStore::GetBatchReceipt(const std::string& device_id,
+                                                                       const std::string& batch_id) const {
+  std::string value;
+  rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), batches_, BatchKey(device_id, batch_id), &value);
+  if (s.IsNotFound()) return std::nullopt;
+  HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading batch receipt"));
+  BatchReceipt receipt;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(value, &receipt));
+  return receipt;
+}
+
+absl::StatusOr<std::optional<DeviceState>> TownStore::GetDevice(const std::string& device_id) const {
+  std::string value;
+  rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), devices_, device_id, &value);
+  if (s.IsNotFound()) return std::nullopt;
+  HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading device state"));
+  DeviceState device;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(value, &device));
+  return device;
+}
+
+absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
+                                               const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
+  absl::MutexLock lock(&commit_mu_);
+  uint64_t seq = last_seq_.load();
+  rocksdb::WriteBatch batch;
+  for (RecordWrite& write : commit.records) {
+    if (write.previous_seq != 0) {
+      batch.Delete(changes_, SeqKey(write.previous_seq));
+      batch.Delete(commune_changes_, BucketPrefix(write.commune) + SeqKey(write.previous_seq));
+    }
+    ++seq;
+    write.state.set_server_seq(seq);
+    batch.Put(records_, write.state.id(), EncodeValue(write.state));
+    batch.Put(changes_, SeqKey(seq), write.state.id());
+    batch.Put(commune_changes_, BucketPrefix(write.commune) + SeqKey(seq), write.state.id());
+  }
+  batch.Put(meta_, "last_seq", SeqKey(seq));
+  batch.Put(meta_, "clock", EncodeValue(commit.clock));
+  batch.Put(devices_, commit.device_id, EncodeValue(commit.device));
+  batch.Put(batches_, BatchKey(commit.device_id, commit.batch_id), EncodeValue(make_receipt(seq)));
+  HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(WriteOptionsFor(options_), &batch), "committing push"));
+  last_seq_.store(seq);
+  return seq;
+}
+
+absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
+                                                  size_t max_bytes) const {
+  // Reading last_seq before taking the snapshot means the snapshot holds every
+  // change up to it: commits publish last_seq only after their write.
+  const uint64_t last_seq = last_seq_.load();
+  const rocksdb::Snapshot* snapshot = db_->db->GetSnapshot();
+  struct Releaser {
+    rocksdb::DB* db;
+    const rocksdb::Snapshot* snapshot;
+    ~Releaser() { db->ReleaseSnapshot(snapshot); }
+  } releaser{db_->db.get(), snapshot};
+  rocksdb::ReadOptions read;
+  read.snapshot = snapshot;
+
+  // One cursor per bucket; the page is their merge in seq order.
+  struct Bucket {
+    std::string prefix;
+    std::unique_ptr<rocksdb::Iterator> it;
+    bool Valid() const { return it->Valid() && it->key().starts_with(prefix); }
+    uint64_t Seq() const { return GetBigEndian64(absl::string_view(it->key().data() + prefix.size(), 8)); }
+  };
+  std::vector<Bucket> buckets;
+  if (scope.whole_server()) {
+    buckets.push_back({"", std::unique_ptr<rocksdb::Iterator>(db_->db->NewIterator(read, changes_))});
+  } else {
+    for (const std::string& commune : scope.buckets()) {
+      buckets.push_back(
+          {BucketPrefix(commune), std::unique_ptr<rocksdb::Iterator>(db_->db->NewIterator(read, commune_changes_))});
+    }
+  }
+  for (Bucket& b : buckets) {
+    b.it->Seek(b.prefix + SeqKey(after_seq + 1));
+    HAMLET_RETURN_IF_ERROR(FromRocks(b.it->status(), "reading change index"));
+  }
+  const auto next_bucket = [&buckets]() -> Bucket* {
+    Bucket* best = nullptr;
+    for (Bucket& b : buckets) {
+      if (b.Valid() && (best == nullptr || b.Seq() < best->Seq())) best = &b;
+    }
+    return best;
+  };
+
+  ChangePage page;
+  page.through_seq = std::max(after_seq, last_seq);
+  size_t bytes = 0;
+  Bucket* b = nullptr;
+  while ((b = next_bucket()) != nullptr) {
+    if (page.records.size() >= std::max<size_t>(max_records, 1) || (!page.records.empty() && bytes >= max_bytes)) {
+      break;
+    }
+    std::string value;
+    const std::string id = b->it->value().ToString();
+    HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Get(read, records_, id, &value), absl::StrCat("reading record ", id)));
+    Record record;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(value, &record));
+    bytes += value.size();
+    page.through_seq = b->Seq();
+    page.records.push_back(std::move(record));
+    b->it->Next();
+  }
+  if (b == nullptr) {
+    // Caught up: everything up to the snapshot's last_seq has been seen.
+    page.through_seq = std::max(after_seq, last_seq);
+  }
+  for (Bucket& bucket : buckets) {
+    for (; bucket.Valid(); bucket.it->Next()) ++page.remaining;
+    HAMLET_RETURN_IF_ERROR(FromRocks(bucket.it->status(), "counting change index"));
+  }
+  return page;
+}
+
+}  // namespace hamlet::storage

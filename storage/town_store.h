@@ -1,0 +1,155 @@
+#ifndef HAMLET_STORAGE_TOWN_STORE_H_
+#define HAMLET_STORAGE_TOWN_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "hamlet/v1/sync.pb.h"
+#include "storage/storage.pb.h"
+
+namespace rocksdb {
+class ColumnFamilyHandle;
+}  // namespace rocksdb
+
+namespace hamlet::storage {
+namespace internal {
+struct OpenedDb;
+}  // namespace internal
+
+struct TownStoreOptions {
+  // Sync the write-ahead log before CommitPush returns. Default true: a push is
+  // acknowledged only once it would survive a power cut. False only for tests
+  // that measure what syncing costs.
+  bool sync_writes = true;
+};
+
+// Which part of the change index to read.
+class ChangeScope {
+ public:
+  // Every record of the server.
+  static ChangeScope WholeServer() { return ChangeScope({}, true); }
+  // One commune's records (its own and its villages'), plus the records above
+  // commune level (admin units, town teams) that every commune needs.
+  static ChangeScope Commune(std::string code) { return ChangeScope({std::move(code), ""}, false); }
+  // Only the records above commune level.
+  static ChangeScope AboveCommune() { return ChangeScope({""}, false); }
+
+  bool whole_server() const { return whole_server_; }
+  // Commune buckets to merge; "" is the bucket of records above commune level.
+  const std::vector<std::string>& buckets() const { return buckets_; }
+
+ private:
+  ChangeScope(std::vector<std::string> buckets, bool whole) : buckets_(std::move(buckets)), whole_server_(whole) {}
+  std::vector<std::string> buckets_;
+  bool whole_server_;
+};
+
+// One record written by a push.
+struct RecordWrite {
+  // The merged state to store. CommitPush sets its server_seq.
+  hamlet::v1::Record state;
+  // The commune bucket of the record's unit; "" above commune level.
+  std::string commune;
+  // The stored state's server_seq before this write; 0 for a new record.
+  uint64_t previous_seq = 0;
+};
+
+// Everything one push changes, written as one atomic batch.
+struct PushCommit {
+  std::string device_id;
+  std::string batch_id;
+  std::vector<RecordWrite> records;
+  DeviceState device;
+  // The server's hybrid clock after the push, so a restart never issues a
+  // smaller stamp.
+  hamlet::v1::Stamp clock;
+};
+
+struct ChangePage {
+  // Records at their latest state, in order of server_seq.
+  std::vector<hamlet::v1::Record> records;
+  // Every change in scope with a sequence number up to this one is in this page
+  // or was before `after_seq`.
+  uint64_t through_seq = 0;
+  // Changes in scope after through_seq, counted in the same snapshot.
+  uint64_t remaining = 0;
+};
+
+// The town server's database: current records, the change index, device state,
+// batch receipts and server metadata. docs/STORAGE.md gives the key layout.
+//
+// Thread-safe. Reads see a consistent snapshot. CommitPush calls are serialized
+// inside; a caller that reads, merges and then commits must hold its own lock
+// across the three so that no other push commits in between.
+class TownStore {
+ public:
+  // Opens the store in `dir`, creating it (with a new server id, epoch 1) if
+  // missing. FAILED_PRECONDITION if another process has it open or it was
+  // written by an unknown format version; DATA_LOSS if it is damaged.
+  static absl::StatusOr<std::unique_ptr<TownStore>> Open(const std::string& dir,
+                                                         const TownStoreOptions& options);
+  ~TownStore();
+
+  // Fixed when the data dir is created.
+  const std::string& server_id() const { return server_id_; }
+  // Changes when history is rewound (a restore), which invalidates cursors.
+  uint64_t epoch() const { return epoch_; }
+  // Sequence number of the latest committed change; 0 for an empty store.
+  uint64_t last_seq() const { return last_seq_.load(); }
+  // The server clock persisted by the latest commit (unset for a new store).
+  const hamlet::v1::Stamp& persisted_clock() const { return persisted_clock_; }
+
+  // The record's current state, or nullopt if no record has that id.
+  absl::StatusOr<std::optional<hamlet::v1::Record>> GetRecord(const std::string& id) const;
+
+  // The receipt of an applied batch, or nullopt if the device never pushed it.
+  absl::StatusOr<std::optional<BatchReceipt>> GetBatchReceipt(const std::string& device_id,
+                                                              const std::string& batch_id) const;
+
+  absl::StatusOr<std::optional<DeviceState>> GetDevice(const std::string& device_id) const;
+
+  // Writes a push: records (each getting the next sequence number, old index
+  // entries removed so the index holds each record once), the receipt made by
+  // `make_receipt` from the last sequence number, and the device state, in one
+  // WriteBatch, synced per TownStoreOptions. Nothing is written on error.
+  // Returns the last sequence number assigned.
+  absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
+                                      const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
+
+  // Up to `max_records` records changed after `after_seq` in `scope`, stopping
+  // once their encoded size reaches `max_bytes` (a page always holds at least
+  // one record if any remain).
+  absl::StatusOr<ChangePage> ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
+                                         size_t max_bytes) const;
+
+ private:
+  TownStore() = default;
+
+  std::unique_ptr<internal::OpenedDb> db_;
+  rocksdb::ColumnFamilyHandle* meta_ = nullptr;
+  rocksdb::ColumnFamilyHandle* records_ = nullptr;
+  rocksdb::ColumnFamilyHandle* changes_ = nullptr;
+  rocksdb::ColumnFamilyHandle* commune_changes_ = nullptr;
+  rocksdb::ColumnFamilyHandle* devices_ = nullptr;
+  rocksdb::ColumnFamilyHandle* batches_ = nullptr;
+  TownStoreOptions options_;
+
+  std::string server_id_;
+  uint64_t epoch_ = 0;
+  hamlet::v1::Stamp persisted_clock_;
+  absl::Mutex commit_mu_;
+  std::atomic<uint64_t> last_seq_{0};
+};
+
+}  // namespace hamlet::storage
+
+#endif  // HAMLET_STORAGE_TOWN_STORE_H_

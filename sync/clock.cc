@@ -1,0 +1,65 @@
+#include "sync/clock.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace hamlet::sync {
+
+int64_t SystemClock::NowMs() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+const SystemClock* SystemClock::Get() {
+  static const SystemClock* clock = new SystemClock();
+  return clock;
+}
+
+HybridClock::HybridClock(const PhysicalClock* physical, std::string node)
+    : physical_(physical), node_(std::move(node)) {}
+
+hamlet::v1::Stamp HybridClock::Now() {
+  const int64_t pt = physical_->NowMs();
+  absl::MutexLock lock(&mu_);
+  if (pt > last_physical_ms_) {
+    last_physical_ms_ = pt;
+    last_logical_ = 0;
+  } else {
+    ++last_logical_;
+  }
+  hamlet::v1::Stamp s;
+  s.set_physical_ms(last_physical_ms_);
+  s.set_logical(last_logical_);
+  s.set_node(node_);
+  return s;
+}
+
+void HybridClock::Observe(const hamlet::v1::Stamp& remote) {
+  const int64_t pt = physical_->NowMs();
+  absl::MutexLock lock(&mu_);
+  const int64_t l = std::max({last_physical_ms_, remote.physical_ms(), pt});
+  if (l == last_physical_ms_ && l == remote.physical_ms()) {
+    last_logical_ = std::max(last_logical_, remote.logical()) + 1;
+  } else if (l == last_physical_ms_) {
+    ++last_logical_;
+  } else if (l == remote.physical_ms()) {
+    last_logical_ = remote.logical() + 1;
+  } else {
+    last_logical_ = 0;
+  }
+  last_physical_ms_ = l;
+}
+
+hamlet::v1::Stamp HybridClock::Last() const {
+  absl::MutexLock lock(&mu_);
+  hamlet::v1::Stamp s;
+  s.set_physical_ms(last_physical_ms_);
+  s.set_logical(last_logical_);
+  s.set_node(node_);
+  return s;
+}
+
+void HybridClock::Restore(const hamlet::v1::Stamp& last) { Observe(last); }
+
+}  // namespace hamlet::sync

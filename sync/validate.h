@@ -1,0 +1,38 @@
+#ifndef HAMLET_SYNC_VALIDATE_H_
+#define HAMLET_SYNC_VALIDATE_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "hamlet/v1/sync.pb.h"
+#include "sync/units.h"
+
+namespace hamlet::sync {
+
+// True for a UUID written as 8-4-4-4-12 hex digits (either case).
+bool IsUuid(absl::string_view s);
+
+// Checks one record change on its own. INVALID_ARGUMENT, naming the record and
+// the field, when: the id is not a UUID; the unit code is empty or not in
+// `units`; no body is set; a stamp names a field the body type does not have,
+// repeats a field, is out of field order, or has no node; a body field is set
+// but not stamped; an enum anywhere in the body has a value this server does
+// not know; the record is deleted without a deletion stamp.
+absl::Status ValidateChange(const hamlet::v1::Record& change, const UnitDirectory& units);
+
+// Checks that a change may be merged into an existing record: same body type,
+// unit, author and create time (when the change carries them).
+// FAILED_PRECONDITION naming the record and what differs.
+absl::Status CheckSameRecord(const hamlet::v1::Record& change, const hamlet::v1::Record& existing);
+
+// Checks that a change may create a record: author and create time are set.
+// INVALID_ARGUMENT otherwise.
+absl::Status CheckCreatable(const hamlet::v1::Record& change);
+
+// The largest physical_ms of any stamp in the change (field and deletion stamps).
+int64_t MaxStampMs(const hamlet::v1::Record& change);
+
+}  // namespace hamlet::sync
+
+#endif  // HAMLET_SYNC_VALIDATE_H_
