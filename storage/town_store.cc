@@ -182,7 +182,7 @@ absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
 }
 
 absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
-                                                  size_t max_bytes) const {
+                                                  size_t max_bytes, CountRemaining count) const {
   // Reading last_seq before taking the snapshot means the snapshot holds every
   // change up to it: commits publish last_seq only after their write.
   const uint64_t last_seq = last_seq_.load();
@@ -245,6 +245,7 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     // Caught up: everything up to the snapshot's last_seq has been seen.
     page.through_seq = std::max(after_seq, last_seq);
   }
+  if (count == CountRemaining::kNo) return page;
   for (Bucket& bucket : buckets) {
     for (; bucket.Valid(); bucket.it->Next()) ++page.remaining;
     HAMLET_RETURN_IF_ERROR(FromRocks(bucket.it->status(), "counting change index"));

@@ -74,13 +74,18 @@ struct PushCommit {
   hamlet::v1::Stamp clock;
 };
 
+// Whether ReadChanges counts the changes left after its page (costs one key
+// read per change left).
+enum class CountRemaining { kNo, kYes };
+
 struct ChangePage {
   // Records at their latest state, in order of server_seq.
   std::vector<hamlet::v1::Record> records;
   // Every change in scope with a sequence number up to this one is in this page
   // or was before `after_seq`.
   uint64_t through_seq = 0;
-  // Changes in scope after through_seq, counted in the same snapshot.
+  // Changes in scope after through_seq, counted in the same snapshot (0 when
+  // not counted).
   uint64_t remaining = 0;
 };
 
@@ -129,7 +134,7 @@ class TownStore {
   // once their encoded size reaches `max_bytes` (a page always holds at least
   // one record if any remain).
   absl::StatusOr<ChangePage> ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
-                                         size_t max_bytes) const;
+                                         size_t max_bytes, CountRemaining count) const;
 
  private:
   TownStore() = default;

@@ -1,0 +1,137 @@
+// hamletd: the Hamlet town server. main() only turns flags into options, opens
+// the store and runs the gRPC server until SIGTERM or SIGINT.
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.pb.h"
+#include "server/log.h"
+#include "server/sync_service.h"
+#include "server/town.h"
+#include "storage/town_store.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7420",
+          "Address for devices to connect to, host:port. Loopback by default; use 0.0.0.0:7420 to serve the "
+          "network. Port 0 picks a free port.");
+ABSL_FLAG(std::string, data_dir, "./data", "Directory of the RocksDB database; created if missing.");
+ABSL_FLAG(std::string, town_code, "206", "Admin unit code of the town this server serves.");
+ABSL_FLAG(int, max_message_bytes, 8 << 20, "Largest gRPC message accepted or sent, in bytes.");
+ABSL_FLAG(int, max_batch_records, 500, "Most records one push may carry.");
+ABSL_FLAG(absl::Duration, max_clock_skew, absl::Minutes(5),
+          "Pushes with a stamp further ahead of the server clock than this are refused.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "On SIGTERM, how long in-flight calls may take to finish before they are cancelled.");
+ABSL_FLAG(std::string, ready_file, "",
+          "If set, the address actually listened on is written to this file once the server is ready.");
+
+namespace {
+
+using hamlet::server::LogLine;
+
+int Run() {
+  hamlet::storage::TownStoreOptions store_options;
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  auto store = hamlet::storage::TownStore::Open(data_dir, store_options);
+  if (!store.ok()) {
+    LogLine(absl::StrCat("cannot open data dir ", data_dir, ": ", store.status().ToString()));
+    return 1;
+  }
+  hamlet::server::TownOptions town_options;
+  town_options.town_code = absl::GetFlag(FLAGS_town_code);
+  town_options.max_clock_skew = absl::GetFlag(FLAGS_max_clock_skew);
+  town_options.max_batch_records = absl::GetFlag(FLAGS_max_batch_records);
+  town_options.max_page_bytes = std::min(town_options.max_page_bytes, absl::GetFlag(FLAGS_max_message_bytes) / 2);
+  town_options.default_page_bytes = std::min(town_options.default_page_bytes, town_options.max_page_bytes);
+  auto town = hamlet::server::Town::Create(std::move(*store), hamlet::sync::SystemClock::Get(), town_options);
+  if (!town.ok()) {
+    LogLine(absl::StrCat("cannot start: ", town.status().ToString()));
+    return 1;
+  }
+
+  // Reflection describes only services whose descriptors are linked in; this
+  // reference keeps health.proto's in the binary.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  hamlet::server::SyncServiceImpl sync_service(town->get());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.RegisterService(&sync_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    LogLine(absl::StrCat("cannot listen on ", listen, " (address in use or not local?)"));
+    return 1;
+  }
+  const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+  LogLine(absl::StrCat("town ", town_options.town_code, " serving on ", address, "; data in ", data_dir,
+                       " (server id ", (*town)->store().server_id(), ", epoch ", (*town)->store().epoch(),
+                       ", last seq ", (*town)->store().last_seq(), ")"));
+  std::printf(
+      "hamletd is serving town %s on %s\n"
+      "  list services:  buf curl --protocol grpc --http2-prior-knowledge --list-services http://%s\n"
+      "             or:  grpcurl -plaintext %s list\n"
+      "  health check:   grpcurl -plaintext %s grpc.health.v1.Health/Check\n"
+      "  device client:  build/tools/hamlet-field --store ./phone1 --server %s sync\n",
+      town_options.town_code.c_str(), address.c_str(), address.c_str(), address.c_str(), address.c_str(),
+      address.c_str());
+  std::fflush(stdout);
+  if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
+    std::ofstream(ready) << address << "\n";
+  }
+
+  // SIGTERM and SIGINT are blocked in every thread (see main) and taken here.
+  std::thread stopper([&server, &town] {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    int signal = 0;
+    sigwait(&signals, &signal);
+    LogLine(absl::StrCat("received ", signal == SIGTERM ? "SIGTERM" : "SIGINT",
+                         "; finishing in-flight calls, then closing the database"));
+    (*town)->feed().Close();
+    server->Shutdown(std::chrono::system_clock::now() +
+                     absl::ToChronoMilliseconds(absl::GetFlag(FLAGS_shutdown_grace)));
+  });
+  server->Wait();
+  stopper.join();
+  server.reset();
+  const uint64_t last_seq = (*town)->store().last_seq();
+  town->reset();  // Closes RocksDB.
+  LogLine(absl::StrCat("stopped cleanly at seq ", last_seq));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Hamlet town server: phones push and pull records over gRPC; data in RocksDB.\n"
+      "Usage: hamletd [--listen=127.0.0.1:7420] [--data_dir=./data] [flags]\n"
+      "With no flags it serves town 206 on loopback with its data in ./data.");
+  absl::ParseCommandLine(argc, argv);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return Run();
+}

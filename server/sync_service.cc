@@ -1,0 +1,66 @@
+#include "server/sync_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/log.h"
+
+namespace hamlet::server {
+
+grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContext* context) {
+  if (status.ok()) return grpc::Status::OK;
+  status.ForEachPayload([context](absl::string_view key, const absl::Cord& value) {
+    context->AddTrailingMetadata(std::string(key), std::string(value));
+  });
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
+                                   hamlet::v1::PushResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<hamlet::v1::PushResponse> result = town_->Push(*request);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  if (result.ok()) *response = std::move(*result);
+  LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s",
+                          request->device_id(), request->batch_id(), context->peer(), request->changes_size(),
+                          result.ok() ? response->applied_records() : 0, result.ok() ? response->server_seq() : 0,
+                          absl::StatusCodeToString(result.status().code()), ms, result.ok() ? "" : " error=",
+                          result.ok() ? "" : result.status().message()));
+  return ToGrpc(result.status(), context);
+}
+
+grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v1::PullRequest* request,
+                                   hamlet::v1::PullResponse* response) {
+  absl::StatusOr<hamlet::v1::PullResponse> result = town_->Pull(*request);
+  if (!result.ok()) {
+    LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request->device_id(),
+                            request->scope_unit_code(), absl::StatusCodeToString(result.status().code()),
+                            result.status().message()));
+    return ToGrpc(result.status(), context);
+  }
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
+grpc::Status SyncServiceImpl::Watch(grpc::ServerContext* context, const hamlet::v1::WatchRequest* request,
+                                    grpc::ServerWriter<hamlet::v1::WatchResponse>* writer) {
+  absl::StatusOr<Town::WatchStart> start = town_->StartWatch(*request);
+  if (!start.ok()) return ToGrpc(start.status(), context);
+  uint64_t seen = start->seq;
+  // Wake at least once a second to notice a cancelled call or a shutdown.
+  while (!context->IsCancelled() && !town_->feed().closed()) {
+    const uint64_t last = town_->feed().WaitAbove(seen, absl::Seconds(1));
+    if (last <= seen) continue;
+    absl::StatusOr<bool> has_changes = town_->HasChangesAfter(start->scope, seen);
+    if (!has_changes.ok()) return ToGrpc(has_changes.status(), context);
+    seen = last;
+    if (!*has_changes) continue;
+    hamlet::v1::WatchResponse message;
+    message.set_server_seq(last);
+    if (!writer->Write(message)) break;
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace hamlet::server

@@ -1,0 +1,326 @@
+#include "server/town.h"
+
+#include <map>
+#include <openssl/sha.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/util/time_util.h"
+#include "sync/merge.h"
+#include "sync/stamp.h"
+#include "sync/status_macros.h"
+#include "sync/validate.h"
+
+namespace hamlet::server {
+
+using google::protobuf::util::TimeUtil;
+using hamlet::v1::Record;
+
+namespace {
+
+absl::Status WithReason(absl::Status status, absl::string_view reason) {
+  status.SetPayload(kReasonKey, absl::Cord(reason));
+  return status;
+}
+
+// SHA-256 over the changes as serialized, each prefixed by its length.
+std::string ContentHash(const hamlet::v1::PushRequest& request) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream out(&stream);
+    out.SetSerializationDeterministic(true);
+    for (const Record& change : request.changes()) {
+      out.WriteVarint64(change.ByteSizeLong());
+      change.SerializeWithCachedSizes(&out);
+    }
+  }
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
+  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
+}
+
+// A stable UUID for a reference record, so every server that seeds the same
+// unit gives it the same id: SHA-256 of the name, shaped as a version-8 UUID.
+std::string NameUuid(absl::string_view name) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(name.data()), name.size(), digest);
+  digest[6] = (digest[6] & 0x0f) | 0x80;
+  digest[8] = (digest[8] & 0x3f) | 0x80;
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
+    absl::StrAppendFormat(&out, "%02x", digest[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+Town::Town(std::unique_ptr<storage::TownStore> store, const sync::PhysicalClock* clock, const TownOptions& options)
+    : store_(std::move(store)),
+      options_(options),
+      clock_(clock, store_->server_id()),
+      feed_(store_->last_seq()) {
+  clock_.Restore(store_->persisted_clock());
+}
+
+absl::StatusOr<std::unique_ptr<Town>> Town::Create(std::unique_ptr<storage::TownStore> store,
+                                                   const sync::PhysicalClock* clock, const TownOptions& options) {
+  std::unique_ptr<Town> town(new Town(std::move(store), clock, options));
+  HAMLET_RETURN_IF_ERROR(town->LoadUnits());
+  bool seeded;
+  {
+    absl::MutexLock lock(&town->units_mu_);
+    seeded = town->units_.size() > 0;
+  }
+  if (!seeded) HAMLET_RETURN_IF_ERROR(town->SeedUnits());
+  absl::MutexLock lock(&town->units_mu_);
+  const hamlet::v1::AdminUnit* unit = town->units_.Find(options.town_code);
+  if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_DISTRICT) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--town_code=", options.town_code, " is not a district-level unit in this server's admin units"));
+  }
+  return town;
+}
+
+absl::Status Town::LoadUnits() {
+  uint64_t seq = 0;
+  while (true) {
+    HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page,
+                            store_->ReadChanges(storage::ChangeScope::AboveCommune(), seq, 1000, 1 << 24,
+                                                storage::CountRemaining::kNo));
+    absl::MutexLock lock(&units_mu_);
+    for (const Record& record : page.records) {
+      if (record.has_admin_unit() && !record.deleted()) units_.Put(record.admin_unit());
+    }
+    if (page.records.empty()) return absl::OkStatus();
+    seq = page.through_seq;
+  }
+}
+
+absl::Status Town::SeedUnits() {
+  // The reference units go in as one push from the server itself, so they reach
+  // devices (and the province) the way every other record does.
+  storage::PushCommit commit;
+  commit.device_id = store_->server_id();
+  commit.batch_id = "seed-admin-units";
+  const auto now = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+  absl::MutexLock lock(&units_mu_);
+  for (const hamlet::v1::AdminUnit& unit : sync::QuangYenUnits()) {
+    units_.Put(unit);
+    Record record;
+    record.set_id(NameUuid(absl::StrCat("hamlet:admin-unit:", unit.code())));
+    record.set_unit_code(options_.town_code);
+    record.set_author("hamletd");
+    *record.mutable_create_time() = now;
+    record.set_sensitivity(hamlet::v1::SENSITIVITY_NORMAL);
+    *record.mutable_admin_unit() = unit;
+    std::vector<const google::protobuf::FieldDescriptor*> fields;
+    unit.GetReflection()->ListFields(unit, &fields);
+    const hamlet::v1::Stamp stamp = clock_.Now();
+    for (const auto* field : fields) sync::SetFieldStamp(&record, field->number(), stamp);
+    commit.records.push_back({std::move(record), "", 0});
+  }
+  commit.device.set_device_id(store_->server_id());
+  commit.device.set_last_batch_id(commit.batch_id);
+  commit.clock = clock_.Last();
+  HAMLET_ASSIGN_OR_RETURN(uint64_t seq,
+                          store_->CommitPush(std::move(commit), [](uint64_t) { return storage::BatchReceipt(); }));
+  feed_.Publish(seq);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request) {
+  if (!sync::IsUuid(request.device_id())) {
+    return absl::InvalidArgumentError("device_id must be the device's UUID");
+  }
+  if (!sync::IsUuid(request.batch_id())) {
+    return absl::InvalidArgumentError("batch_id must be a UUID generated for this batch");
+  }
+  if (request.changes_size() == 0) {
+    return absl::InvalidArgumentError("a push needs at least one change");
+  }
+  if (request.changes_size() > options_.max_batch_records) {
+    return absl::InvalidArgumentError(absl::StrCat("a push may carry at most ", options_.max_batch_records,
+                                                   " records; this one has ", request.changes_size(),
+                                                   ". Split it into several batches"));
+  }
+  {
+    absl::MutexLock lock(&units_mu_);
+    for (const Record& change : request.changes()) HAMLET_RETURN_IF_ERROR(sync::ValidateChange(change, units_));
+  }
+  const int64_t now_ms = clock_.physical().NowMs();
+  const int64_t limit_ms = now_ms + absl::ToInt64Milliseconds(options_.max_clock_skew);
+  for (const Record& change : request.changes()) {
+    if (sync::MaxStampMs(change) > limit_ms) {
+      absl::Status status = absl::FailedPreconditionError(absl::StrFormat(
+          "record %s has a stamp %d ms ahead of the server clock (%d ms since epoch); allowed skew is %d ms. "
+          "Correct the device clock and stamp the edits again",
+          change.id(), sync::MaxStampMs(change) - now_ms, now_ms, absl::ToInt64Milliseconds(options_.max_clock_skew)));
+      status.SetPayload(kServerTimeKey, absl::Cord(absl::StrCat(now_ms)));
+      return WithReason(status, "CLOCK_SKEW");
+    }
+  }
+  const std::string hash = ContentHash(request);
+
+  absl::MutexLock push_lock(&push_mu_);
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
+                          store_->GetBatchReceipt(request.device_id(), request.batch_id()));
+  if (receipt.has_value()) {
+    if (receipt->content_hash() != hash) {
+      return absl::AlreadyExistsError(absl::StrCat("batch ", request.batch_id(),
+                                                   " was already applied with different content; "
+                                                   "a new batch needs a new batch_id"));
+    }
+    hamlet::v1::PushResponse response;
+    if (!response.ParseFromString(receipt->response())) return absl::DataLossError("stored push response is damaged");
+    return response;
+  }
+
+  // Merge every change into its record's current state; a record changed twice
+  // in the batch is merged twice into one state.
+  std::map<std::string, storage::RecordWrite> writes;
+  std::vector<std::string> order;
+  for (const Record& change : request.changes()) {
+    auto it = writes.find(change.id());
+    if (it == writes.end()) {
+      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, store_->GetRecord(change.id()));
+      storage::RecordWrite write;
+      if (existing.has_value()) {
+        write.previous_seq = existing->server_seq();
+        write.state = std::move(*existing);
+      } else {
+        HAMLET_RETURN_IF_ERROR(sync::CheckCreatable(change));
+      }
+      {
+        absl::MutexLock lock(&units_mu_);
+        write.commune = units_.CommuneOf(change.unit_code());
+      }
+      it = writes.emplace(change.id(), std::move(write)).first;
+      order.push_back(change.id());
+    }
+    storage::RecordWrite& write = it->second;
+    if (write.previous_seq != 0) HAMLET_RETURN_IF_ERROR(sync::CheckSameRecord(change, write.state));
+    sync::MergeRecord(change, &write.state);
+  }
+  for (const Record& change : request.changes()) {
+    for (const auto& fs : change.field_stamps()) clock_.Observe(fs.stamp());
+    if (change.deleted()) clock_.Observe(change.deleted_stamp());
+  }
+
+  storage::PushCommit commit;
+  commit.device_id = request.device_id();
+  commit.batch_id = request.batch_id();
+  std::vector<hamlet::v1::AdminUnit> changed_units;
+  for (const std::string& id : order) {
+    storage::RecordWrite& write = writes[id];
+    if (write.state.has_admin_unit()) changed_units.push_back(write.state.admin_unit());
+    commit.records.push_back(std::move(write));
+  }
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> device, store_->GetDevice(request.device_id()));
+  commit.device = device.value_or(storage::DeviceState());
+  commit.device.set_device_id(request.device_id());
+  commit.device.set_last_batch_id(request.batch_id());
+  commit.device.set_last_seen_ms(now_ms);
+  if (!request.app_version().empty()) commit.device.set_app_version(request.app_version());
+  commit.device.set_batches_applied(commit.device.batches_applied() + 1);
+  commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
+  commit.clock = clock_.Last();
+
+  hamlet::v1::PushResponse response;
+  response.set_applied_records(static_cast<uint32_t>(commit.records.size()));
+  *response.mutable_server_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
+  HAMLET_ASSIGN_OR_RETURN(uint64_t seq, store_->CommitPush(std::move(commit), [&](uint64_t last_seq) {
+    response.set_server_seq(last_seq);
+    storage::BatchReceipt made;
+    made.set_content_hash(hash);
+    made.set_response(response.SerializeAsString());
+    made.set_commit_time_ms(now_ms);
+    return made;
+  }));
+  if (!changed_units.empty()) {
+    absl::MutexLock lock(&units_mu_);
+    for (const auto& unit : changed_units) units_.Put(unit);
+  }
+  feed_.Publish(seq);
+  return response;
+}
+
+absl::StatusOr<storage::ChangeScope> Town::ResolveScope(const std::string& scope_unit_code) const {
+  if (scope_unit_code.empty() || scope_unit_code == options_.town_code) return storage::ChangeScope::WholeServer();
+  absl::MutexLock lock(&units_mu_);
+  const hamlet::v1::AdminUnit* unit = units_.Find(scope_unit_code);
+  if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_COMMUNE) {
+    return absl::InvalidArgumentError(absl::StrCat("scope_unit_code \"", scope_unit_code,
+                                                   "\" is neither this server's town (", options_.town_code,
+                                                   ") nor one of its communes"));
+  }
+  return storage::ChangeScope::Commune(scope_unit_code);
+}
+
+absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::string& scope_unit_code) const {
+  if (bytes.empty()) return 0;
+  HAMLET_ASSIGN_OR_RETURN(sync::Cursor cursor, sync::DecodeCursor(bytes));
+  if (cursor.server_id != store_->server_id()) {
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          "cursor was issued by server ", cursor.server_id, ", not this one (",
+                          store_->server_id(), "); pull again from an empty cursor and keep your outbox")),
+                      "CURSOR_INVALIDATED");
+  }
+  if (cursor.epoch != store_->epoch() || cursor.seq > store_->last_seq()) {
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          "cursor is from epoch ", cursor.epoch, " of this server, which is now at epoch ",
+                          store_->epoch(), " (restored from a backup); pull again from an empty cursor and keep "
+                                           "your outbox")),
+                      "CURSOR_INVALIDATED");
+  }
+  if (cursor.scope != scope_unit_code) {
+    return absl::InvalidArgumentError(absl::StrCat("cursor was issued for scope \"", cursor.scope,
+                                                   "\", not \"", scope_unit_code,
+                                                   "\"; keep one cursor per scope"));
+  }
+  return cursor.seq;
+}
+
+std::string Town::MakeCursor(const std::string& scope_unit_code, uint64_t seq) const {
+  return sync::EncodeCursor({store_->server_id(), store_->epoch(), scope_unit_code, seq});
+}
+
+absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullRequest& request) {
+  if (!sync::IsUuid(request.device_id())) return absl::InvalidArgumentError("device_id must be the device's UUID");
+  HAMLET_ASSIGN_OR_RETURN(storage::ChangeScope scope, ResolveScope(request.scope_unit_code()));
+  HAMLET_ASSIGN_OR_RETURN(uint64_t after, CursorSeq(request.cursor(), request.scope_unit_code()));
+  const int page_size = request.page_size() == 0
+                            ? options_.default_page_size
+                            : std::min<int>(static_cast<int>(std::min<uint32_t>(request.page_size(), 1u << 30)),
+                                            options_.max_page_size);
+  const int page_bytes = request.max_page_bytes() == 0
+                             ? options_.default_page_bytes
+                             : std::min<int>(static_cast<int>(std::min<uint32_t>(request.max_page_bytes(), 1u << 30)),
+                                             options_.max_page_bytes);
+  HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page, store_->ReadChanges(scope, after, page_size, page_bytes,
+                                                                        storage::CountRemaining::kYes));
+  hamlet::v1::PullResponse response;
+  for (Record& record : page.records) *response.add_records() = std::move(record);
+  response.set_next_cursor(MakeCursor(request.scope_unit_code(), page.through_seq));
+  response.set_remaining(page.remaining);
+  return response;
+}
+
+absl::StatusOr<Town::WatchStart> Town::StartWatch(const hamlet::v1::WatchRequest& request) {
+  if (!sync::IsUuid(request.device_id())) return absl::InvalidArgumentError("device_id must be the device's UUID");
+  HAMLET_ASSIGN_OR_RETURN(storage::ChangeScope scope, ResolveScope(request.scope_unit_code()));
+  HAMLET_ASSIGN_OR_RETURN(uint64_t seq, CursorSeq(request.cursor(), request.scope_unit_code()));
+  return WatchStart{std::move(scope), seq};
+}
+
+absl::StatusOr<bool> Town::HasChangesAfter(const storage::ChangeScope& scope, uint64_t seq) const {
+  HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page,
+                          store_->ReadChanges(scope, seq, 1, 1, storage::CountRemaining::kNo));
+  return !page.records.empty();
+}
+
+}  // namespace hamlet::server
