@@ -137,15 +137,22 @@ absl::Status DeviceStore::AckPendingBatch() {
   return FromRocks(db_->db->Write(Synced(), &batch), "acknowledging batch");
 }
 
-absl::StatusOr<std::string> DeviceStore::GetCursor() const {
+absl::StatusOr<std::string> DeviceStore::GetCursor(const std::string& scope) const {
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("cursor"));
-  return value.value_or("");
+  if (!value.has_value()) return "";
+  PullPosition position;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(*value, &position));
+  return position.scope() == scope ? position.cursor() : "";
 }
 
-absl::Status DeviceStore::SavePulledPage(const std::vector<Record>& states, const std::string& next_cursor) {
+absl::Status DeviceStore::SavePulledPage(const std::vector<Record>& states, const std::string& scope,
+                                         const std::string& next_cursor) {
   rocksdb::WriteBatch batch;
   for (const Record& state : states) batch.Put(db_->families[kRecords], state.id(), EncodeValue(state));
-  batch.Put(db_->families[kMeta], "cursor", next_cursor);
+  PullPosition position;
+  position.set_scope(scope);
+  position.set_cursor(next_cursor);
+  batch.Put(db_->families[kMeta], "cursor", EncodeValue(position));
   return FromRocks(db_->db->Write(Synced(), &batch), "saving pulled page");
 }
 

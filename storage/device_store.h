@@ -28,7 +28,7 @@ struct OutboxItem {
 // Every write is synced: an edit saved on a phone survives a battery pull.
 //
 // Key layout (docs/STORAGE.md):
-//   default  "device_id" -> UUID text; "cursor" -> opaque bytes;
+//   default  "device_id" -> UUID text; "cursor" -> v1 PullPosition;
 //            "outbox_next" -> be64; "pending" -> v1 PendingBatch; "clock" -> v1 Stamp
 //   records  record_id -> v1 Record
 //   outbox   be64(seq) -> v1 OutboxEntry
@@ -64,11 +64,13 @@ class DeviceStore {
   // The server acknowledged the pending batch: drops it and its outbox entries.
   absl::Status AckPendingBatch();
 
-  // The pull cursor; empty before the first pull.
-  absl::StatusOr<std::string> GetCursor() const;
+  // The pull cursor for `scope`; empty before the first pull of that scope.
+  // The store keeps one cursor: pulling another scope starts it over.
+  absl::StatusOr<std::string> GetCursor(const std::string& scope) const;
   // Stores a pulled page's merged records and the cursor after it, atomically,
   // so an interrupted pull resumes after the last page saved.
-  absl::Status SavePulledPage(const std::vector<hamlet::v1::Record>& states, const std::string& next_cursor);
+  absl::Status SavePulledPage(const std::vector<hamlet::v1::Record>& states, const std::string& scope,
+                              const std::string& next_cursor);
   // Forgets the cursor (the server said it is no longer valid); keeps the
   // records and the outbox.
   absl::Status ResetCursor();

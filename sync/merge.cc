@@ -50,29 +50,23 @@ void SetFieldStamp(Record* record, uint32_t field, const Stamp& stamp) {
   for (int i = stamps->size() - 1; i > index; --i) stamps->SwapElements(i, i - 1);
 }
 
-namespace {
-
-void TakeEnvelope(const Record& change, Record* state) {
-  state->set_id(change.id());
-  state->set_unit_code(change.unit_code());
-  state->set_author(change.author());
-  *state->mutable_create_time() = change.create_time();
-  state->set_sensitivity(change.sensitivity());
-  const Message* body = RecordBody(change);
+Record EmptyChangeOf(const Record& record) {
+  Record change;
+  change.set_id(record.id());
+  change.set_unit_code(record.unit_code());
+  change.set_author(record.author());
+  *change.mutable_create_time() = record.create_time();
+  change.set_sensitivity(record.sensitivity());
   const auto* oneof = Record::descriptor()->FindOneofByName("body");
-  const FieldDescriptor* body_field = change.GetReflection()->GetOneofFieldDescriptor(change, oneof);
-  if (body != nullptr) {
-    // Creates the empty body of the right type.
-    state->GetReflection()->MutableMessage(state, body_field);
-  }
+  const FieldDescriptor* body_field = record.GetReflection()->GetOneofFieldDescriptor(record, oneof);
+  if (body_field != nullptr) change.GetReflection()->MutableMessage(&change, body_field);
+  return change;
 }
-
-}  // namespace
 
 bool MergeRecord(const Record& change, Record* state, const FieldNumbers& keep_local) {
   bool changed = false;
   if (RecordBody(*state) == nullptr && RecordBody(change) != nullptr) {
-    TakeEnvelope(change, state);
+    *state = EmptyChangeOf(change);
     changed = true;
   }
 

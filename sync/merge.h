@@ -39,6 +39,10 @@ bool MergeRecord(const hamlet::v1::Record& change, hamlet::v1::Record* state,
 const google::protobuf::Message* RecordBody(const hamlet::v1::Record& record);
 google::protobuf::Message* MutableRecordBody(hamlet::v1::Record* record);
 
+// A change for `record` that changes nothing yet: its envelope (id, unit,
+// author, create time, sensitivity) and an empty body of its type.
+hamlet::v1::Record EmptyChangeOf(const hamlet::v1::Record& record);
+
 // The stamp of one body field, or nullptr if the field is not stamped.
 const hamlet::v1::Stamp* FindFieldStamp(const hamlet::v1::Record& record, uint32_t field);
 

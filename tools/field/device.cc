@@ -1,0 +1,237 @@
+#include "tools/field/device.h"
+
+#include <chrono>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+#include "sync/status_macros.h"
+#include "sync/uuid.h"
+
+namespace hamlet::field {
+
+using google::protobuf::util::TimeUtil;
+using hamlet::v1::Record;
+
+namespace {
+
+struct CallResult {
+  grpc::Status status;
+  std::string reason;  // hamlet-error-reason trailer, if any.
+};
+
+absl::Status FromGrpc(const grpc::Status& status, absl::string_view what) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(what, ": ", status.error_message()));
+}
+
+bool Retryable(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         code == grpc::StatusCode::RESOURCE_EXHAUSTED || code == grpc::StatusCode::ABORTED;
+}
+
+// Runs `call` with a fresh context until it succeeds, fails for good, or runs
+// out of attempts, sleeping with jittered exponential backoff in between.
+template <typename Call>
+CallResult CallWithRetry(const FieldDevice::SyncOptions& options, Call call) {
+  absl::BitGen gen;
+  absl::Duration backoff = options.first_backoff;
+  CallResult result;
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options.call_timeout));
+    result.status = call(&context);
+    result.reason.clear();
+    const auto& trailers = context.GetServerTrailingMetadata();
+    if (auto it = trailers.find("hamlet-error-reason"); it != trailers.end()) {
+      result.reason.assign(it->second.data(), it->second.size());
+    }
+    if (result.status.ok() || !Retryable(result.status.error_code()) || attempt >= options.max_attempts) {
+      return result;
+    }
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff * absl::Uniform(gen, 0.5, 1.5)));
+    backoff = std::min(backoff * 2, options.max_backoff);
+  }
+}
+
+}  // namespace
+
+FieldDevice::FieldDevice(std::unique_ptr<storage::DeviceStore> store, const sync::PhysicalClock* clock)
+    : store_(std::move(store)), clock_(clock, store_->device_id()) {}
+
+absl::StatusOr<std::unique_ptr<FieldDevice>> FieldDevice::Open(const std::string& dir,
+                                                               const sync::PhysicalClock* clock) {
+  absl::BitGen gen;
+  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<storage::DeviceStore> store,
+                          storage::DeviceStore::Open(dir, sync::NewUuid(gen)));
+  HAMLET_ASSIGN_OR_RETURN(hamlet::v1::Stamp last, store->GetClock());
+  std::unique_ptr<FieldDevice> device(new FieldDevice(std::move(store), clock));
+  device->clock_.Restore(last);
+  return device;
+}
+
+absl::Status FieldDevice::SaveEdit(const Record& change, Record state) {
+  sync::MergeRecord(change, &state);
+  return store_->SaveLocalEdit(state, change, clock_.Last());
+}
+
+absl::StatusOr<Record> FieldDevice::Create(Record draft, const sync::FieldNumbers& fields) {
+  if (draft.id().empty()) {
+    absl::BitGen gen;
+    draft.set_id(sync::NewUuid(gen));
+  }
+  const google::protobuf::Message* body = sync::RecordBody(draft);
+  if (body == nullptr) return absl::InvalidArgumentError("a new record needs a body");
+  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, store_->GetRecord(draft.id()));
+  if (existing.has_value()) return absl::AlreadyExistsError(absl::StrCat("record ", draft.id(), " exists"));
+  *draft.mutable_create_time() = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+  if (draft.sensitivity() == hamlet::v1::SENSITIVITY_UNSPECIFIED) {
+    draft.set_sensitivity(hamlet::v1::SENSITIVITY_NORMAL);
+  }
+  sync::FieldNumbers stamped = fields;
+  std::vector<const google::protobuf::FieldDescriptor*> set_fields;
+  body->GetReflection()->ListFields(*body, &set_fields);
+  for (const auto* field : set_fields) stamped.insert(field->number());
+  draft.clear_field_stamps();
+  const hamlet::v1::Stamp stamp = clock_.Now();
+  for (uint32_t field : stamped) {
+    if (body->GetDescriptor()->FindFieldByNumber(static_cast<int>(field)) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(body->GetDescriptor()->name(), " has no field ", field));
+    }
+    sync::SetFieldStamp(&draft, field, stamp);
+  }
+  HAMLET_RETURN_IF_ERROR(SaveEdit(draft, Record()));
+  return draft;
+}
+
+absl::StatusOr<Record> FieldDevice::Edit(const std::string& id, const google::protobuf::Message& body,
+                                         const sync::FieldNumbers& fields) {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> state, store_->GetRecord(id));
+  if (!state.has_value()) return absl::NotFoundError(absl::StrCat("no record ", id, " on this device"));
+  const google::protobuf::Message* current = sync::RecordBody(*state);
+  if (current == nullptr || current->GetDescriptor() != body.GetDescriptor()) {
+    return absl::InvalidArgumentError(absl::StrCat("record ", id, " is not a ", body.GetDescriptor()->name()));
+  }
+  Record change = sync::EmptyChangeOf(*state);
+  sync::MutableRecordBody(&change)->CopyFrom(body);
+  const hamlet::v1::Stamp stamp = clock_.Now();
+  for (uint32_t field : fields) {
+    if (body.GetDescriptor()->FindFieldByNumber(static_cast<int>(field)) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(body.GetDescriptor()->name(), " has no field ", field));
+    }
+    sync::SetFieldStamp(&change, field, stamp);
+  }
+  // Only the listed fields travel: clear the others so the body matches its stamps.
+  google::protobuf::Message* change_body = sync::MutableRecordBody(&change);
+  for (int i = 0; i < change_body->GetDescriptor()->field_count(); ++i) {
+    const auto* field = change_body->GetDescriptor()->field(i);
+    if (fields.count(field->number()) == 0) change_body->GetReflection()->ClearField(change_body, field);
+  }
+  HAMLET_RETURN_IF_ERROR(SaveEdit(change, *state));
+  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> saved, store_->GetRecord(id));
+  return *saved;
+}
+
+absl::Status FieldDevice::Delete(const std::string& id) {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> state, store_->GetRecord(id));
+  if (!state.has_value()) return absl::NotFoundError(absl::StrCat("no record ", id, " on this device"));
+  Record change = sync::EmptyChangeOf(*state);
+  change.set_deleted(true);
+  *change.mutable_deleted_stamp() = clock_.Now();
+  return SaveEdit(change, *state);
+}
+
+absl::StatusOr<FieldDevice::SyncReport> FieldDevice::Sync(hamlet::v1::SyncService::StubInterface& stub,
+                                                          const SyncOptions& options) {
+  SyncReport report;
+  HAMLET_RETURN_IF_ERROR(PushOutbox(stub, options, &report));
+  HAMLET_RETURN_IF_ERROR(PullAll(stub, options, &report));
+  return report;
+}
+
+absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
+                                     SyncReport* report) {
+  while (true) {
+    HAMLET_ASSIGN_OR_RETURN(std::optional<storage::PendingBatch> pending, store_->GetPendingBatch());
+    HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> items,
+                            store_->ReadOutbox(static_cast<size_t>(options.batch_records)));
+    if (!pending.has_value()) {
+      if (items.empty()) return absl::OkStatus();
+      // The batch is fixed on disk before it is sent, so that after a crash the
+      // retry carries the same id and the same content.
+      absl::BitGen gen;
+      pending.emplace();
+      pending->set_batch_id(sync::NewUuid(gen));
+      pending->set_last_outbox_seq(items.back().seq);
+      HAMLET_RETURN_IF_ERROR(store_->SetPendingBatch(*pending));
+    }
+    hamlet::v1::PushRequest request;
+    request.set_device_id(device_id());
+    request.set_batch_id(pending->batch_id());
+    request.set_app_version(options.app_version);
+    for (storage::OutboxItem& item : items) {
+      if (item.seq > pending->last_outbox_seq()) break;
+      *request.add_changes() = std::move(item.change);
+    }
+    hamlet::v1::PushResponse response;
+    CallResult result = CallWithRetry(options, [&](grpc::ClientContext* context) {
+      return stub.Push(context, request, &response);
+    });
+    if (!result.status.ok()) return FromGrpc(result.status, absl::StrCat("push of batch ", pending->batch_id()));
+    HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch());
+    ++report->batches_pushed;
+    report->records_pushed += request.changes_size();
+  }
+}
+
+absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
+                                  SyncReport* report) {
+  // Fields with unsynced edits, per record: a pulled value must not replace them.
+  std::unordered_map<std::string, sync::FieldNumbers> unsynced;
+  HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> outbox, store_->ReadOutbox(SIZE_MAX));
+  for (const storage::OutboxItem& item : outbox) {
+    for (const auto& fs : item.change.field_stamps()) unsynced[item.change.id()].insert(fs.field());
+  }
+  while (true) {
+    HAMLET_ASSIGN_OR_RETURN(std::string cursor, store_->GetCursor(options.scope_unit_code));
+    hamlet::v1::PullRequest request;
+    request.set_device_id(device_id());
+    request.set_scope_unit_code(options.scope_unit_code);
+    request.set_cursor(cursor);
+    request.set_page_size(static_cast<uint32_t>(options.page_size));
+    hamlet::v1::PullResponse response;
+    CallResult result = CallWithRetry(options, [&](grpc::ClientContext* context) {
+      return stub.Pull(context, request, &response);
+    });
+    if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && result.reason == "CURSOR_INVALIDATED" &&
+        !report->cursor_reset) {
+      // The server no longer knows our place (restored, or another server):
+      // start over from zero. Records and outbox stay; merging is idempotent.
+      HAMLET_RETURN_IF_ERROR(store_->ResetCursor());
+      report->cursor_reset = true;
+      continue;
+    }
+    if (!result.status.ok()) return FromGrpc(result.status, "pull");
+    std::vector<Record> states;
+    states.reserve(response.records_size());
+    for (const Record& pulled : response.records()) {
+      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> local, store_->GetRecord(pulled.id()));
+      Record state = local.value_or(Record());
+      auto it = unsynced.find(pulled.id());
+      sync::MergeRecord(pulled, &state, it == unsynced.end() ? sync::FieldNumbers() : it->second);
+      state.set_server_seq(pulled.server_seq());
+      for (const auto& fs : pulled.field_stamps()) clock_.Observe(fs.stamp());
+      states.push_back(std::move(state));
+    }
+    HAMLET_RETURN_IF_ERROR(store_->SavePulledPage(states, options.scope_unit_code, response.next_cursor()));
+    report->records_pulled += states.size();
+    if (options.on_pull_progress) {
+      options.on_pull_progress(report->records_pulled, report->records_pulled + response.remaining());
+    }
+    if (response.remaining() == 0) return absl::OkStatus();
+  }
+}
+
+}  // namespace hamlet::field

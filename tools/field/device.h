@@ -1,0 +1,95 @@
+#ifndef HAMLET_TOOLS_FIELD_DEVICE_H_
+#define HAMLET_TOOLS_FIELD_DEVICE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "hamlet/v1/sync.grpc.pb.h"
+#include "storage/device_store.h"
+#include "sync/clock.h"
+#include "sync/merge.h"
+
+namespace hamlet::field {
+
+// What a phone does, for tests, load tools and the upstream replicator: a local
+// store of records, an outbox of edits made offline, and sync with a server.
+//
+// Edits never need a server. Sync pushes the outbox in batches whose ids are
+// saved before sending, so a retry (after a lost answer or a crash) resends the
+// same batch and the server applies it once; then it pulls pages up to the
+// newest cursor, saving each page with its cursor so an interrupted pull
+// resumes where it stopped. A pulled record never overwrites a field the device
+// still has an unsynced edit for.
+//
+// Not thread-safe.
+class FieldDevice {
+ public:
+  // Opens (or creates, with a new device id) the device store in `dir`.
+  // `clock` must outlive the device.
+  static absl::StatusOr<std::unique_ptr<FieldDevice>> Open(const std::string& dir,
+                                                           const sync::PhysicalClock* clock);
+
+  const std::string& device_id() const { return store_->device_id(); }
+  storage::DeviceStore& store() { return *store_; }
+
+  // Creates a record. `draft` carries unit_code, author and a body; the id is
+  // generated if empty; create_time is set to now. `fields` are the body fields
+  // the edit sets (fields set in the body are always included).
+  absl::StatusOr<hamlet::v1::Record> Create(hamlet::v1::Record draft, const sync::FieldNumbers& fields = {});
+
+  // Sets `fields` of record `id` to their values in `body` (a message of the
+  // record's body type; a listed field absent from it is cleared).
+  // NOT_FOUND if the device has no such record; INVALID_ARGUMENT if `body` is of
+  // another type or a field number is unknown.
+  absl::StatusOr<hamlet::v1::Record> Edit(const std::string& id, const google::protobuf::Message& body,
+                                          const sync::FieldNumbers& fields);
+
+  // Marks record `id` deleted. NOT_FOUND if the device has no such record.
+  absl::Status Delete(const std::string& id);
+
+  struct SyncOptions {
+    // Commune code to pull, or "" for everything the server lets this device see.
+    std::string scope_unit_code;
+    int batch_records = 200;
+    int page_size = 500;
+    // Deadline of one call.
+    absl::Duration call_timeout = absl::Seconds(20);
+    // Attempts per call when the server is unreachable or overloaded.
+    int max_attempts = 8;
+    absl::Duration first_backoff = absl::Milliseconds(100);
+    absl::Duration max_backoff = absl::Seconds(5);
+    std::string app_version = "hamlet-field/0.1";
+    // Told after each pulled page: records pulled so far in this sync, and that
+    // plus what the server says remains.
+    std::function<void(uint64_t pulled, uint64_t total)> on_pull_progress;
+  };
+  struct SyncReport {
+    uint64_t batches_pushed = 0;
+    uint64_t records_pushed = 0;
+    uint64_t records_pulled = 0;
+    bool cursor_reset = false;
+  };
+  // Pushes the whole outbox, then pulls until caught up. Returns the last
+  // error if a call still fails after its attempts; what was done before it
+  // stays done.
+  absl::StatusOr<SyncReport> Sync(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options);
+
+ private:
+  FieldDevice(std::unique_ptr<storage::DeviceStore> store, const sync::PhysicalClock* clock);
+  absl::Status SaveEdit(const hamlet::v1::Record& change, hamlet::v1::Record state);
+  absl::Status PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
+                          SyncReport* report);
+  absl::Status PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, SyncReport* report);
+
+  std::unique_ptr<storage::DeviceStore> store_;
+  sync::HybridClock clock_;
+};
+
+}  // namespace hamlet::field
+
+#endif  // HAMLET_TOOLS_FIELD_DEVICE_H_
