@@ -1,0 +1,361 @@
+// A real non-C++ client of hamletd: @grpc/grpc-js with the .proto files loaded at
+// run time by @grpc/proto-loader. It checks the parts of the sync contract a
+// device author relies on: push then pull, idempotent retries, batch id reuse,
+// clock skew refusal and cursor validation.
+//
+// Run: node --test tests/node/client.test.js
+// The server binary is $HAMLETD (default /work/main/build/server/hamletd). The
+// script starts its own hamletd on a free loopback port in a fresh temp dir and
+// stops it with SIGTERM when done, also when a test fails.
+
+'use strict';
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const HAMLETD = process.env.HAMLETD || '/work/main/build/server/hamletd';
+const PROTO_ROOT = path.resolve(__dirname, '../../proto');
+
+const READY_TIMEOUT_MS = 20_000;
+const STOP_TIMEOUT_MS = 15_000; // hamletd's default --shutdown_grace is 10 s.
+const CALL_DEADLINE_MS = 5_000;
+const SCRIPT_LIMIT_MS = 60_000;
+const SCOPE = '07132'; // A commune of the seeded town 206.
+const SEEDED_UNITS = 249; // AdminUnit records hamletd seeds on first start.
+
+// MediationCase field numbers (records.proto); stamps name body fields by number.
+const FIELD = { summary: 5, status: 9, round: 10 };
+
+const statusName = (code) => Object.keys(grpc.status).find((k) => grpc.status[k] === code) || String(code);
+
+// ---------------------------------------------------------------------------
+// Server lifecycle.
+
+let server = null; // { child, dir, address, stderr: string[] }
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function startServer() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hamlet-client-test-'));
+  const readyFile = path.join(dir, 'ready');
+  const child = spawn(
+    HAMLETD,
+    ['--listen=127.0.0.1:0', `--data_dir=${path.join(dir, 'data')}`, `--ready_file=${readyFile}`],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  const stderr = [];
+  child.stderr.on('data', (chunk) => stderr.push(chunk.toString()));
+  let exited = null;
+  child.on('exit', (code, signal) => (exited = { code, signal }));
+  child.on('error', (err) => (exited = { error: err }));
+  server = { child, dir, address: null, stderr, exit: () => exited };
+
+  // The ready file holds "127.0.0.1:PORT\n" once the server accepts calls. It is
+  // not written atomically, so only a complete line counts.
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (exited) {
+      throw new Error(`hamletd exited before it was ready: ${JSON.stringify(exited)}\n${stderr.join('')}`);
+    }
+    let text = '';
+    try {
+      text = fs.readFileSync(readyFile, 'utf8');
+    } catch {
+      // Not written yet.
+    }
+    if (/^127\.0\.0\.1:\d+\n/.test(text)) {
+      server.address = text.trim();
+      return;
+    }
+    await sleep(50);
+  }
+  throw new Error(`hamletd wrote no ready file within ${READY_TIMEOUT_MS} ms\n${stderr.join('')}`);
+}
+
+// Sends SIGTERM and waits for the process to end (SIGKILL as a last resort).
+// Returns how it ended.
+async function stopServer() {
+  if (!server) return null;
+  const { child, dir } = server;
+  if (server.exit() === null) {
+    child.kill('SIGTERM');
+    const deadline = Date.now() + STOP_TIMEOUT_MS;
+    while (server.exit() === null && Date.now() < deadline) await sleep(50);
+    if (server.exit() === null) child.kill('SIGKILL');
+  }
+  const result = server.exit();
+  fs.rmSync(dir, { recursive: true, force: true });
+  return result;
+}
+
+// If the test runner dies for any reason, do not leave hamletd behind.
+process.on('exit', () => {
+  if (server && server.exit() === null) server.child.kill('SIGTERM');
+});
+
+// Bounds the whole script: whatever hangs, stop the server and fail.
+const watchdog = setTimeout(() => {
+  process.stderr.write(`client.test.js: still running after ${SCRIPT_LIMIT_MS} ms; giving up\n`);
+  if (server && server.exit() === null) server.child.kill('SIGTERM');
+  process.exit(1);
+}, SCRIPT_LIMIT_MS);
+watchdog.unref();
+
+// ---------------------------------------------------------------------------
+// Client.
+
+let client = null;
+
+function loadSyncService() {
+  const definition = protoLoader.loadSync(path.join(PROTO_ROOT, 'hamlet/v1/sync.proto'), {
+    includeDirs: [PROTO_ROOT],
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: false,
+  });
+  return grpc.loadPackageDefinition(definition).hamlet.v1.SyncService;
+}
+
+// Calls a unary method; resolves with the response or rejects with the
+// grpc-js ServiceError (which carries code, details and trailing metadata).
+function call(method, request) {
+  return new Promise((resolve, reject) => {
+    client[method](request, { deadline: Date.now() + CALL_DEADLINE_MS }, (err, response) =>
+      err ? reject(err) : resolve(response),
+    );
+  });
+}
+
+// Runs `promise`, which must fail with gRPC status `code`; returns the error.
+async function expectStatus(promise, code) {
+  let response;
+  try {
+    response = await promise;
+  } catch (err) {
+    assert.equal(
+      err.code,
+      code,
+      `expected ${statusName(code)} (${code}), got ${statusName(err.code)} (${err.code}): ${err.details}`,
+    );
+    return err;
+  }
+  assert.fail(`expected ${statusName(code)} (${code}), but the call succeeded: ${JSON.stringify(response)}`);
+}
+
+const DEVICE_ID = crypto.randomUUID();
+
+// A new MediationCase record as a device would push it: envelope, body and one
+// stamp per body field set, in increasing field-number order.
+function newCase(body, { id = crypto.randomUUID(), physicalMs = Date.now() } = {}) {
+  const stamps = Object.keys(body)
+    .map((name) => FIELD[name])
+    .sort((a, b) => a - b)
+    .map((field) => ({ field, stamp: { physical_ms: String(physicalMs), logical: 0, node: DEVICE_ID } }));
+  return {
+    id,
+    unit_code: SCOPE,
+    author: 'person-nodetest',
+    create_time: { seconds: String(Math.floor(physicalMs / 1000)), nanos: (physicalMs % 1000) * 1e6 },
+    sensitivity: 'SENSITIVITY_NORMAL',
+    mediation_case: body,
+    field_stamps: stamps,
+  };
+}
+
+function pushRequest(changes, batchId = crypto.randomUUID()) {
+  return { device_id: DEVICE_ID, batch_id: batchId, changes, app_version: 'node-test/1' };
+}
+
+// Pulls `scope` from `cursor` page by page until remaining is 0. Checks the
+// paging contract on the way: remaining is exact (it drops by each page's size),
+// records come in increasing server_seq, and no record appears twice.
+async function pullAll(cursor = Buffer.alloc(0), pageSize = 100) {
+  const records = [];
+  let previousRemaining = null;
+  let lastSeq = 0n;
+  for (let page = 0; page < 1000; page++) {
+    const res = await call('Pull', { device_id: DEVICE_ID, scope_unit_code: SCOPE, cursor, page_size: pageSize });
+    const got = res.records || [];
+    const remaining = BigInt(res.remaining || '0');
+    assert.ok(got.length <= pageSize, `page of ${got.length} records exceeds page_size ${pageSize}`);
+    assert.ok(Buffer.isBuffer(res.next_cursor) && res.next_cursor.length > 0, 'next_cursor must always be set');
+    if (previousRemaining !== null) {
+      assert.equal(remaining, previousRemaining - BigInt(got.length), 'remaining must be exact');
+    }
+    for (const r of got) {
+      const seq = BigInt(r.server_seq);
+      assert.ok(seq > lastSeq, `records must come in increasing server_seq (${seq} after ${lastSeq})`);
+      lastSeq = seq;
+      records.push(r);
+    }
+    previousRemaining = remaining;
+    cursor = res.next_cursor;
+    if (remaining === 0n) {
+      const ids = new Set(records.map((r) => r.id));
+      assert.equal(ids.size, records.length, 'a pull returned the same record twice');
+      return { records, cursor };
+    }
+    assert.ok(got.length > 0, 'a page with remaining > 0 must hold at least one record');
+  }
+  assert.fail('pull did not catch up within 1000 pages');
+}
+
+// Field stamps as comparable plain values (proto3 drops zero scalars on the wire).
+function stampsOf(record) {
+  return (record.field_stamps || []).map((fs) => ({
+    field: fs.field,
+    physical_ms: String(fs.stamp.physical_ms),
+    logical: fs.stamp.logical || 0,
+    node: fs.stamp.node,
+  }));
+}
+
+// Asserts that `pulled` is the merged state of the new record `sent`.
+function assertSameRecord(pulled, sent) {
+  assert.equal(pulled.id, sent.id);
+  assert.equal(pulled.unit_code, sent.unit_code);
+  assert.equal(pulled.author, sent.author);
+  assert.deepEqual(pulled.create_time, sent.create_time);
+  assert.equal(pulled.sensitivity, sent.sensitivity);
+  assert.deepEqual(pulled.mediation_case, sent.mediation_case);
+  assert.deepEqual(stampsOf(pulled), stampsOf(sent));
+  assert.ok(!pulled.deleted, 'record must not be deleted');
+}
+
+before(async () => {
+  await startServer();
+  const SyncService = loadSyncService();
+  client = new SyncService(server.address, grpc.credentials.createInsecure());
+});
+
+after(async () => {
+  if (client) client.close();
+  const ended = await stopServer();
+  // SIGTERM is the documented clean shutdown: the process must exit with 0.
+  if (ended && server.address) {
+    assert.deepEqual(ended, { code: 0, signal: null }, `hamletd did not stop cleanly\n${server.stderr.join('')}`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Tests. They share one server and run in order; each uses its own records.
+
+test('a pushed MediationCase comes back from a paged pull with the same fields', { timeout: 20_000 }, async () => {
+  const start = await pullAll();
+  assert.ok(start.records.length >= SEEDED_UNITS, `scope ${SCOPE} must include the ${SEEDED_UNITS} seeded units`);
+
+  const record = newCase({ summary: 'Tranh chấp ranh giới đất giữa hai hộ', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const res = await call('Push', pushRequest([record]));
+  assert.equal(res.applied_records, 1);
+  assert.ok(BigInt(res.server_seq) > 0n, 'server_seq must be set');
+  assert.ok(res.server_time && Number(res.server_time.seconds) > 0, 'server_time must be set');
+
+  // Pull the whole scope with small pages so that several pages are needed.
+  const all = await pullAll(Buffer.alloc(0), 50);
+  assert.equal(all.records.length, start.records.length + 1);
+  const found = all.records.filter((r) => r.id === record.id);
+  assert.equal(found.length, 1, 'the pushed record must appear exactly once');
+  assertSameRecord(found[0], record);
+  assert.equal(found[0].server_seq, res.server_seq, "a one-record batch's seq is the record's seq");
+
+  // From the earlier cursor only the new record is new.
+  const since = await pullAll(start.cursor);
+  assert.deepEqual(since.records.map((r) => r.id), [record.id]);
+});
+
+test('repeating a push returns the identical response and changes nothing', { timeout: 20_000 }, async () => {
+  const record = newCase({ summary: 'Nợ tiền mua bán phân bón', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const request = pushRequest([record]);
+  const first = await call('Push', request);
+  const afterFirst = await pullAll();
+  const stored = afterFirst.records.find((r) => r.id === record.id);
+  assert.ok(stored, 'record must be stored after the first push');
+
+  // A retry (same device_id, batch_id, content) is answered as the first time.
+  const second = await call('Push', request);
+  assert.deepEqual(second, first);
+
+  // Nothing changed after the first push's cursor, and the record is stored once,
+  // unchanged, at the same server_seq.
+  const since = await pullAll(afterFirst.cursor);
+  assert.equal(since.records.length, 0, `the retry wrote: ${JSON.stringify(since.records)}`);
+  const all = await pullAll();
+  const found = all.records.filter((r) => r.id === record.id);
+  assert.equal(found.length, 1);
+  assert.deepEqual(found[0], stored);
+  assert.equal(found[0].server_seq, first.server_seq);
+});
+
+test('reusing a batch_id for different content is ALREADY_EXISTS and keeps the original', { timeout: 20_000 }, async () => {
+  const batchId = crypto.randomUUID();
+  const original = newCase({ summary: 'Mâu thuẫn gia đình', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const first = await call('Push', pushRequest([original], batchId));
+  assert.equal(first.applied_records, 1);
+  const afterFirst = await pullAll();
+
+  // Same record, new summary, newer stamps: different content under the same batch_id.
+  const changed = newCase(
+    { summary: 'Nội dung khác hẳn', status: 'MEDIATION_STATUS_ASSIGNED', round: 1 },
+    { id: original.id, physicalMs: Date.now() + 1 },
+  );
+  const err = await expectStatus(call('Push', pushRequest([changed], batchId)), grpc.status.ALREADY_EXISTS);
+  assert.equal(err.code, 6);
+
+  const since = await pullAll(afterFirst.cursor);
+  assert.equal(since.records.length, 0, `the refused batch wrote: ${JSON.stringify(since.records)}`);
+  const found = (await pullAll()).records.filter((r) => r.id === original.id);
+  assert.equal(found.length, 1);
+  assertSameRecord(found[0], original);
+  assert.equal(found[0].server_seq, first.server_seq);
+});
+
+test('a stamp an hour ahead is FAILED_PRECONDITION with CLOCK_SKEW and writes nothing', { timeout: 20_000 }, async () => {
+  const caughtUp = await pullAll();
+  const record = newCase(
+    { summary: 'Đồng hồ máy chạy nhanh', status: 'MEDIATION_STATUS_RECEIVED', round: 1 },
+    { physicalMs: Date.now() + 3600_000 },
+  );
+  const sentAt = Date.now();
+  const err = await expectStatus(call('Push', pushRequest([record])), grpc.status.FAILED_PRECONDITION);
+  assert.equal(err.code, 9);
+
+  // The trailers say why, and what time the server has so the device can correct.
+  assert.deepEqual(err.metadata.get('hamlet-error-reason'), ['CLOCK_SKEW']);
+  const serverTime = err.metadata.get('hamlet-server-time-ms');
+  assert.equal(serverTime.length, 1, 'hamlet-server-time-ms trailer must be present once');
+  assert.match(String(serverTime[0]), /^\d+$/);
+  const skew = Math.abs(Number(serverTime[0]) - sentAt);
+  assert.ok(skew < 60_000, `hamlet-server-time-ms ${serverTime[0]} is ${skew} ms from this machine's clock`);
+
+  const since = await pullAll(caughtUp.cursor);
+  assert.equal(since.records.length, 0, `the refused push wrote: ${JSON.stringify(since.records)}`);
+  const all = await pullAll();
+  assert.equal(all.records.length, caughtUp.records.length);
+  assert.ok(!all.records.some((r) => r.id === record.id));
+});
+
+test('a pull with a garbage cursor is INVALID_ARGUMENT', { timeout: 20_000 }, async () => {
+  const garbage = [
+    Buffer.from('not a cursor'),
+    Buffer.concat([Buffer.from([0x7f]), crypto.randomBytes(39)]), // Random, with an unknown version byte.
+    Buffer.from([0x01, 0x05, 0x61]), // Starts like a version-1 cursor, then stops short.
+  ];
+  for (const cursor of garbage) {
+    const err = await expectStatus(
+      call('Pull', { device_id: DEVICE_ID, scope_unit_code: SCOPE, cursor, page_size: 5 }),
+      grpc.status.INVALID_ARGUMENT,
+    );
+    assert.equal(err.code, 3, `cursor ${cursor.toString('hex')}`);
+  }
+});

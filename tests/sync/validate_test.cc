@@ -1,0 +1,135 @@
+#include "sync/validate.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/support/records.h"
+#include "tests/support/status_matchers.h"
+
+namespace hamlet::sync {
+namespace {
+
+using hamlet::testing::MakeStamp;
+using hamlet::testing::NewCase;
+using hamlet::testing::StatusIs;
+using ::testing::HasSubstr;
+using hamlet::v1::Record;
+
+constexpr char kId[] = "6f1c3a52-0d7e-4c1b-9a43-2b8f0e6d5c71";
+const absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
+
+class ValidateTest : public ::testing::Test {
+ protected:
+  ValidateTest() {
+    for (const auto& unit : QuangYenUnits()) units_.Put(unit);
+  }
+  Record Valid() const { return NewCase(kId, "07132", MakeStamp(1000, 0, "dev")); }
+  UnitDirectory units_;
+};
+
+TEST_F(ValidateTest, AcceptsAWellFormedCase) { EXPECT_TRUE(ValidateChange(Valid(), units_).ok()); }
+
+TEST_F(ValidateTest, RefusesBadIds) {
+  Record r = Valid();
+  r.set_id("case-1");
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("not a UUID")));
+  EXPECT_TRUE(IsUuid("6F1C3A52-0D7E-4C1B-9A43-2B8F0E6D5C71"));
+  EXPECT_FALSE(IsUuid("6f1c3a52-0d7e-4c1b-9a43-2b8f0e6d5c7"));
+  EXPECT_FALSE(IsUuid("6f1c3a52x0d7e-4c1b-9a43-2b8f0e6d5c71"));
+}
+
+TEST_F(ValidateTest, RefusesUnknownOrMissingUnit) {
+  Record r = Valid();
+  r.set_unit_code("99999");
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("does not exist")));
+  r.clear_unit_code();
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("unit_code is required")));
+}
+
+TEST_F(ValidateTest, RefusesMissingBody) {
+  Record r = Valid();
+  r.clear_mediation_case();
+  r.clear_field_stamps();
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("no body")));
+}
+
+TEST_F(ValidateTest, RefusesUnstampedField) {
+  Record r = Valid();
+  r.mutable_mediation_case()->set_ledger_number("12/2017");
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("ledger_number is set but has no stamp")));
+}
+
+TEST_F(ValidateTest, RefusesStampForUnknownField) {
+  Record r = Valid();
+  SetFieldStamp(&r, 99, MakeStamp(1000, 0, "dev"));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("field 99")));
+}
+
+TEST_F(ValidateTest, RefusesStampsOutOfOrderOrWithoutNode) {
+  Record r = Valid();
+  r.mutable_field_stamps()->SwapElements(0, 1);
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("increasing field order")));
+  r = Valid();
+  r.mutable_field_stamps(0)->mutable_stamp()->clear_node();
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("needs a positive physical_ms and a node")));
+}
+
+TEST_F(ValidateTest, RefusesUnknownEnumValuesAnywhereInTheBody) {
+  Record r = Valid();
+  r.mutable_mediation_case()->set_status(static_cast<hamlet::v1::MediationStatus>(42));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("status = 42")));
+  r = Valid();
+  r.mutable_mediation_case()->add_parties()->set_role(static_cast<hamlet::v1::PartyRole>(9));
+  SetFieldStamp(&r, hamlet::v1::MediationCase::kPartiesFieldNumber, MakeStamp(1000, 0, "dev"));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("parties[0].role = 9")));
+}
+
+TEST_F(ValidateTest, RefusesDeletionWithoutStampAndOutputOnlyFields) {
+  Record r = Valid();
+  r.set_deleted(true);
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("deleted_stamp")));
+  r = Valid();
+  r.set_server_seq(5);
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("output only")));
+}
+
+TEST_F(ValidateTest, ExistingRecordKeepsTypeUnitAndAuthor) {
+  const Record existing = Valid();
+  Record other_type = existing;
+  other_type.clear_mediation_case();
+  other_type.mutable_security_tip();
+  EXPECT_THAT(CheckSameRecord(other_type, existing),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("type cannot change")));
+  Record other_unit = existing;
+  other_unit.set_unit_code("07135");
+  EXPECT_THAT(CheckSameRecord(other_unit, existing),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("unit cannot change")));
+  Record other_author = existing;
+  other_author.set_author("someone-else");
+  EXPECT_THAT(CheckSameRecord(other_author, existing),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("author cannot change")));
+  EXPECT_TRUE(CheckSameRecord(existing, existing).ok());
+}
+
+TEST_F(ValidateTest, NewRecordNeedsAuthorAndCreateTime) {
+  Record r = Valid();
+  r.clear_author();
+  EXPECT_THAT(CheckCreatable(r), StatusIs(kInvalid, HasSubstr("needs author and create_time")));
+}
+
+TEST(UnitDirectoryTest, QuangYenHasNineteenCommunesWithTwelveVillagesEach) {
+  UnitDirectory units;
+  int communes = 0;
+  for (const auto& unit : QuangYenUnits()) {
+    units.Put(unit);
+    if (unit.level() == hamlet::v1::UNIT_LEVEL_COMMUNE) ++communes;
+  }
+  EXPECT_EQ(communes, 19);
+  EXPECT_EQ(units.size(), 2u + 19u * 13u);
+  EXPECT_EQ(units.CommuneOf("07132-K05"), "07132");
+  EXPECT_EQ(units.CommuneOf("07189"), "07189");
+  EXPECT_EQ(units.CommuneOf("206"), "");
+  EXPECT_EQ(units.Find("07144")->name(), "Xã Sông Khoai");
+}
+
+}  // namespace
+}  // namespace hamlet::sync
