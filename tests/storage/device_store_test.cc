@@ -1,0 +1,72 @@
+#include "storage/device_store.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/support/records.h"
+#include "tests/support/temp_dir.h"
+
+namespace hamlet::storage {
+namespace {
+
+using hamlet::testing::MakeStamp;
+using hamlet::testing::NewCase;
+
+constexpr char kDevice[] = "0b6e1f7a-3c2d-4e5f-8a9b-0c1d2e3f4a5b";
+constexpr char kCase[] = "00000000-0000-4000-8000-000000000001";
+
+std::unique_ptr<DeviceStore> OpenStore(const std::string& dir, const std::string& new_id = kDevice) {
+  auto store = DeviceStore::Open(dir, new_id);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? std::move(*store) : nullptr;
+}
+
+TEST(DeviceStoreTest, KeepsItsDeviceIdAcrossReopen) {
+  hamlet::testing::TempDir dir;
+  EXPECT_EQ(OpenStore(dir.path())->device_id(), kDevice);
+  EXPECT_EQ(OpenStore(dir.path(), "another-id")->device_id(), kDevice);
+}
+
+TEST(DeviceStoreTest, OutboxBatchIsAcknowledgedOnlyUpToItsLastEntry) {
+  hamlet::testing::TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto record = NewCase(kCase, "07132", MakeStamp(1000, 0, kDevice));
+  ASSERT_TRUE(store->SaveLocalEdit(record, record, MakeStamp(1000, 0, kDevice)).ok());
+  ASSERT_TRUE(store->SaveLocalEdit(record, record, MakeStamp(1001, 0, kDevice)).ok());
+  auto outbox = store->ReadOutbox(10);
+  ASSERT_TRUE(outbox.ok());
+  ASSERT_EQ(outbox->size(), 2u);
+  EXPECT_LT((*outbox)[0].seq, (*outbox)[1].seq);
+
+  PendingBatch pending;
+  pending.set_batch_id("batch-1");
+  pending.set_last_outbox_seq((*outbox)[0].seq);
+  ASSERT_TRUE(store->SetPendingBatch(pending).ok());
+  // An edit made while the batch is in flight is not part of it.
+  ASSERT_TRUE(store->SaveLocalEdit(record, record, MakeStamp(1002, 0, kDevice)).ok());
+  store.reset();
+  store = OpenStore(dir.path());  // A crash before the answer: the batch is still pending.
+  auto again = store->GetPendingBatch();
+  ASSERT_TRUE(again.ok() && again->has_value());
+  EXPECT_EQ((*again)->batch_id(), "batch-1");
+  ASSERT_TRUE(store->AckPendingBatch().ok());
+  EXPECT_EQ(*store->OutboxSize(), 2u);
+  EXPECT_FALSE(store->GetPendingBatch()->has_value());
+  EXPECT_EQ(store->GetClock()->physical_ms(), 1002);
+}
+
+TEST(DeviceStoreTest, CursorBelongsToOneScope) {
+  hamlet::testing::TempDir dir;
+  auto store = OpenStore(dir.path());
+  EXPECT_EQ(*store->GetCursor("07132"), "");
+  auto record = NewCase(kCase, "07132", MakeStamp(1000, 0, "server"));
+  ASSERT_TRUE(store->SavePulledPage({record}, "07132", "cursor-bytes").ok());
+  EXPECT_EQ(*store->GetCursor("07132"), "cursor-bytes");
+  EXPECT_EQ(*store->GetCursor(""), "");
+  EXPECT_TRUE(store->GetRecord(kCase)->has_value());
+  ASSERT_TRUE(store->ResetCursor().ok());
+  EXPECT_EQ(*store->GetCursor("07132"), "");
+  EXPECT_EQ(store->ListRecords()->size(), 1u);
+}
+
+}  // namespace
+}  // namespace hamlet::storage
