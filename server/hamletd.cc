@@ -80,6 +80,7 @@ int Run() {
     LogLine(absl::StrCat("cannot listen on ", listen, " (address in use or not local?)"));
     return 1;
   }
+  server->GetHealthCheckService()->SetServingStatus(hamlet::v1::SyncService::service_full_name(), true);
   const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
   LogLine(absl::StrCat("town ", town_options.town_code, " serving on ", address, "; data in ", data_dir,
                        " (server id ", (*town)->store().server_id(), ", epoch ", (*town)->store().epoch(),

@@ -261,6 +261,10 @@ absl::StatusOr<storage::ChangeScope> Town::ResolveScope(const std::string& scope
   return storage::ChangeScope::Commune(scope_unit_code);
 }
 
+std::string Town::CanonicalScope(const std::string& scope_unit_code) const {
+  return scope_unit_code == options_.town_code ? "" : scope_unit_code;
+}
+
 absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::string& scope_unit_code) const {
   if (bytes.empty()) return 0;
   HAMLET_ASSIGN_OR_RETURN(sync::Cursor cursor, sync::DecodeCursor(bytes));
@@ -277,7 +281,7 @@ absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::st
                                            "your outbox")),
                       "CURSOR_INVALIDATED");
   }
-  if (cursor.scope != scope_unit_code) {
+  if (cursor.scope != CanonicalScope(scope_unit_code)) {
     return absl::InvalidArgumentError(absl::StrCat("cursor was issued for scope \"", cursor.scope,
                                                    "\", not \"", scope_unit_code,
                                                    "\"; keep one cursor per scope"));
@@ -286,7 +290,7 @@ absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::st
 }
 
 std::string Town::MakeCursor(const std::string& scope_unit_code, uint64_t seq) const {
-  return sync::EncodeCursor({store_->server_id(), store_->epoch(), scope_unit_code, seq});
+  return sync::EncodeCursor({store_->server_id(), store_->epoch(), CanonicalScope(scope_unit_code), seq});
 }
 
 absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullRequest& request) {

@@ -81,6 +81,8 @@ class Town {
   absl::Status SeedUnits();
   // The change-index scope for a pull or watch of `scope_unit_code`.
   absl::StatusOr<storage::ChangeScope> ResolveScope(const std::string& scope_unit_code) const;
+  // The scope as cursors record it: "" for the whole town, whichever way it was named.
+  std::string CanonicalScope(const std::string& scope_unit_code) const;
   // Decodes and checks a cursor; 0 for an empty one.
   absl::StatusOr<uint64_t> CursorSeq(const std::string& bytes, const std::string& scope_unit_code) const;
   std::string MakeCursor(const std::string& scope_unit_code, uint64_t seq) const;

@@ -1,0 +1,95 @@
+#include "tests/support/server_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+namespace hamlet::testing {
+
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  return rc == 0 ? pid : -1;
+}
+
+int WaitExit(pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir, std::vector<std::string> flags) {
+  auto server = std::unique_ptr<ServerProcess>(new ServerProcess());
+  server->log_path_ = data_dir + ".log";
+  const std::string ready = data_dir + ".ready";
+  unlink(ready.c_str());
+  std::vector<std::string> argv = {HAMLETD_PATH, "--listen=127.0.0.1:0", "--data_dir=" + data_dir,
+                                   "--ready_file=" + ready};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  server->pid_ = Spawn(argv, server->log_path_);
+  if (server->pid_ < 0) return nullptr;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::string address = ReadFile(ready);
+    if (!address.empty() && address.back() == '\n') {
+      address.pop_back();
+      server->address_ = address;
+      return server;
+    }
+    if (waitpid(server->pid_, nullptr, WNOHANG) == server->pid_) {
+      server->pid_ = -1;
+      return nullptr;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return nullptr;
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) Kill();
+}
+
+void ServerProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  WaitExit(pid_);
+  pid_ = -1;
+}
+
+int ServerProcess::Stop() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  const int code = WaitExit(pid_);
+  pid_ = -1;
+  return code;
+}
+
+}  // namespace hamlet::testing

@@ -1,0 +1,46 @@
+#ifndef HAMLET_TESTS_SUPPORT_SERVER_PROCESS_H_
+#define HAMLET_TESTS_SUPPORT_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace hamlet::testing {
+
+// Runs a program as a child process with stdout and stderr sent to `log_path`.
+// Returns its pid, or -1.
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path);
+
+// Waits for `pid` to end and returns its exit code, or 128 + signal.
+int WaitExit(pid_t pid);
+
+std::string ReadFile(const std::string& path);
+
+// The real hamletd binary, started on a free loopback port.
+class ServerProcess {
+ public:
+  // Starts hamletd with its data in `data_dir` plus `flags`, and waits (up to 20
+  // s) until it listens. Returns nullptr if it did not come up; its log says why.
+  static std::unique_ptr<ServerProcess> Start(const std::string& data_dir, std::vector<std::string> flags = {});
+  ~ServerProcess();  // Kills the server if it still runs.
+
+  const std::string& address() const { return address_; }
+  const std::string& log_path() const { return log_path_; }
+  std::string Log() const { return ReadFile(log_path_); }
+
+  // SIGKILL, as a crash or power cut would.
+  void Kill();
+  // SIGTERM; returns the exit code.
+  int Stop();
+
+ private:
+  pid_t pid_ = -1;
+  std::string address_;
+  std::string log_path_;
+};
+
+}  // namespace hamlet::testing
+
+#endif  // HAMLET_TESTS_SUPPORT_SERVER_PROCESS_H_
