@@ -95,7 +95,9 @@ int Run() {
       address.c_str());
   std::fflush(stdout);
   if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
-    std::ofstream(ready) << address << "\n";
+    // Written whole, then renamed, so a reader never sees half an address.
+    std::ofstream(ready + ".tmp") << address << "\n";
+    std::rename((ready + ".tmp").c_str(), ready.c_str());
   }
 
   // SIGTERM and SIGINT are blocked in every thread (see main) and taken here.
