@@ -1,6 +1,7 @@
 #include "server/town.h"
 
 #include <map>
+#include <set>
 #include <openssl/sha.h>
 
 #include "absl/strings/str_cat.h"
@@ -183,6 +184,7 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   // Merge every change into its record's current state; a record changed twice
   // in the batch is merged twice into one state.
   std::map<std::string, storage::RecordWrite> writes;
+  std::set<std::string> changed;  // Records the batch really changes; only these are written.
   std::vector<std::string> order;
   for (const Record& change : request.changes()) {
     auto it = writes.find(change.id());
@@ -204,7 +206,7 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
     }
     storage::RecordWrite& write = it->second;
     if (write.previous_seq != 0) HAMLET_RETURN_IF_ERROR(sync::CheckSameRecord(change, write.state));
-    sync::MergeRecord(change, &write.state);
+    if (sync::MergeRecord(change, &write.state)) changed.insert(change.id());
   }
   for (const Record& change : request.changes()) {
     for (const auto& fs : change.field_stamps()) clock_.Observe(fs.stamp());
@@ -216,6 +218,7 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   commit.batch_id = request.batch_id();
   std::vector<hamlet::v1::AdminUnit> changed_units;
   for (const std::string& id : order) {
+    if (changed.count(id) == 0) continue;  // Nothing newer than what is stored: no new version.
     storage::RecordWrite& write = writes[id];
     if (write.state.has_admin_unit()) changed_units.push_back(write.state.admin_unit());
     commit.records.push_back(std::move(write));

@@ -170,10 +170,15 @@ TEST_F(SyncE2eTest, ConcurrentEditsMergeFieldByField) {
   Record phone_b = hamlet::testing::CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_WITHDRAWN,
                                                      MakeStamp(NowMs() - 6'000, 0, "phone-b"));
   ASSERT_TRUE(client_->Push(Batch(Uuid(101), {phone_a}), &response).ok());
+  const uint64_t seq_after_a = response.server_seq();
   ASSERT_TRUE(client_->Push(Batch(Uuid(102), {phone_b}), &response).ok());
-  EXPECT_EQ(response.applied_records(), 1u);
+  // B's only edit lost to a newer one: the record did not change, so no new
+  // version is made for other phones to pull.
+  EXPECT_EQ(response.applied_records(), 0u);
+  EXPECT_EQ(response.server_seq(), seq_after_a);
   std::vector<Record> pulled = NewSinceStart();
   ASSERT_EQ(pulled.size(), 1u);
+  EXPECT_EQ(pulled[0].server_seq(), seq_after_a);
   EXPECT_EQ(pulled[0].mediation_case().summary(), "A's summary");
   EXPECT_EQ(pulled[0].mediation_case().status(), hamlet::v1::MEDIATION_STATUS_ASSIGNED);
 }
