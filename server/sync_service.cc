@@ -19,7 +19,7 @@ grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContext* context) {
 grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
                                    hamlet::v1::PushResponse* response) {
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<hamlet::v1::PushResponse> result = town_->Push(*request);
+  absl::StatusOr<hamlet::v1::PushResponse> result = town_->Push(*request, Caller());
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (result.ok()) *response = std::move(*result);
   LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s",
@@ -61,6 +61,18 @@ grpc::Status SyncServiceImpl::Watch(grpc::ServerContext* context, const hamlet::
     if (!writer->Write(message)) break;
   }
   return grpc::Status::OK;
+}
+
+grpc::Status SyncServiceImpl::ResolveConflict(grpc::ServerContext* context,
+                                              const hamlet::v1::ResolveConflictRequest* request,
+                                              hamlet::v1::ResolveConflictResponse* response) {
+  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result = town_->ResolveConflict(*request, Caller());
+  LogLine(absl::StrFormat("resolve device=%s request=%s record=%s field=%d resolver=%s result=%s%s%s",
+                          request->device_id(), request->request_id(), request->record_id(), request->field(),
+                          request->resolver(), absl::StatusCodeToString(result.status().code()),
+                          result.ok() ? "" : " error=", result.ok() ? "" : result.status().message()));
+  if (result.ok()) *response = std::move(*result);
+  return ToGrpc(result.status(), context);
 }
 
 }  // namespace hamlet::server

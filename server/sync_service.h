@@ -20,6 +20,8 @@ class SyncServiceImpl final : public hamlet::v1::SyncService::Service {
                     hamlet::v1::PullResponse* response) override;
   grpc::Status Watch(grpc::ServerContext* context, const hamlet::v1::WatchRequest* request,
                      grpc::ServerWriter<hamlet::v1::WatchResponse>* writer) override;
+  grpc::Status ResolveConflict(grpc::ServerContext* context, const hamlet::v1::ResolveConflictRequest* request,
+                               hamlet::v1::ResolveConflictResponse* response) override;
 
  private:
   Town* const town_;

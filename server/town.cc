@@ -9,7 +9,10 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
+#include "sync/lifecycle.h"
 #include "sync/merge.h"
+#include "sync/roles.h"
+#include "sync/schema.h"
 #include "sync/stamp.h"
 #include "sync/status_macros.h"
 #include "sync/validate.h"
@@ -77,7 +80,15 @@ absl::StatusOr<std::unique_ptr<Town>> Town::Create(std::unique_ptr<storage::Town
     absl::MutexLock lock(&town->units_mu_);
     seeded = town->units_.size() > 0;
   }
-  if (!seeded) HAMLET_RETURN_IF_ERROR(town->SeedUnits());
+  if (!seeded) {
+    bool known = false;
+    for (const auto& unit : sync::QuangYenUnits()) known = known || unit.code() == options.town_code;
+    if (!known) {
+      return absl::FailedPreconditionError(absl::StrCat("--town_code=", options.town_code,
+                                                        " is not in the reference admin units this server seeds"));
+    }
+    HAMLET_RETURN_IF_ERROR(town->SeedUnits());
+  }
   absl::MutexLock lock(&town->units_mu_);
   const hamlet::v1::AdminUnit* unit = town->units_.Find(options.town_code);
   if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_DISTRICT) {
@@ -134,7 +145,101 @@ absl::Status Town::SeedUnits() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request) {
+absl::Status Town::ValidatePushedChange(const Record& change, sync::ChangeOrigin origin) const {
+  absl::MutexLock lock(&units_mu_);
+  HAMLET_RETURN_IF_ERROR(sync::ValidateChange(change, units_, origin));
+  if (change.has_admin_unit() && !units_.CommuneOf(change.unit_code()).empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("record ", change.id(),
+                                                   ": admin units are filed at the town or province, not in unit ",
+                                                   change.unit_code()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>& changes, const Caller& caller) {
+  // Each change is checked and merged into its record's state as left by the
+  // changes before it in the batch.
+  std::map<std::string, storage::RecordWrite> writes;
+  std::set<std::string> changed;
+  std::vector<std::string> order;
+  for (const Record* change : changes) {
+    auto it = writes.find(change->id());
+    if (it == writes.end()) {
+      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, store_->GetRecord(change->id()));
+      storage::RecordWrite write;
+      if (existing.has_value()) {
+        write.previous_seq = existing->server_seq();
+        write.state = std::move(*existing);
+      }
+      {
+        absl::MutexLock lock(&units_mu_);
+        write.commune = units_.CommuneOf(change->unit_code());
+      }
+      it = writes.emplace(change->id(), std::move(write)).first;
+      order.push_back(change->id());
+    }
+    Record& state = it->second.state;
+    if (sync::RecordBody(state) != nullptr) {
+      HAMLET_RETURN_IF_ERROR(sync::CheckSameRecord(*change, state));
+    } else {
+      HAMLET_RETURN_IF_ERROR(sync::CheckCreatable(*change));
+    }
+    HAMLET_RETURN_IF_ERROR(sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.role)));
+    if (sync::MergeRecord(*change, &state)) changed.insert(change->id());
+    for (const auto& fs : change->field_stamps()) clock_.Observe(fs.stamp());
+    if (change->deleted()) clock_.Observe(change->deleted_stamp());
+  }
+  Merged merged;
+  for (const std::string& id : order) {
+    if (changed.count(id) == 0) continue;  // Nothing newer than what is stored: no new version.
+    merged.writes.push_back(std::move(writes[id]));
+  }
+  return merged;
+}
+
+absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
+                                            const std::string& app_version, const std::string& content_hash,
+                                            Merged merged, const std::function<std::string(uint64_t)>& respond) {
+  const int64_t now_ms = clock_.physical().NowMs();
+  storage::PushCommit commit;
+  commit.device_id = device_id;
+  commit.batch_id = batch_id;
+  std::vector<Record> units;
+  for (storage::RecordWrite& write : merged.writes) {
+    if (write.state.has_admin_unit()) units.push_back(write.state);
+    commit.records.push_back(std::move(write));
+  }
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> device, store_->GetDevice(device_id));
+  commit.device = device.value_or(storage::DeviceState());
+  commit.device.set_device_id(device_id);
+  commit.device.set_last_batch_id(batch_id);
+  commit.device.set_last_seen_ms(now_ms);
+  if (!app_version.empty()) commit.device.set_app_version(app_version);
+  commit.device.set_batches_applied(commit.device.batches_applied() + 1);
+  commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
+  commit.clock = clock_.Last();
+  HAMLET_ASSIGN_OR_RETURN(uint64_t seq, store_->CommitPush(std::move(commit), [&](uint64_t last_seq) {
+    storage::BatchReceipt receipt;
+    receipt.set_content_hash(content_hash);
+    receipt.set_response(respond(last_seq));
+    receipt.set_commit_time_ms(now_ms);
+    return receipt;
+  }));
+  if (!units.empty()) {
+    absl::MutexLock lock(&units_mu_);
+    for (const Record& unit : units) {
+      if (unit.deleted()) {
+        units_.Remove(unit.admin_unit().code());
+      } else {
+        units_.Put(unit.admin_unit());
+      }
+    }
+  }
+  feed_.Publish(seq);
+  return seq;
+}
+
+absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request, const Caller& caller) {
   if (!sync::IsUuid(request.device_id())) {
     return absl::InvalidArgumentError("device_id must be the device's UUID");
   }
@@ -149,9 +254,8 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
                                                    " records; this one has ", request.changes_size(),
                                                    ". Split it into several batches"));
   }
-  {
-    absl::MutexLock lock(&units_mu_);
-    for (const Record& change : request.changes()) HAMLET_RETURN_IF_ERROR(sync::ValidateChange(change, units_));
+  for (const Record& change : request.changes()) {
+    HAMLET_RETURN_IF_ERROR(ValidatePushedChange(change, sync::ChangeOrigin::kDevice));
   }
   const int64_t now_ms = clock_.physical().NowMs();
   const int64_t limit_ms = now_ms + absl::ToInt64Milliseconds(options_.max_clock_skew);
@@ -180,75 +284,102 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
     if (!response.ParseFromString(receipt->response())) return absl::DataLossError("stored push response is damaged");
     return response;
   }
-
-  // Merge every change into its record's current state; a record changed twice
-  // in the batch is merged twice into one state.
-  std::map<std::string, storage::RecordWrite> writes;
-  std::set<std::string> changed;  // Records the batch really changes; only these are written.
-  std::vector<std::string> order;
-  for (const Record& change : request.changes()) {
-    auto it = writes.find(change.id());
-    if (it == writes.end()) {
-      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, store_->GetRecord(change.id()));
-      storage::RecordWrite write;
-      if (existing.has_value()) {
-        write.previous_seq = existing->server_seq();
-        write.state = std::move(*existing);
-      } else {
-        HAMLET_RETURN_IF_ERROR(sync::CheckCreatable(change));
-      }
-      {
-        absl::MutexLock lock(&units_mu_);
-        write.commune = units_.CommuneOf(change.unit_code());
-      }
-      it = writes.emplace(change.id(), std::move(write)).first;
-      order.push_back(change.id());
-    }
-    storage::RecordWrite& write = it->second;
-    if (write.previous_seq != 0) HAMLET_RETURN_IF_ERROR(sync::CheckSameRecord(change, write.state));
-    if (sync::MergeRecord(change, &write.state)) changed.insert(change.id());
-  }
-  for (const Record& change : request.changes()) {
-    for (const auto& fs : change.field_stamps()) clock_.Observe(fs.stamp());
-    if (change.deleted()) clock_.Observe(change.deleted_stamp());
-  }
-
-  storage::PushCommit commit;
-  commit.device_id = request.device_id();
-  commit.batch_id = request.batch_id();
-  std::vector<hamlet::v1::AdminUnit> changed_units;
-  for (const std::string& id : order) {
-    if (changed.count(id) == 0) continue;  // Nothing newer than what is stored: no new version.
-    storage::RecordWrite& write = writes[id];
-    if (write.state.has_admin_unit()) changed_units.push_back(write.state.admin_unit());
-    commit.records.push_back(std::move(write));
-  }
-  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> device, store_->GetDevice(request.device_id()));
-  commit.device = device.value_or(storage::DeviceState());
-  commit.device.set_device_id(request.device_id());
-  commit.device.set_last_batch_id(request.batch_id());
-  commit.device.set_last_seen_ms(now_ms);
-  if (!request.app_version().empty()) commit.device.set_app_version(request.app_version());
-  commit.device.set_batches_applied(commit.device.batches_applied() + 1);
-  commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
-  commit.clock = clock_.Last();
-
+  std::vector<const Record*> changes;
+  for (const Record& change : request.changes()) changes.push_back(&change);
+  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller));
   hamlet::v1::PushResponse response;
-  response.set_applied_records(static_cast<uint32_t>(commit.records.size()));
-  *response.mutable_server_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
-  HAMLET_ASSIGN_OR_RETURN(uint64_t seq, store_->CommitPush(std::move(commit), [&](uint64_t last_seq) {
-    response.set_server_seq(last_seq);
-    storage::BatchReceipt made;
-    made.set_content_hash(hash);
-    made.set_response(response.SerializeAsString());
-    made.set_commit_time_ms(now_ms);
-    return made;
-  }));
-  if (!changed_units.empty()) {
-    absl::MutexLock lock(&units_mu_);
-    for (const auto& unit : changed_units) units_.Put(unit);
+  response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
+  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.batch_id(), request.app_version(), hash,
+                                      std::move(merged), [&](uint64_t last_seq) {
+                                        response.set_server_seq(last_seq);
+                                        *response.mutable_server_time() =
+                                            TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+                                        return response.SerializeAsString();
+                                      })
+                             .status());
+  return response;
+}
+
+absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
+    const hamlet::v1::ResolveConflictRequest& request, const Caller& caller) {
+  if (!sync::IsUuid(request.device_id())) return absl::InvalidArgumentError("device_id must be the device's UUID");
+  if (!sync::IsUuid(request.request_id())) {
+    return absl::InvalidArgumentError("request_id must be a UUID generated for this resolution");
   }
-  feed_.Publish(seq);
+  if (!sync::IsUuid(request.record_id())) return absl::InvalidArgumentError("record_id must be a record's UUID");
+  if (request.resolver().empty()) return absl::InvalidArgumentError("resolver (the deciding person's id) is required");
+  if (!sync::MayResolveConflicts(caller.role)) {
+    return absl::PermissionDeniedError(absl::StrCat("resolving a conflict needs a team leader or a commune-level "
+                                                    "role; this device acts as ",
+                                                    hamlet::v1::Role_Name(caller.role)));
+  }
+  std::string hash;
+  {
+    std::string bytes;
+    request.SerializeToString(&bytes);
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
+    hash.assign(reinterpret_cast<const char*>(digest), sizeof(digest));
+  }
+
+  absl::MutexLock push_lock(&push_mu_);
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
+                          store_->GetBatchReceipt(request.device_id(), request.request_id()));
+  if (receipt.has_value()) {
+    if (receipt->content_hash() != hash) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("request ", request.request_id(), " was already used for another resolution"));
+    }
+    hamlet::v1::ResolveConflictResponse response;
+    if (!response.ParseFromString(receipt->response())) return absl::DataLossError("stored response is damaged");
+    return response;
+  }
+  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, store_->GetRecord(request.record_id()));
+  if (!record.has_value()) return absl::NotFoundError(absl::StrCat("no record ", request.record_id()));
+  const hamlet::v1::Conflict* conflict = sync::FindConflict(*record, request.field());
+  if (conflict == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("record ", request.record_id(),
+                                                      " has no open conflict on field ", request.field(),
+                                                      "; it may have been resolved already"));
+  }
+  const google::protobuf::Message* body = sync::RecordBody(*record);
+  const google::protobuf::Message* value = sync::RecordBody(request.value());
+  if (value == nullptr || value->GetDescriptor() != body->GetDescriptor()) {
+    return absl::InvalidArgumentError(absl::StrCat("value must hold a ", body->GetDescriptor()->name()));
+  }
+  const sync::BodySchema& schema = sync::BodySchema::For(body->GetDescriptor());
+  const google::protobuf::FieldDescriptor* leader = body->GetDescriptor()->FindFieldByNumber(request.field());
+  sync::LifecycleOrder conflict_order;
+  hamlet::v1::Stamp settled;
+  for (const auto& v : conflict->values()) {
+    conflict_order = std::max(conflict_order, sync::OrderOf(*sync::RecordBody(v.value()), leader));
+    if (sync::CompareStamps(v.stamp(), settled) > 0) settled = v.stamp();
+  }
+  if (sync::OrderOf(*value, leader) < conflict_order) {
+    return absl::FailedPreconditionError(
+        "the settled value may not rank below the competing values; pick one of them or a later state");
+  }
+  Record change = sync::EmptyChangeOf(*record);
+  const hamlet::v1::Stamp stamp = clock_.Now();
+  for (const google::protobuf::FieldDescriptor* f : schema.group(leader)) {
+    sync::CopyField(*value, sync::MutableRecordBody(&change), f);
+    sync::SetFieldStamp(&change, static_cast<uint32_t>(f->number()), stamp);
+  }
+  hamlet::v1::FieldStamp lead = *sync::FindFieldStamp(change, request.field());
+  *lead.mutable_supersedes() = settled;
+  sync::PutFieldStamp(&change, lead);
+  HAMLET_RETURN_IF_ERROR(ValidatePushedChange(change, sync::ChangeOrigin::kResolution));
+  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges({&change}, caller));
+  hamlet::v1::ResolveConflictResponse response;
+  const bool changes = !merged.writes.empty();
+  *response.mutable_record() = changes ? merged.writes.front().state : *record;
+  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.request_id(), "", hash, std::move(merged),
+                                      [&](uint64_t last_seq) {
+                                        // One record written: it took the last sequence number.
+                                        if (changes) response.mutable_record()->set_server_seq(last_seq);
+                                        return response.SerializeAsString();
+                                      })
+                             .status());
   return response;
 }
 
@@ -279,9 +410,9 @@ absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::st
   }
   if (cursor.epoch != store_->epoch() || cursor.seq > store_->last_seq()) {
     return WithReason(absl::FailedPreconditionError(absl::StrCat(
-                          "cursor is from epoch ", cursor.epoch, " of this server, which is now at epoch ",
-                          store_->epoch(), " (restored from a backup); pull again from an empty cursor and keep "
-                                           "your outbox")),
+                          "cursor (epoch ", cursor.epoch, ", seq ", cursor.seq, ") does not fit this server's "
+                          "history (epoch ", store_->epoch(), ", seq ", store_->last_seq(),
+                          "), as after a restore from backup; pull again from an empty cursor and keep your outbox")),
                       "CURSOR_INVALIDATED");
   }
   if (cursor.scope != CanonicalScope(scope_unit_code)) {

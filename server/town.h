@@ -2,6 +2,8 @@
 #define HAMLET_SERVER_TOWN_H_
 
 #include <cstdint>
+#include <functional>
+#include <vector>
 #include <memory>
 #include <string>
 
@@ -16,6 +18,7 @@
 #include "sync/clock.h"
 #include "sync/cursor.h"
 #include "sync/units.h"
+#include "sync/validate.h"
 
 namespace hamlet::server {
 
@@ -26,6 +29,12 @@ namespace hamlet::server {
 //   hamlet-server-time-ms: the server's clock, with CLOCK_SKEW
 inline constexpr char kReasonKey[] = "hamlet-error-reason";
 inline constexpr char kServerTimeKey[] = "hamlet-server-time-ms";
+
+// Who is calling, as far as the server knows. Until devices are enrolled
+// with tokens (the access-control work), every device call is a member's.
+struct Caller {
+  hamlet::v1::Role role = hamlet::v1::ROLE_MEMBER;
+};
 
 struct TownOptions {
   // Code of the town (district-level unit) this server serves. Default "206".
@@ -56,7 +65,16 @@ class Town {
   //   FAILED_PRECONDITION  a stamp too far ahead (reason CLOCK_SKEW), or a change
   //                        that contradicts the stored record (type, unit, author)
   //   UNAVAILABLE, RESOURCE_EXHAUSTED, DATA_LOSS   from the store
-  absl::StatusOr<hamlet::v1::PushResponse> Push(const hamlet::v1::PushRequest& request);
+  //   FAILED_PRECONDITION  also: an illegal lifecycle move (sync/lifecycle.h)
+  absl::StatusOr<hamlet::v1::PushResponse> Push(const hamlet::v1::PushRequest& request, const Caller& caller);
+
+  // Settles an open conflict (see sync.proto). Errors: INVALID_ARGUMENT,
+  // PERMISSION_DENIED (the caller's role may not resolve), NOT_FOUND (no such
+  // record), FAILED_PRECONDITION (no open conflict on that field, or a value
+  // ranking below the competing ones, or an illegal move), ALREADY_EXISTS
+  // (request id reused for another resolution).
+  absl::StatusOr<hamlet::v1::ResolveConflictResponse> ResolveConflict(
+      const hamlet::v1::ResolveConflictRequest& request, const Caller& caller);
 
   // Errors: INVALID_ARGUMENT (bad scope or malformed cursor), FAILED_PRECONDITION
   // with reason CURSOR_INVALIDATED (cursor from another server or epoch).
@@ -77,6 +95,18 @@ class Town {
 
  private:
   Town(std::unique_ptr<storage::TownStore> store, const sync::PhysicalClock* clock, const TownOptions& options);
+  // A batch's merged records, only those that changed.
+  struct Merged {
+    std::vector<storage::RecordWrite> writes;
+  };
+  absl::Status ValidatePushedChange(const hamlet::v1::Record& change, sync::ChangeOrigin origin) const;
+  // REQUIRES: push_mu_ held.
+  absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller);
+  // Commits merged records with a receipt holding respond(last_seq).
+  // REQUIRES: push_mu_ held.
+  absl::StatusOr<uint64_t> CommitMerged(const std::string& device_id, const std::string& batch_id,
+                                        const std::string& app_version, const std::string& content_hash,
+                                        Merged merged, const std::function<std::string(uint64_t)>& respond);
   absl::Status LoadUnits();
   absl::Status SeedUnits();
   // The change-index scope for a pull or watch of `scope_unit_code`.

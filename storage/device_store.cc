@@ -19,6 +19,8 @@ namespace {
 constexpr int kMeta = 0;
 constexpr int kRecords = 1;
 constexpr int kOutbox = 2;
+constexpr int kRejected = 3;
+constexpr char kFormat[] = "1";
 
 std::string SeqKey(uint64_t seq) {
   std::string key;
@@ -38,16 +40,23 @@ DeviceStore::~DeviceStore() = default;
 
 absl::StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& dir,
                                                                absl::string_view new_device_id) {
-  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, {"default", "records", "outbox"}));
+  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, {"default", "records", "outbox", "rejected"}));
   std::unique_ptr<DeviceStore> store(new DeviceStore());
   store->db_ = std::make_unique<internal::OpenedDb>(std::move(opened));
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> format, store->GetMeta("format"));
+  if (format.has_value() && *format != kFormat) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device store in ", dir, " has format ", *format, "; this client reads format ", kFormat));
+  }
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> id, store->GetMeta("device_id"));
   if (id.has_value()) {
     store->device_id_ = *id;
   } else {
     store->device_id_ = std::string(new_device_id);
-    HAMLET_RETURN_IF_ERROR(FromRocks(
-        store->db_->db->Put(Synced(), store->db_->families[kMeta], "device_id", store->device_id_), "saving device id"));
+    rocksdb::WriteBatch batch;
+    batch.Put(store->db_->families[kMeta], "format", kFormat);
+    batch.Put(store->db_->families[kMeta], "device_id", store->device_id_);
+    HAMLET_RETURN_IF_ERROR(FromRocks(store->db_->db->Write(Synced(), &batch), "creating device store"));
   }
   return store;
 }
@@ -84,7 +93,8 @@ absl::StatusOr<std::vector<Record>> DeviceStore::ListRecords() const {
 
 absl::Status DeviceStore::SaveLocalEdit(const Record& state, const Record& change, const hamlet::v1::Stamp& clock) {
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> next, GetMeta("outbox_next"));
-  const uint64_t seq = next.has_value() && next->size() == 8 ? sync::GetBigEndian64(*next) : 1;
+  if (next.has_value() && next->size() != 8) return absl::DataLossError("stored outbox_next is damaged");
+  const uint64_t seq = next.has_value() ? sync::GetBigEndian64(*next) : 1;
   OutboxEntry entry;
   *entry.mutable_change() = change;
   rocksdb::WriteBatch batch;
@@ -102,6 +112,20 @@ absl::StatusOr<std::vector<OutboxItem>> DeviceStore::ReadOutbox(size_t max) cons
     OutboxEntry entry;
     HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &entry));
     items.push_back({sync::GetBigEndian64(internal::View(it->key())), std::move(*entry.mutable_change())});
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading outbox"));
+  return items;
+}
+
+absl::StatusOr<std::vector<OutboxItem>> DeviceStore::ReadOutboxThrough(uint64_t last) const {
+  std::vector<OutboxItem> items;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kOutbox]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const uint64_t seq = sync::GetBigEndian64(internal::View(it->key()));
+    if (seq > last) break;
+    OutboxEntry entry;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &entry));
+    items.push_back({seq, std::move(*entry.mutable_change())});
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading outbox"));
   return items;
@@ -137,6 +161,35 @@ absl::Status DeviceStore::AckPendingBatch() {
   return FromRocks(db_->db->Write(Synced(), &batch), "acknowledging batch");
 }
 
+absl::Status DeviceStore::RejectPendingBatch(const std::string& reason) {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<PendingBatch> pending, GetPendingBatch());
+  if (!pending.has_value()) return absl::OkStatus();
+  HAMLET_ASSIGN_OR_RETURN(std::vector<OutboxItem> items, ReadOutboxThrough(pending->last_outbox_seq()));
+  rocksdb::WriteBatch batch;
+  for (OutboxItem& item : items) {
+    RejectedEdit rejected;
+    *rejected.mutable_change() = std::move(item.change);
+    rejected.set_batch_id(pending->batch_id());
+    rejected.set_reason(reason);
+    batch.Put(db_->families[kRejected], SeqKey(item.seq), EncodeValue(rejected));
+    batch.Delete(db_->families[kOutbox], SeqKey(item.seq));
+  }
+  batch.Delete(db_->families[kMeta], "pending");
+  return FromRocks(db_->db->Write(Synced(), &batch), "setting a refused batch aside");
+}
+
+absl::StatusOr<std::vector<RejectedEdit>> DeviceStore::ListRejected() const {
+  std::vector<RejectedEdit> rejected;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kRejected]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    RejectedEdit edit;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &edit));
+    rejected.push_back(std::move(edit));
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading rejected edits"));
+  return rejected;
+}
+
 absl::StatusOr<std::string> DeviceStore::GetCursor(const std::string& scope) const {
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("cursor"));
   if (!value.has_value()) return "";
@@ -146,13 +199,14 @@ absl::StatusOr<std::string> DeviceStore::GetCursor(const std::string& scope) con
 }
 
 absl::Status DeviceStore::SavePulledPage(const std::vector<Record>& states, const std::string& scope,
-                                         const std::string& next_cursor) {
+                                         const std::string& next_cursor, const hamlet::v1::Stamp& clock) {
   rocksdb::WriteBatch batch;
   for (const Record& state : states) batch.Put(db_->families[kRecords], state.id(), EncodeValue(state));
   PullPosition position;
   position.set_scope(scope);
   position.set_cursor(next_cursor);
   batch.Put(db_->families[kMeta], "cursor", EncodeValue(position));
+  batch.Put(db_->families[kMeta], "clock", EncodeValue(clock));
   return FromRocks(db_->db->Write(Synced(), &batch), "saving pulled page");
 }
 

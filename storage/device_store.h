@@ -28,17 +28,19 @@ struct OutboxItem {
 // Every write is synced: an edit saved on a phone survives a battery pull.
 //
 // Key layout (docs/STORAGE.md):
-//   default  "device_id" -> UUID text; "cursor" -> v1 PullPosition;
+//   default  "format" -> "1"; "device_id" -> UUID text; "cursor" -> v1 PullPosition;
 //            "outbox_next" -> be64; "pending" -> v1 PendingBatch; "clock" -> v1 Stamp
 //   records  record_id -> v1 Record
 //   outbox   be64(seq) -> v1 OutboxEntry
+//   rejected be64(seq) -> v1 RejectedEdit   (seq: the edit's outbox seq)
 //
 // Not thread-safe: one sync client owns a store at a time (RocksDB's lock
 // keeps a second process out).
 class DeviceStore {
  public:
   // Opens the store in `dir`; a new store takes `new_device_id` as its id.
-  // FAILED_PRECONDITION if another process has it open.
+  // FAILED_PRECONDITION if another process has it open or it has a format this
+  // code does not know.
   static absl::StatusOr<std::unique_ptr<DeviceStore>> Open(const std::string& dir, absl::string_view new_device_id);
   ~DeviceStore();
 
@@ -56,6 +58,8 @@ class DeviceStore {
 
   // Up to `max` outbox entries, oldest first.
   absl::StatusOr<std::vector<OutboxItem>> ReadOutbox(size_t max) const;
+  // Every outbox entry up to sequence number `last`, oldest first.
+  absl::StatusOr<std::vector<OutboxItem>> ReadOutboxThrough(uint64_t last) const;
   absl::StatusOr<size_t> OutboxSize() const;
 
   // The batch being pushed, or nullopt if none.
@@ -63,19 +67,25 @@ class DeviceStore {
   absl::Status SetPendingBatch(const PendingBatch& batch);
   // The server acknowledged the pending batch: drops it and its outbox entries.
   absl::Status AckPendingBatch();
+  // The server refused the pending batch for good: moves its outbox entries to
+  // the rejected list with `reason`, and drops the batch.
+  absl::Status RejectPendingBatch(const std::string& reason);
+  // Edits the server refused, oldest first.
+  absl::StatusOr<std::vector<RejectedEdit>> ListRejected() const;
 
   // The pull cursor for `scope`; empty before the first pull of that scope.
   // The store keeps one cursor: pulling another scope starts it over.
   absl::StatusOr<std::string> GetCursor(const std::string& scope) const;
   // Stores a pulled page's merged records and the cursor after it, atomically,
   // so an interrupted pull resumes after the last page saved.
+  // Also saves the device clock, which observed the page's stamps.
   absl::Status SavePulledPage(const std::vector<hamlet::v1::Record>& states, const std::string& scope,
-                              const std::string& next_cursor);
+                              const std::string& next_cursor, const hamlet::v1::Stamp& clock);
   // Forgets the cursor (the server said it is no longer valid); keeps the
   // records and the outbox.
   absl::Status ResetCursor();
 
-  // The device clock persisted by the latest edit (unset for a new store).
+  // The device clock persisted by the latest edit or pull (unset for a new store).
   absl::StatusOr<hamlet::v1::Stamp> GetClock() const;
 
  private:

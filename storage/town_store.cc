@@ -215,10 +215,13 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     b.it->Seek(b.prefix + SeqKey(after_seq + 1));
     HAMLET_RETURN_IF_ERROR(FromRocks(b.it->status(), "reading change index"));
   }
-  const auto next_bucket = [&buckets]() -> Bucket* {
+  // Entries above last_seq belong to a commit still publishing; the next read
+  // sees them, and a cursor never gets ahead of last_seq.
+  const auto in_range = [last_seq](const Bucket& b) { return b.Valid() && b.Seq() <= last_seq; };
+  const auto next_bucket = [&buckets, &in_range]() -> Bucket* {
     Bucket* best = nullptr;
     for (Bucket& b : buckets) {
-      if (b.Valid() && (best == nullptr || b.Seq() < best->Seq())) best = &b;
+      if (in_range(b) && (best == nullptr || b.Seq() < best->Seq())) best = &b;
     }
     return best;
   };
@@ -247,7 +250,7 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
   }
   if (count == CountRemaining::kNo) return page;
   for (Bucket& bucket : buckets) {
-    for (; bucket.Valid(); bucket.it->Next()) ++page.remaining;
+    for (; in_range(bucket); bucket.it->Next()) ++page.remaining;
     HAMLET_RETURN_IF_ERROR(FromRocks(bucket.it->status(), "counting change index"));
   }
   return page;

@@ -127,6 +127,9 @@ class TownStore {
   // `make_receipt` from the last sequence number, and the device state, in one
   // WriteBatch, synced per TownStoreOptions. Nothing is written on error.
   // Returns the last sequence number assigned.
+  // REQUIRES: each record id appears at most once in `commit.records`, and
+  // `commune` and `previous_seq` are what the stored record was indexed under
+  // (a record never changes unit, so its bucket is fixed).
   absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
                                       const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
 

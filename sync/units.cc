@@ -9,6 +9,11 @@ using hamlet::v1::AdminUnit;
 
 void UnitDirectory::Put(const AdminUnit& unit) { units_[unit.code()] = unit; }
 
+void UnitDirectory::Remove(absl::string_view code) {
+  auto it = units_.find(code);
+  if (it != units_.end()) units_.erase(it);
+}
+
 const AdminUnit* UnitDirectory::Find(absl::string_view code) const {
   auto it = units_.find(code);
   return it == units_.end() ? nullptr : &it->second;

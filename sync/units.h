@@ -16,6 +16,7 @@ class UnitDirectory {
  public:
   // Adds or replaces a unit.
   void Put(const hamlet::v1::AdminUnit& unit);
+  void Remove(absl::string_view code);
 
   // nullptr if the code is unknown.
   const hamlet::v1::AdminUnit* Find(absl::string_view code) const;

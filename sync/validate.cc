@@ -3,14 +3,20 @@
 #include <algorithm>
 #include <cctype>
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "sync/merge.h"
+#include "sync/schema.h"
+#include "sync/stamp.h"
 
 namespace hamlet::sync {
 
 using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
+using hamlet::v1::FieldStamp;
 using hamlet::v1::Record;
 
 bool IsUuid(absl::string_view s) {
@@ -62,7 +68,7 @@ std::string FindUnknownEnum(const Message& message, const std::string& path) {
 
 }  // namespace
 
-absl::Status ValidateChange(const Record& change, const UnitDirectory& units) {
+absl::Status ValidateChange(const Record& change, const UnitDirectory& units, ChangeOrigin origin) {
   if (!IsUuid(change.id())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "record id \"", change.id(), "\" is not a UUID (8-4-4-4-12 hex digits); generate one per record"));
@@ -81,30 +87,96 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units) {
         absl::StrCat(who, ": no body set; exactly one of mediation_case, security_tip, ... is required"));
   }
   const auto* descriptor = body->GetDescriptor();
-  uint32_t previous = 0;
-  for (const auto& fs : change.field_stamps()) {
-    if (descriptor->FindFieldByNumber(static_cast<int>(fs.field())) == nullptr) {
+  const BodySchema& schema = BodySchema::For(descriptor);
+  const FieldStamp* previous = nullptr;
+  for (const FieldStamp& fs : change.field_stamps()) {
+    const FieldRule* rule = schema.find(static_cast<int>(fs.field()));
+    if (rule == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(who, ": stamp for field ", fs.field(), ", which ",
                                                      descriptor->name(), " does not have"));
     }
-    if (fs.field() <= previous) {
+    const std::string name = absl::StrCat(descriptor->name(), ".", rule->field->name());
+    if (previous != nullptr && (fs.field() < previous->field() ||
+                                (fs.field() == previous->field() && fs.key() <= previous->key()))) {
       return absl::InvalidArgumentError(absl::StrCat(
-          who, ": field_stamps must be in increasing field order without repeats; field ", fs.field(),
-          " comes after ", previous));
+          who, ": field_stamps must be ordered by (field, key) without repeats; ", name, " key \"", fs.key(),
+          "\" is out of place"));
     }
-    previous = fs.field();
+    previous = &fs;
     if (fs.stamp().node().empty() || fs.stamp().physical_ms() <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": stamp of ", name, " needs a positive physical_ms and a node"));
+    }
+    if (rule->is_set() != !fs.key().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          who, ": stamp of field ", fs.field(), " needs a positive physical_ms and a node"));
+          who, ": ", name, rule->is_set() ? " is a set: stamp each element with its key"
+                                          : " is not a set: its stamp takes no key"));
+    }
+    if (fs.has_removed() && rule->policy != hamlet::v1::MERGE_POLICY_ADD_WINS_SET) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": ", name, " elements cannot be removed"));
+    }
+    if (fs.has_supersedes() &&
+        (origin != ChangeOrigin::kResolution || rule->policy != hamlet::v1::MERGE_POLICY_LIFECYCLE)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": ", name, " stamp sets supersedes; only ResolveConflict settles conflicts"));
+    }
+    if (rule->is_set()) {
+      const bool present = !fs.has_removed() || CompareStamps(fs.stamp(), fs.removed()) > 0;
+      bool in_body = false;
+      for (int i = 0; i < body->GetReflection()->FieldSize(*body, rule->field); ++i) {
+        in_body = in_body || ElementKey(*body, *rule, i) == fs.key();
+      }
+      if (present != in_body) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            who, ": ", name, " element \"", fs.key(), "\" is ", present ? "stamped as present but missing"
+                                                                        : "stamped as removed but still there"));
+      }
     }
   }
   std::vector<const FieldDescriptor*> set_fields;
   body->GetReflection()->ListFields(*body, &set_fields);
   for (const FieldDescriptor* field : set_fields) {
-    if (FindFieldStamp(change, static_cast<uint32_t>(field->number())) == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": field ", descriptor->name(), ".", field->name(),
-                                                     " is set but has no stamp; stamp every field you set"));
+    const FieldRule& rule = schema.rule(field->number());
+    const uint32_t number = static_cast<uint32_t>(field->number());
+    if (!rule.is_set()) {
+      if (FindFieldStamp(change, number) == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(who, ": field ", descriptor->name(), ".", field->name(),
+                                                       " is set but has no stamp; stamp every field you set"));
+      }
+      continue;
     }
+    std::set<std::string> keys;
+    for (int i = 0; i < body->GetReflection()->FieldSize(*body, field); ++i) {
+      const std::string key = ElementKey(*body, rule, i);
+      if (key.empty() || !keys.insert(key).second) {
+        return absl::InvalidArgumentError(absl::StrCat(who, ": ", descriptor->name(), ".", field->name(),
+                                                       " elements need distinct, non-empty keys; \"", key,
+                                                       "\" is empty or repeated"));
+      }
+      if (FindFieldStamp(change, number, key) == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(who, ": ", descriptor->name(), ".", field->name(),
+                                                       " element \"", key, "\" has no stamp"));
+      }
+    }
+  }
+  for (const FieldRule& rule : schema.rules()) {
+    if (rule.policy != hamlet::v1::MERGE_POLICY_LIFECYCLE) continue;
+    const FieldStamp* lead = FindFieldStamp(change, static_cast<uint32_t>(rule.field->number()));
+    for (const FieldDescriptor* part : schema.group(rule.field)) {
+      const FieldStamp* s = FindFieldStamp(change, static_cast<uint32_t>(part->number()));
+      if ((s == nullptr) != (lead == nullptr) ||
+          (s != nullptr && CompareStamps(s->stamp(), lead->stamp()) != 0)) {
+        std::vector<std::string> names;
+        for (const FieldDescriptor* f : schema.group(rule.field)) names.push_back(f->name());
+        return absl::InvalidArgumentError(absl::StrCat(who, ": ", absl::StrJoin(names, ", "), " of ",
+                                                       descriptor->name(),
+                                                       " are written together: stamp all of them with one stamp"));
+      }
+    }
+  }
+  if (change.conflicts_size() > 0 || change.superseded_size() > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, ": conflicts and superseded are kept by the server; leave them out of a change"));
   }
   if (std::string unknown = FindUnknownEnum(*body, descriptor->name()); !unknown.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -124,6 +196,11 @@ absl::Status CheckSameRecord(const Record& change, const Record& existing) {
   if (change.body_case() != existing.body_case()) {
     return absl::FailedPreconditionError(absl::StrCat(
         who, " exists as ", RecordBody(existing)->GetDescriptor()->name(), "; its type cannot change"));
+  }
+  if (change.sensitivity() != hamlet::v1::SENSITIVITY_UNSPECIFIED && change.sensitivity() != existing.sensitivity()) {
+    return absl::FailedPreconditionError(absl::StrCat(who, " has sensitivity ",
+                                                      hamlet::v1::Sensitivity_Name(existing.sensitivity()),
+                                                      "; a record's sensitivity cannot change"));
   }
   if (change.unit_code() != existing.unit_code()) {
     return absl::FailedPreconditionError(absl::StrCat(who, " belongs to unit ", existing.unit_code(),

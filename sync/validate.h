@@ -13,16 +13,25 @@ namespace hamlet::sync {
 // True for a UUID written as 8-4-4-4-12 hex digits (either case).
 bool IsUuid(absl::string_view s);
 
+// Who made a change: devices may not settle conflicts; a resolution may.
+enum class ChangeOrigin { kDevice, kResolution };
+
 // Checks one record change on its own. INVALID_ARGUMENT, naming the record and
 // the field, when: the id is not a UUID; the unit code is empty or not in
 // `units`; no body is set; a stamp names a field the body type does not have,
-// repeats a field, is out of field order, or has no node; a body field is set
-// but not stamped; an enum anywhere in the body has a value this server does
-// not know; the record is deleted without a deletion stamp.
-absl::Status ValidateChange(const hamlet::v1::Record& change, const UnitDirectory& units);
+// repeats a (field, key), is out of order, or has no node; a stamp has a key
+// and the field is not a set, or the reverse; a body field is set but not
+// stamped; a set element is in the body but not stamped as present, or stamped
+// as present and missing; an append-only element is removed; a lifecycle field
+// and the fields written with it are not stamped together with one stamp; a
+// device sets `supersedes`, conflicts or superseded values; an enum anywhere in
+// the body has a value this server does not know; the record is deleted
+// without a deletion stamp.
+absl::Status ValidateChange(const hamlet::v1::Record& change, const UnitDirectory& units,
+                            ChangeOrigin origin = ChangeOrigin::kDevice);
 
 // Checks that a change may be merged into an existing record: same body type,
-// unit, author and create time (when the change carries them).
+// unit, sensitivity, author and create time (when the change carries them).
 // FAILED_PRECONDITION naming the record and what differs.
 absl::Status CheckSameRecord(const hamlet::v1::Record& change, const hamlet::v1::Record& existing);
 

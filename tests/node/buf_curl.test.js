@@ -159,13 +159,18 @@ test('reflection lists the health, sync and reflection services', { timeout: 20_
   }
 });
 
-test('reflection lists the SyncService methods Push, Pull and Watch', { timeout: 20_000 }, async () => {
+test('reflection lists the SyncService methods', { timeout: 20_000 }, async () => {
   // With reflection, --list-methods takes the server's base URL (buf curl --help)
   // and lists the methods of every service as "package.Service/Method".
   const methods = lines(await curl('--list-methods', `http://${server.address}`))
     .filter((m) => m.startsWith('hamlet.v1.SyncService/'))
     .sort();
-  assert.deepEqual(methods, ['hamlet.v1.SyncService/Pull', 'hamlet.v1.SyncService/Push', 'hamlet.v1.SyncService/Watch']);
+  assert.deepEqual(methods, [
+    'hamlet.v1.SyncService/Pull',
+    'hamlet.v1.SyncService/Push',
+    'hamlet.v1.SyncService/ResolveConflict',
+    'hamlet.v1.SyncService/Watch',
+  ]);
 });
 
 test('the gRPC health check answers SERVING', { timeout: 20_000 }, async () => {

@@ -32,7 +32,10 @@ const SCOPE = '07132'; // A commune of the seeded town 206.
 const SEEDED_UNITS = 249; // AdminUnit records hamletd seeds on first start.
 
 // MediationCase field numbers (records.proto); stamps name body fields by number.
-const FIELD = { summary: 5, status: 9, round: 10 };
+const FIELD = { summary: 5, status: 9, round: 10, outcome: 11 };
+// status, round and outcome merge as one lifecycle value (merge.proto): a change
+// that writes one of them stamps all three with one stamp.
+const LIFECYCLE = ['status', 'round', 'outcome'];
 
 const statusName = (code) => Object.keys(grpc.status).find((k) => grpc.status[k] === code) || String(code);
 
@@ -158,7 +161,9 @@ const DEVICE_ID = crypto.randomUUID();
 // A new MediationCase record as a device would push it: envelope, body and one
 // stamp per body field set, in increasing field-number order.
 function newCase(body, { id = crypto.randomUUID(), physicalMs = Date.now() } = {}) {
-  const stamps = Object.keys(body)
+  const names = new Set(Object.keys(body));
+  if (LIFECYCLE.some((name) => names.has(name))) LIFECYCLE.forEach((name) => names.add(name));
+  const stamps = [...names]
     .map((name) => FIELD[name])
     .sort((a, b) => a - b)
     .map((field) => ({ field, stamp: { physical_ms: String(physicalMs), logical: 0, node: DEVICE_ID } }));

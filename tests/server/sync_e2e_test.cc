@@ -161,26 +161,42 @@ TEST_F(SyncE2eTest, ConcurrentEditsMergeFieldByField) {
   const Record created = NewCase(Uuid(1), "07132", MakeStamp(NowMs() - 10'000, 0, kDevice));
   PushResponse response;
   ASSERT_TRUE(client_->Push(Batch(Uuid(100), {created}), &response).ok());
-  // Two phones edit different fields offline; the older stamp on status loses.
+  // Two phones edit offline: A the summary and the status (to ASSIGNED), B
+  // the status (to WITHDRAWN, with an older clock). Each field merges by its
+  // rule: the summary is A's; the lifecycle only moves forward, so WITHDRAWN.
   Record phone_a = sync::EmptyChangeOf(created);
   phone_a.mutable_mediation_case()->set_summary("A's summary");
   sync::SetFieldStamp(&phone_a, 5, MakeStamp(NowMs() - 5'000, 0, "phone-a"));
   phone_a.mutable_mediation_case()->set_status(hamlet::v1::MEDIATION_STATUS_ASSIGNED);
-  sync::SetFieldStamp(&phone_a, 9, MakeStamp(NowMs() - 4'000, 0, "phone-a"));
+  phone_a.mutable_mediation_case()->set_round(1);
+  for (uint32_t f : {9, 10, 11}) sync::SetFieldStamp(&phone_a, f, MakeStamp(NowMs() - 4'000, 0, "phone-a"));
   Record phone_b = hamlet::testing::CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_WITHDRAWN,
                                                      MakeStamp(NowMs() - 6'000, 0, "phone-b"));
   ASSERT_TRUE(client_->Push(Batch(Uuid(101), {phone_a}), &response).ok());
   const uint64_t seq_after_a = response.server_seq();
   ASSERT_TRUE(client_->Push(Batch(Uuid(102), {phone_b}), &response).ok());
-  // B's only edit lost to a newer one: the record did not change, so no new
-  // version is made for other phones to pull.
+  EXPECT_EQ(response.applied_records(), 1u);
+  const uint64_t seq_after_b = response.server_seq();
+  EXPECT_GT(seq_after_b, seq_after_a);
+  // A's edit sent again under a new batch id (a device that lost its pending
+  // batch) changes nothing, so no new version is made for others to pull.
+  ASSERT_TRUE(client_->Push(Batch(Uuid(103), {phone_a}), &response).ok());
   EXPECT_EQ(response.applied_records(), 0u);
-  EXPECT_EQ(response.server_seq(), seq_after_a);
+  EXPECT_EQ(response.server_seq(), seq_after_b);
+  // A stale edit loses, and is kept among the superseded values.
+  Record stale = sync::EmptyChangeOf(created);
+  stale.mutable_mediation_case()->set_summary("stale summary");
+  sync::SetFieldStamp(&stale, 5, MakeStamp(NowMs() - 9'000, 0, "phone-c"));
+  ASSERT_TRUE(client_->Push(Batch(Uuid(104), {stale}), &response).ok());
   std::vector<Record> pulled = NewSinceStart();
   ASSERT_EQ(pulled.size(), 1u);
-  EXPECT_EQ(pulled[0].server_seq(), seq_after_a);
   EXPECT_EQ(pulled[0].mediation_case().summary(), "A's summary");
-  EXPECT_EQ(pulled[0].mediation_case().status(), hamlet::v1::MEDIATION_STATUS_ASSIGNED);
+  EXPECT_EQ(pulled[0].mediation_case().status(), hamlet::v1::MEDIATION_STATUS_WITHDRAWN);
+  bool kept = false;
+  for (const auto& lost : pulled[0].superseded()) {
+    kept = kept || lost.value().mediation_case().summary() == "stale summary";
+  }
+  EXPECT_TRUE(kept);
 }
 
 // Each bad push gets its own precise status, and nothing of it is written.

@@ -59,7 +59,7 @@ TEST(DeviceStoreTest, CursorBelongsToOneScope) {
   auto store = OpenStore(dir.path());
   EXPECT_EQ(*store->GetCursor("07132"), "");
   auto record = NewCase(kCase, "07132", MakeStamp(1000, 0, "server"));
-  ASSERT_TRUE(store->SavePulledPage({record}, "07132", "cursor-bytes").ok());
+  ASSERT_TRUE(store->SavePulledPage({record}, "07132", "cursor-bytes", MakeStamp(1000, 0, "server")).ok());
   EXPECT_EQ(*store->GetCursor("07132"), "cursor-bytes");
   EXPECT_EQ(*store->GetCursor(""), "");
   EXPECT_TRUE(store->GetRecord(kCase)->has_value());

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "sync/merge.h"
 #include "tests/support/records.h"
 #include "tests/support/status_matchers.h"
 
@@ -67,7 +68,7 @@ TEST_F(ValidateTest, RefusesStampForUnknownField) {
 TEST_F(ValidateTest, RefusesStampsOutOfOrderOrWithoutNode) {
   Record r = Valid();
   r.mutable_field_stamps()->SwapElements(0, 1);
-  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("increasing field order")));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("ordered by (field, key)")));
   r = Valid();
   r.mutable_field_stamps(0)->mutable_stamp()->clear_node();
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("needs a positive physical_ms and a node")));
@@ -78,9 +79,67 @@ TEST_F(ValidateTest, RefusesUnknownEnumValuesAnywhereInTheBody) {
   r.mutable_mediation_case()->set_status(static_cast<hamlet::v1::MediationStatus>(42));
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("status = 42")));
   r = Valid();
-  r.mutable_mediation_case()->add_parties()->set_role(static_cast<hamlet::v1::PartyRole>(9));
-  SetFieldStamp(&r, hamlet::v1::MediationCase::kPartiesFieldNumber, MakeStamp(1000, 0, "dev"));
+  auto* party = r.mutable_mediation_case()->add_parties();
+  party->set_id("p1");
+  party->set_role(static_cast<hamlet::v1::PartyRole>(9));
+  hamlet::v1::FieldStamp fs;
+  fs.set_field(hamlet::v1::MediationCase::kPartiesFieldNumber);
+  fs.set_key("p1");
+  *fs.mutable_stamp() = MakeStamp(1000, 0, "dev");
+  PutFieldStamp(&r, fs);
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("parties[0].role = 9")));
+}
+
+TEST_F(ValidateTest, RefusesSetElementsWithoutMatchingStamps) {
+  Record r = Valid();
+  r.mutable_mediation_case()->add_mediators("hgv-02");
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("element \"hgv-02\" has no stamp")));
+  SetFieldStamp(&r, hamlet::v1::MediationCase::kMediatorsFieldNumber, MakeStamp(1000, 0, "dev"));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("is a set: stamp each element")));
+
+  Record removed = Valid();
+  removed.mutable_mediation_case()->add_mediators("hgv-02");
+  hamlet::v1::FieldStamp fs;
+  fs.set_field(hamlet::v1::MediationCase::kMediatorsFieldNumber);
+  fs.set_key("hgv-02");
+  *fs.mutable_stamp() = MakeStamp(1000, 0, "dev");
+  *fs.mutable_removed() = MakeStamp(1000, 0, "dev");
+  PutFieldStamp(&removed, fs);
+  EXPECT_THAT(ValidateChange(removed, units_), StatusIs(kInvalid, HasSubstr("stamped as removed but still there")));
+  removed.mutable_mediation_case()->clear_mediators();
+  EXPECT_TRUE(ValidateChange(removed, units_).ok());
+}
+
+TEST_F(ValidateTest, RefusesRemovalFromAnAppendOnlyList) {
+  Record r = Valid();
+  hamlet::v1::FieldStamp fs;
+  fs.set_field(hamlet::v1::MediationCase::kSessionsFieldNumber);
+  fs.set_key("s1");
+  *fs.mutable_stamp() = MakeStamp(1000, 0, "dev");
+  *fs.mutable_removed() = MakeStamp(1000, 0, "dev");
+  PutFieldStamp(&r, fs);
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("elements cannot be removed")));
+}
+
+TEST_F(ValidateTest, LifecycleFieldsTravelTogether) {
+  Record r = Valid();
+  r.mutable_field_stamps()->RemoveLast();  // outcome (11) loses its stamp.
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("status, round, outcome")));
+  r = Valid();
+  SetFieldStamp(&r, hamlet::v1::MediationCase::kRoundFieldNumber, MakeStamp(1001, 0, "dev"));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("with one stamp")));
+}
+
+TEST_F(ValidateTest, OnlyAResolutionMaySettleConflicts) {
+  Record r = Valid();
+  hamlet::v1::FieldStamp lead = *FindFieldStamp(r, hamlet::v1::MediationCase::kStatusFieldNumber);
+  *lead.mutable_supersedes() = MakeStamp(999, 0, "x");
+  PutFieldStamp(&r, lead);
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("only ResolveConflict")));
+  EXPECT_TRUE(ValidateChange(r, units_, ChangeOrigin::kResolution).ok());
+  Record with_conflict = Valid();
+  with_conflict.add_conflicts()->set_field(9);
+  EXPECT_THAT(ValidateChange(with_conflict, units_), StatusIs(kInvalid, HasSubstr("kept by the server")));
 }
 
 TEST_F(ValidateTest, RefusesDeletionWithoutStampAndOutputOnlyFields) {
@@ -103,6 +162,10 @@ TEST_F(ValidateTest, ExistingRecordKeepsTypeUnitAndAuthor) {
   other_unit.set_unit_code("07135");
   EXPECT_THAT(CheckSameRecord(other_unit, existing),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("unit cannot change")));
+  Record other_sensitivity = existing;
+  other_sensitivity.set_sensitivity(hamlet::v1::SENSITIVITY_SEALED);
+  EXPECT_THAT(CheckSameRecord(other_sensitivity, existing),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("sensitivity cannot change")));
   Record other_author = existing;
   other_author.set_author("someone-else");
   EXPECT_THAT(CheckSameRecord(other_author, existing),

@@ -7,6 +7,9 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
+#include "sync/change.h"
+#include "sync/lifecycle.h"
+#include "sync/roles.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
 
@@ -25,6 +28,12 @@ struct CallResult {
 absl::Status FromGrpc(const grpc::Status& status, absl::string_view what) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                       absl::StrCat(what, ": ", status.error_message()));
+}
+
+// The server looked at the batch and will never take it as it is.
+bool Refused(grpc::StatusCode code) {
+  return code == grpc::StatusCode::INVALID_ARGUMENT || code == grpc::StatusCode::FAILED_PRECONDITION ||
+         code == grpc::StatusCode::ALREADY_EXISTS || code == grpc::StatusCode::PERMISSION_DENIED;
 }
 
 bool Retryable(grpc::StatusCode code) {
@@ -73,6 +82,9 @@ absl::StatusOr<std::unique_ptr<FieldDevice>> FieldDevice::Open(const std::string
 }
 
 absl::Status FieldDevice::SaveEdit(const Record& change, Record state) {
+  // The device holds itself to the same lifecycle rules the server enforces,
+  // so an illegal move is refused here rather than after a sync.
+  HAMLET_RETURN_IF_ERROR(sync::CheckLifecycleMoves(state, change, sync::LifecycleAuthority(role_)));
   sync::MergeRecord(change, &state);
   return store_->SaveLocalEdit(state, change, clock_.Last());
 }
@@ -86,49 +98,26 @@ absl::StatusOr<Record> FieldDevice::Create(Record draft, const sync::FieldNumber
   if (body == nullptr) return absl::InvalidArgumentError("a new record needs a body");
   HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, store_->GetRecord(draft.id()));
   if (existing.has_value()) return absl::AlreadyExistsError(absl::StrCat("record ", draft.id(), " exists"));
-  *draft.mutable_create_time() = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
-  if (draft.sensitivity() == hamlet::v1::SENSITIVITY_UNSPECIFIED) {
-    draft.set_sensitivity(hamlet::v1::SENSITIVITY_NORMAL);
-  }
-  sync::FieldNumbers stamped = fields;
+  sync::FieldNumbers named = fields;
   std::vector<const google::protobuf::FieldDescriptor*> set_fields;
   body->GetReflection()->ListFields(*body, &set_fields);
-  for (const auto* field : set_fields) stamped.insert(field->number());
-  draft.clear_field_stamps();
-  const hamlet::v1::Stamp stamp = clock_.Now();
-  for (uint32_t field : stamped) {
-    if (body->GetDescriptor()->FindFieldByNumber(static_cast<int>(field)) == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(body->GetDescriptor()->name(), " has no field ", field));
-    }
-    sync::SetFieldStamp(&draft, field, stamp);
-  }
-  HAMLET_RETURN_IF_ERROR(SaveEdit(draft, Record()));
-  return draft;
+  for (const auto* field : set_fields) named.insert(static_cast<uint32_t>(field->number()));
+  HAMLET_ASSIGN_OR_RETURN(Record change, sync::BuildChange(Record(), *body, named, clock_.Now()));
+  change.set_id(draft.id());
+  change.set_unit_code(draft.unit_code());
+  change.set_author(draft.author());
+  *change.mutable_create_time() = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+  change.set_sensitivity(draft.sensitivity() == hamlet::v1::SENSITIVITY_UNSPECIFIED ? hamlet::v1::SENSITIVITY_NORMAL
+                                                                                    : draft.sensitivity());
+  HAMLET_RETURN_IF_ERROR(SaveEdit(change, Record()));
+  return change;
 }
 
 absl::StatusOr<Record> FieldDevice::Edit(const std::string& id, const google::protobuf::Message& body,
                                          const sync::FieldNumbers& fields) {
   HAMLET_ASSIGN_OR_RETURN(std::optional<Record> state, store_->GetRecord(id));
   if (!state.has_value()) return absl::NotFoundError(absl::StrCat("no record ", id, " on this device"));
-  const google::protobuf::Message* current = sync::RecordBody(*state);
-  if (current == nullptr || current->GetDescriptor() != body.GetDescriptor()) {
-    return absl::InvalidArgumentError(absl::StrCat("record ", id, " is not a ", body.GetDescriptor()->name()));
-  }
-  Record change = sync::EmptyChangeOf(*state);
-  sync::MutableRecordBody(&change)->CopyFrom(body);
-  const hamlet::v1::Stamp stamp = clock_.Now();
-  for (uint32_t field : fields) {
-    if (body.GetDescriptor()->FindFieldByNumber(static_cast<int>(field)) == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(body.GetDescriptor()->name(), " has no field ", field));
-    }
-    sync::SetFieldStamp(&change, field, stamp);
-  }
-  // Only the listed fields travel: clear the others so the body matches its stamps.
-  google::protobuf::Message* change_body = sync::MutableRecordBody(&change);
-  for (int i = 0; i < change_body->GetDescriptor()->field_count(); ++i) {
-    const auto* field = change_body->GetDescriptor()->field(i);
-    if (fields.count(field->number()) == 0) change_body->GetReflection()->ClearField(change_body, field);
-  }
+  HAMLET_ASSIGN_OR_RETURN(Record change, sync::BuildChange(*state, body, fields, clock_.Now()));
   HAMLET_RETURN_IF_ERROR(SaveEdit(change, *state));
   HAMLET_ASSIGN_OR_RETURN(std::optional<Record> saved, store_->GetRecord(id));
   return *saved;
@@ -167,18 +156,25 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
       pending->set_last_outbox_seq(items.back().seq);
       HAMLET_RETURN_IF_ERROR(store_->SetPendingBatch(*pending));
     }
+    HAMLET_ASSIGN_OR_RETURN(items, store_->ReadOutboxThrough(pending->last_outbox_seq()));
     hamlet::v1::PushRequest request;
     request.set_device_id(device_id());
     request.set_batch_id(pending->batch_id());
     request.set_app_version(options.app_version);
-    for (storage::OutboxItem& item : items) {
-      if (item.seq > pending->last_outbox_seq()) break;
-      *request.add_changes() = std::move(item.change);
-    }
+    for (storage::OutboxItem& item : items) *request.add_changes() = std::move(item.change);
     hamlet::v1::PushResponse response;
     CallResult result = CallWithRetry(options, [&](grpc::ClientContext* context) {
       return stub.Push(context, request, &response);
     });
+    if (Refused(result.status.error_code())) {
+      // Sending it again cannot succeed: set the batch's edits aside where the
+      // user can see them, and go on with the rest of the outbox.
+      HAMLET_RETURN_IF_ERROR(store_->RejectPendingBatch(
+          absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(result.status.error_code())), ": ",
+                       result.status.error_message())));
+      ++report->batches_rejected;
+      continue;
+    }
     if (!result.status.ok()) return FromGrpc(result.status, absl::StrCat("push of batch ", pending->batch_id()));
     HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch());
     ++report->batches_pushed;
@@ -223,9 +219,11 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
       sync::MergeRecord(pulled, &state, it == unsynced.end() ? sync::FieldNumbers() : it->second);
       state.set_server_seq(pulled.server_seq());
       for (const auto& fs : pulled.field_stamps()) clock_.Observe(fs.stamp());
+      if (pulled.deleted()) clock_.Observe(pulled.deleted_stamp());
       states.push_back(std::move(state));
     }
-    HAMLET_RETURN_IF_ERROR(store_->SavePulledPage(states, options.scope_unit_code, response.next_cursor()));
+    HAMLET_RETURN_IF_ERROR(
+        store_->SavePulledPage(states, options.scope_unit_code, response.next_cursor(), clock_.Last()));
     report->records_pulled += states.size();
     if (options.on_pull_progress) {
       options.on_pull_progress(report->records_pulled, report->records_pulled + response.remaining());

@@ -35,6 +35,10 @@ class FieldDevice {
                                                            const sync::PhysicalClock* clock);
 
   const std::string& device_id() const { return store_->device_id(); }
+
+  // The role the device's user acts in, for the lifecycle checks made before
+  // an edit is saved. Default: member.
+  void set_role(hamlet::v1::Role role) { role_ = role; }
   storage::DeviceStore& store() { return *store_; }
 
   // Creates a record. `draft` carries unit_code, author and a body; the id is
@@ -43,7 +47,9 @@ class FieldDevice {
   absl::StatusOr<hamlet::v1::Record> Create(hamlet::v1::Record draft, const sync::FieldNumbers& fields = {});
 
   // Sets `fields` of record `id` to their values in `body` (a message of the
-  // record's body type; a listed field absent from it is cleared).
+  // record's body type; a listed field absent from it is cleared; a set field
+  // is the whole new set). See sync::BuildChange. FAILED_PRECONDITION for an
+  // illegal lifecycle move.
   // NOT_FOUND if the device has no such record; INVALID_ARGUMENT if `body` is of
   // another type or a field number is unknown.
   absl::StatusOr<hamlet::v1::Record> Edit(const std::string& id, const google::protobuf::Message& body,
@@ -72,6 +78,9 @@ class FieldDevice {
     uint64_t batches_pushed = 0;
     uint64_t records_pushed = 0;
     uint64_t records_pulled = 0;
+    // Batches the server refused for good; their edits are set aside in the
+    // store's rejected list, not lost.
+    uint64_t batches_rejected = 0;
     bool cursor_reset = false;
   };
   // Pushes the whole outbox, then pulls until caught up. Returns the last
@@ -88,6 +97,7 @@ class FieldDevice {
 
   std::unique_ptr<storage::DeviceStore> store_;
   sync::HybridClock clock_;
+  hamlet::v1::Role role_ = hamlet::v1::ROLE_MEMBER;
 };
 
 }  // namespace hamlet::field
