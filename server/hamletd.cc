@@ -18,6 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.pb.h"
+#include "server/admin_service.h"
+#include "server/devices.h"
 #include "server/log.h"
 #include "server/sync_service.h"
 #include "server/town.h"
@@ -26,7 +28,13 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:7420",
           "Address for devices to connect to, host:port. Loopback by default; use 0.0.0.0:7420 to serve the "
           "network. Port 0 picks a free port.");
+ABSL_FLAG(std::string, admin_listen, "127.0.0.1:7421",
+          "Address of the admin service and of server reflection. Keep it on loopback; every admin call also needs "
+          "the admin token.");
 ABSL_FLAG(std::string, data_dir, "./data", "Directory of the RocksDB database; created if missing.");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "File holding the admin token (default: <data_dir>/admin.token). Created with a new admin enrolment if it "
+          "holds no valid token.");
 ABSL_FLAG(std::string, town_code, "206", "Admin unit code of the town this server serves.");
 ABSL_FLAG(int, max_message_bytes, 8 << 20, "Largest gRPC message accepted or sent, in bytes.");
 ABSL_FLAG(int, max_batch_records, 500, "Most records one push may carry.");
@@ -35,7 +43,8 @@ ABSL_FLAG(absl::Duration, max_clock_skew, absl::Minutes(5),
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM, how long in-flight calls may take to finish before they are cancelled.");
 ABSL_FLAG(std::string, ready_file, "",
-          "If set, the address actually listened on is written to this file once the server is ready.");
+          "If set, once the server is ready this file gets two lines: the device address and the admin address "
+          "actually listened on.");
 
 namespace {
 
@@ -61,13 +70,26 @@ int Run() {
     return 1;
   }
 
+  auto devices = hamlet::server::DeviceRegistry::Load(&(*town)->mutable_store(), hamlet::sync::SystemClock::Get());
+  if (!devices.ok()) {
+    LogLine(absl::StrCat("cannot load enrolments: ", devices.status().ToString()));
+    return 1;
+  }
+  std::string token_file = absl::GetFlag(FLAGS_admin_token_file);
+  if (token_file.empty()) token_file = data_dir + "/admin.token";
+  absl::StatusOr<std::string> admin_token = (*devices)->EnsureAdminToken(token_file, town_options.town_code);
+  if (!admin_token.ok()) {
+    LogLine(absl::StrCat("cannot set up the admin token: ", admin_token.status().ToString()));
+    return 1;
+  }
+
   // Reflection describes only services whose descriptors are linked in; this
   // reference keeps health.proto's in the binary.
   (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
-  hamlet::server::SyncServiceImpl sync_service(town->get());
+  // The device listener: sync and health, no reflection.
+  hamlet::server::SyncServiceImpl sync_service(town->get(), devices->get());
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
@@ -81,27 +103,49 @@ int Run() {
     return 1;
   }
   server->GetHealthCheckService()->SetServingStatus(hamlet::v1::SyncService::service_full_name(), true);
+
+  // The admin listener: admin service, health and reflection. The reflection
+  // plugin applies to builders made after it is registered, so only here.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  hamlet::server::AdminServiceImpl admin_service(town->get(), devices->get(),
+                                                 hamlet::sync::SystemClock::Get()->NowMs());
+  grpc::ServerBuilder admin_builder;
+  int admin_port = 0;
+  const std::string admin_listen = absl::GetFlag(FLAGS_admin_listen);
+  admin_builder.AddListeningPort(admin_listen, grpc::InsecureServerCredentials(), &admin_port);
+  admin_builder.RegisterService(&admin_service);
+  std::unique_ptr<grpc::Server> admin_server = admin_builder.BuildAndStart();
+  if (admin_server == nullptr || admin_port == 0) {
+    LogLine(absl::StrCat("cannot listen on ", admin_listen, " (address in use or not local?)"));
+    server->Shutdown();
+    return 1;
+  }
+  admin_server->GetHealthCheckService()->SetServingStatus(hamlet::v1::AdminService::service_full_name(), true);
+
   const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
-  LogLine(absl::StrCat("town ", town_options.town_code, " serving on ", address, "; data in ", data_dir,
-                       " (server id ", (*town)->store().server_id(), ", epoch ", (*town)->store().epoch(),
-                       ", last seq ", (*town)->store().last_seq(), ")"));
+  const std::string admin_address = absl::StrCat(admin_listen.substr(0, admin_listen.rfind(':')), ":", admin_port);
+  LogLine(absl::StrCat("town ", town_options.town_code, " serving devices on ", address, ", admin on ",
+                       admin_address, "; data in ", data_dir, " (server id ", (*town)->store().server_id(),
+                       ", epoch ", (*town)->store().epoch(), ", last seq ", (*town)->store().last_seq(), ")"));
   std::printf(
-      "hamletd is serving town %s on %s\n"
-      "  list services:  buf curl --protocol grpc --http2-prior-knowledge --list-services http://%s\n"
-      "             or:  grpcurl -plaintext %s list\n"
-      "  health check:   grpcurl -plaintext %s grpc.health.v1.Health/Check\n"
-      "  device client:  build/tools/hamlet-field --store ./phone1 --server %s sync\n",
-      town_options.town_code.c_str(), address.c_str(), address.c_str(), address.c_str(), address.c_str(),
-      address.c_str());
+      "hamletd is serving town %s\n"
+      "  devices connect to  %s\n"
+      "  admin service at    %s (with reflection)\n"
+      "  admin token         %s   (kept in %s)\n"
+      "  try:  tools/hamlet-admin --server=%s stats\n"
+      "   or:  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $(cat %s)\" \\\n"
+      "          http://%s/hamlet.v1.AdminService/GetServerStats\n",
+      town_options.town_code.c_str(), address.c_str(), admin_address.c_str(), admin_token->c_str(),
+      token_file.c_str(), admin_address.c_str(), token_file.c_str(), admin_address.c_str());
   std::fflush(stdout);
   if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
-    // Written whole, then renamed, so a reader never sees half an address.
-    std::ofstream(ready + ".tmp") << address << "\n";
+    // Written whole, then renamed, so a reader never sees half of it.
+    std::ofstream(ready + ".tmp") << address << "\n" << admin_address << "\n";
     std::rename((ready + ".tmp").c_str(), ready.c_str());
   }
 
   // SIGTERM and SIGINT are blocked in every thread (see main) and taken here.
-  std::thread stopper([&server, &town] {
+  std::thread stopper([&server, &admin_server, &town] {
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
@@ -111,12 +155,17 @@ int Run() {
     LogLine(absl::StrCat("received ", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                          "; finishing in-flight calls, then closing the database"));
     (*town)->feed().Close();
-    server->Shutdown(std::chrono::system_clock::now() +
-                     absl::ToChronoMilliseconds(absl::GetFlag(FLAGS_shutdown_grace)));
+    const auto deadline =
+        std::chrono::system_clock::now() + absl::ToChronoMilliseconds(absl::GetFlag(FLAGS_shutdown_grace));
+    admin_server->Shutdown(deadline);
+    server->Shutdown(deadline);
   });
   server->Wait();
+  admin_server->Wait();
   stopper.join();
   server.reset();
+  admin_server.reset();
+  devices->reset();
   const uint64_t last_seq = (*town)->store().last_seq();
   town->reset();  // Closes RocksDB.
   LogLine(absl::StrCat("stopped cleanly at seq ", last_seq));

@@ -16,10 +16,20 @@ grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContext* context) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::ServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  const absl::string_view value =
+      it == metadata.end() ? absl::string_view() : absl::string_view(it->second.data(), it->second.size());
+  return devices.Authenticate(value, context.peer());
+}
+
 grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
                                    hamlet::v1::PushResponse* response) {
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<hamlet::v1::PushResponse> result = town_->Push(*request, Caller());
+  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  absl::StatusOr<hamlet::v1::PushResponse> result =
+      caller.ok() ? town_->Push(*request, *caller) : absl::StatusOr<hamlet::v1::PushResponse>(caller.status());
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (result.ok()) *response = std::move(*result);
   LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s",
@@ -32,7 +42,9 @@ grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v
 
 grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v1::PullRequest* request,
                                    hamlet::v1::PullResponse* response) {
-  absl::StatusOr<hamlet::v1::PullResponse> result = town_->Pull(*request);
+  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  absl::StatusOr<hamlet::v1::PullResponse> result =
+      caller.ok() ? town_->Pull(*request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
   if (!result.ok()) {
     LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request->device_id(),
                             request->scope_unit_code(), absl::StatusCodeToString(result.status().code()),
@@ -45,12 +57,18 @@ grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v
 
 grpc::Status SyncServiceImpl::Watch(grpc::ServerContext* context, const hamlet::v1::WatchRequest* request,
                                     grpc::ServerWriter<hamlet::v1::WatchResponse>* writer) {
-  absl::StatusOr<Town::WatchStart> start = town_->StartWatch(*request);
+  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  if (!caller.ok()) return ToGrpc(caller.status(), context);
+  absl::StatusOr<Town::WatchStart> start = town_->StartWatch(*request, *caller);
   if (!start.ok()) return ToGrpc(start.status(), context);
   uint64_t seen = start->seq;
-  // Wake at least once a second to notice a cancelled call or a shutdown.
+  // Wake at least once a second to notice a cancelled call, a shutdown or a
+  // revoked token.
   while (!context->IsCancelled() && !town_->feed().closed()) {
     const uint64_t last = town_->feed().WaitAbove(seen, absl::Seconds(1));
+    if (absl::StatusOr<Caller> still = Authenticate(*devices_, *context); !still.ok()) {
+      return ToGrpc(still.status(), context);
+    }
     if (last <= seen) continue;
     absl::StatusOr<bool> has_changes = town_->HasChangesAfter(start->scope, seen);
     if (!has_changes.ok()) return ToGrpc(has_changes.status(), context);
@@ -66,7 +84,10 @@ grpc::Status SyncServiceImpl::Watch(grpc::ServerContext* context, const hamlet::
 grpc::Status SyncServiceImpl::ResolveConflict(grpc::ServerContext* context,
                                               const hamlet::v1::ResolveConflictRequest* request,
                                               hamlet::v1::ResolveConflictResponse* response) {
-  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result = town_->ResolveConflict(*request, Caller());
+  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result =
+      caller.ok() ? town_->ResolveConflict(*request, *caller)
+                  : absl::StatusOr<hamlet::v1::ResolveConflictResponse>(caller.status());
   LogLine(absl::StrFormat("resolve device=%s request=%s record=%s field=%d resolver=%s result=%s%s%s",
                           request->device_id(), request->request_id(), request->record_id(), request->field(),
                           request->resolver(), absl::StatusCodeToString(result.status().code()),

@@ -2,17 +2,18 @@
 #define HAMLET_SERVER_SYNC_SERVICE_H_
 
 #include "hamlet/v1/sync.grpc.pb.h"
+#include "server/devices.h"
 #include "server/town.h"
 
 namespace hamlet::server {
 
-// The gRPC face of a Town: maps requests to Town calls and absl::Status to gRPC
-// status (with the payloads of server/town.h as trailing metadata), and logs
-// one line per push.
+// The gRPC face of a Town for devices: authenticates each call by its bearer
+// token, maps requests to Town calls and absl::Status to gRPC status (with the
+// payloads of server/town.h as trailing metadata), and logs one line per push.
 class SyncServiceImpl final : public hamlet::v1::SyncService::Service {
  public:
-  // `town` must outlive the service.
-  explicit SyncServiceImpl(Town* town) : town_(town) {}
+  // `town` and `devices` must outlive the service.
+  SyncServiceImpl(Town* town, const DeviceRegistry* devices) : town_(town), devices_(devices) {}
 
   grpc::Status Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
                     hamlet::v1::PushResponse* response) override;
@@ -25,11 +26,15 @@ class SyncServiceImpl final : public hamlet::v1::SyncService::Service {
 
  private:
   Town* const town_;
+  const DeviceRegistry* const devices_;
 };
 
 // absl::Status -> grpc::Status; copies the status's payloads into `context`'s
 // trailing metadata.
 grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContext* context);
+
+// The caller of a call, from its `authorization` metadata.
+absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::ServerContext& context);
 
 }  // namespace hamlet::server
 

@@ -156,7 +156,8 @@ absl::Status Town::ValidatePushedChange(const Record& change, sync::ChangeOrigin
   return absl::OkStatus();
 }
 
-absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>& changes, const Caller& caller) {
+absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>& changes, const Caller& caller,
+                                                WriteCheck check) {
   // Each change is checked and merged into its record's state as left by the
   // changes before it in the batch.
   std::map<std::string, storage::RecordWrite> writes;
@@ -179,12 +180,17 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
       order.push_back(change->id());
     }
     Record& state = it->second.state;
-    if (sync::RecordBody(state) != nullptr) {
+    const bool exists = sync::RecordBody(state) != nullptr;
+    if (exists) {
       HAMLET_RETURN_IF_ERROR(sync::CheckSameRecord(*change, state));
     } else {
       HAMLET_RETURN_IF_ERROR(sync::CheckCreatable(*change));
     }
-    HAMLET_RETURN_IF_ERROR(sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.role)));
+    if (check == WriteCheck::kPerRecord) {
+      HAMLET_RETURN_IF_ERROR(CheckWritable(*change, exists ? &state : nullptr, caller));
+    }
+    HAMLET_RETURN_IF_ERROR(
+        sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.principal.role)));
     if (sync::MergeRecord(*change, &state)) changed.insert(change->id());
     for (const auto& fs : change->field_stamps()) clock_.Observe(fs.stamp());
     if (change->deleted()) clock_.Observe(change->deleted_stamp());
@@ -218,6 +224,7 @@ absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const 
   commit.device.set_batches_applied(commit.device.batches_applied() + 1);
   commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
   commit.clock = clock_.Last();
+  commit.audit = std::move(merged.audit);
   HAMLET_ASSIGN_OR_RETURN(uint64_t seq, store_->CommitPush(std::move(commit), [&](uint64_t last_seq) {
     storage::BatchReceipt receipt;
     receipt.set_content_hash(content_hash);
@@ -240,9 +247,7 @@ absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const 
 }
 
 absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request, const Caller& caller) {
-  if (!sync::IsUuid(request.device_id())) {
-    return absl::InvalidArgumentError("device_id must be the device's UUID");
-  }
+  HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
   if (!sync::IsUuid(request.batch_id())) {
     return absl::InvalidArgumentError("batch_id must be a UUID generated for this batch");
   }
@@ -286,7 +291,7 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   }
   std::vector<const Record*> changes;
   for (const Record& change : request.changes()) changes.push_back(&change);
-  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller));
+  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller, WriteCheck::kPerRecord));
   hamlet::v1::PushResponse response;
   response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
   HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.batch_id(), request.app_version(), hash,
@@ -308,10 +313,11 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   }
   if (!sync::IsUuid(request.record_id())) return absl::InvalidArgumentError("record_id must be a record's UUID");
   if (request.resolver().empty()) return absl::InvalidArgumentError("resolver (the deciding person's id) is required");
-  if (!sync::MayResolveConflicts(caller.role)) {
+  HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
+  if (!sync::MayResolveConflicts(caller.principal.role)) {
     return absl::PermissionDeniedError(absl::StrCat("resolving a conflict needs a team leader or a commune-level "
-                                                    "role; this device acts as ",
-                                                    hamlet::v1::Role_Name(caller.role)));
+                                                    "role; this device is enrolled as ",
+                                                    hamlet::v1::Role_Name(caller.principal.role)));
   }
   std::string hash;
   {
@@ -336,6 +342,14 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   }
   HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, store_->GetRecord(request.record_id()));
   if (!record.has_value()) return absl::NotFoundError(absl::StrCat("no record ", request.record_id()));
+  if (caller.principal.role != hamlet::v1::ROLE_ADMIN) {
+    absl::MutexLock lock(&units_mu_);
+    if (sync::ReachOf(caller.principal, *record, units_) < sync::Reach::kRead) {
+      return absl::PermissionDeniedError(absl::StrCat("record ", request.record_id(), " is outside the reach of ",
+                                                      hamlet::v1::Role_Name(caller.principal.role), " of unit ",
+                                                      caller.principal.unit_code));
+    }
+  }
   const hamlet::v1::Conflict* conflict = sync::FindConflict(*record, request.field());
   if (conflict == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat("record ", request.record_id(),
@@ -369,7 +383,11 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   *lead.mutable_supersedes() = settled;
   sync::PutFieldStamp(&change, lead);
   HAMLET_RETURN_IF_ERROR(ValidatePushedChange(change, sync::ChangeOrigin::kResolution));
-  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges({&change}, caller));
+  // The resolver's authority was checked above, in place of the write check.
+  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges({&change}, caller, WriteCheck::kAuthorityCheckedByCaller));
+  merged.audit.push_back(AuditOf(caller, "resolve_conflict", request.record_id(),
+                                 absl::StrCat("field ", request.field(), " settled by ", request.resolver()),
+                                 clock_.physical().NowMs()));
   hamlet::v1::ResolveConflictResponse response;
   const bool changes = !merged.writes.empty();
   *response.mutable_record() = changes ? merged.writes.front().state : *record;
@@ -383,23 +401,58 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   return response;
 }
 
-absl::StatusOr<storage::ChangeScope> Town::ResolveScope(const std::string& scope_unit_code) const {
-  if (scope_unit_code.empty() || scope_unit_code == options_.town_code) return storage::ChangeScope::WholeServer();
+absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_code, const Caller& caller) const {
   absl::MutexLock lock(&units_mu_);
-  const hamlet::v1::AdminUnit* unit = units_.Find(scope_unit_code);
-  if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_COMMUNE) {
-    return absl::InvalidArgumentError(absl::StrCat("scope_unit_code \"", scope_unit_code,
-                                                   "\" is neither this server's town (", options_.town_code,
-                                                   ") nor one of its communes"));
+  std::string commune;
+  if (scope_unit_code.empty()) {
+    if (!sync::SeesWholeServer(caller.principal.role)) commune = units_.CommuneOf(caller.principal.unit_code);
+  } else if (scope_unit_code != options_.town_code) {
+    const hamlet::v1::AdminUnit* unit = units_.Find(scope_unit_code);
+    if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_COMMUNE) {
+      return absl::InvalidArgumentError(absl::StrCat("scope_unit_code \"", scope_unit_code,
+                                                     "\" is neither this server's town (", options_.town_code,
+                                                     ") nor one of its communes"));
+    }
+    commune = scope_unit_code;
   }
-  return storage::ChangeScope::Commune(scope_unit_code);
+  if (!sync::MayReadScope(caller.principal, commune, units_)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        hamlet::v1::Role_Name(caller.principal.role), " of unit ", caller.principal.unit_code, " may not read ",
+        commune.empty() ? std::string("the whole server") : absl::StrCat("commune ", commune)));
+  }
+  return commune;
 }
 
-std::string Town::CanonicalScope(const std::string& scope_unit_code) const {
-  return scope_unit_code == options_.town_code ? "" : scope_unit_code;
+storage::ChangeScope Town::IndexScope(const std::string& commune) {
+  return commune.empty() ? storage::ChangeScope::WholeServer() : storage::ChangeScope::Commune(commune);
 }
 
-absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::string& scope_unit_code) const {
+absl::Status Town::CheckDevice(const std::string& device_id, const Caller& caller) const {
+  if (!sync::IsUuid(device_id)) return absl::InvalidArgumentError("device_id must be the device's UUID");
+  if (device_id != caller.device_id) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("device_id ", device_id, " is not the device this token was issued to"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Town::CheckWritable(const Record& change, const Record* existing, const Caller& caller) const {
+  sync::Reach reach;
+  {
+    absl::MutexLock lock(&units_mu_);
+    reach = sync::ReachOf(caller.principal, existing != nullptr ? *existing : change, units_);
+  }
+  // A create-only record (an informant identity) may be created, never changed.
+  if (reach == sync::Reach::kWrite || (reach == sync::Reach::kCreateOnly && existing == nullptr)) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "record ", change.id(), " (", sync::RecordBody(change)->GetDescriptor()->name(), " in unit ",
+      change.unit_code(), ") is not writable by ", hamlet::v1::Role_Name(caller.principal.role), " of unit ",
+      caller.principal.unit_code, "; nothing in this batch was written"));
+}
+
+absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::string& commune) const {
   if (bytes.empty()) return 0;
   HAMLET_ASSIGN_OR_RETURN(sync::Cursor cursor, sync::DecodeCursor(bytes));
   if (cursor.server_id != store_->server_id()) {
@@ -415,22 +468,21 @@ absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::st
                           "), as after a restore from backup; pull again from an empty cursor and keep your outbox")),
                       "CURSOR_INVALIDATED");
   }
-  if (cursor.scope != CanonicalScope(scope_unit_code)) {
+  if (cursor.scope != commune) {
     return absl::InvalidArgumentError(absl::StrCat("cursor was issued for scope \"", cursor.scope,
-                                                   "\", not \"", scope_unit_code,
-                                                   "\"; keep one cursor per scope"));
+                                                   "\", not \"", commune, "\"; keep one cursor per scope"));
   }
   return cursor.seq;
 }
 
-std::string Town::MakeCursor(const std::string& scope_unit_code, uint64_t seq) const {
-  return sync::EncodeCursor({store_->server_id(), store_->epoch(), CanonicalScope(scope_unit_code), seq});
+std::string Town::MakeCursor(const std::string& commune, uint64_t seq) const {
+  return sync::EncodeCursor({store_->server_id(), store_->epoch(), commune, seq});
 }
 
-absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullRequest& request) {
-  if (!sync::IsUuid(request.device_id())) return absl::InvalidArgumentError("device_id must be the device's UUID");
-  HAMLET_ASSIGN_OR_RETURN(storage::ChangeScope scope, ResolveScope(request.scope_unit_code()));
-  HAMLET_ASSIGN_OR_RETURN(uint64_t after, CursorSeq(request.cursor(), request.scope_unit_code()));
+absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullRequest& request, const Caller& caller) {
+  HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
+  HAMLET_ASSIGN_OR_RETURN(std::string commune, ResolveScope(request.scope_unit_code(), caller));
+  HAMLET_ASSIGN_OR_RETURN(uint64_t after, CursorSeq(request.cursor(), commune));
   const int page_size = request.page_size() == 0
                             ? options_.default_page_size
                             : std::min<int>(static_cast<int>(std::min<uint32_t>(request.page_size(), 1u << 30)),
@@ -439,20 +491,34 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
                              ? options_.default_page_bytes
                              : std::min<int>(static_cast<int>(std::min<uint32_t>(request.max_page_bytes(), 1u << 30)),
                                              options_.max_page_bytes);
-  HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page, store_->ReadChanges(scope, after, page_size, page_bytes,
-                                                                        storage::CountRemaining::kYes));
+  HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page, store_->ReadChanges(IndexScope(commune), after, page_size,
+                                                                        page_bytes, storage::CountRemaining::kYes));
   hamlet::v1::PullResponse response;
-  for (Record& record : page.records) *response.add_records() = std::move(record);
-  response.set_next_cursor(MakeCursor(request.scope_unit_code(), page.through_seq));
+  {
+    absl::MutexLock lock(&units_mu_);
+    for (Record& record : page.records) {
+      if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
+      sync::Redact(caller.principal, &record);
+      *response.add_records() = std::move(record);
+    }
+  }
+  for (const Record& record : response.records()) {
+    if (!record.has_informant_identity()) continue;
+    HAMLET_RETURN_IF_ERROR(store_
+                               ->AppendAudit(AuditOf(caller, "sealed_read", record.id(), "informant identity pulled",
+                                                     clock_.physical().NowMs()))
+                               .status());
+  }
+  response.set_next_cursor(MakeCursor(commune, page.through_seq));
   response.set_remaining(page.remaining);
   return response;
 }
 
-absl::StatusOr<Town::WatchStart> Town::StartWatch(const hamlet::v1::WatchRequest& request) {
-  if (!sync::IsUuid(request.device_id())) return absl::InvalidArgumentError("device_id must be the device's UUID");
-  HAMLET_ASSIGN_OR_RETURN(storage::ChangeScope scope, ResolveScope(request.scope_unit_code()));
-  HAMLET_ASSIGN_OR_RETURN(uint64_t seq, CursorSeq(request.cursor(), request.scope_unit_code()));
-  return WatchStart{std::move(scope), seq};
+absl::StatusOr<Town::WatchStart> Town::StartWatch(const hamlet::v1::WatchRequest& request, const Caller& caller) {
+  HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
+  HAMLET_ASSIGN_OR_RETURN(std::string commune, ResolveScope(request.scope_unit_code(), caller));
+  HAMLET_ASSIGN_OR_RETURN(uint64_t seq, CursorSeq(request.cursor(), commune));
+  return WatchStart{IndexScope(commune), seq};
 }
 
 absl::StatusOr<bool> Town::HasChangesAfter(const storage::ChangeScope& scope, uint64_t seq) const {

@@ -14,6 +14,7 @@
 #include "absl/time/time.h"
 #include "hamlet/v1/sync.pb.h"
 #include "server/change_feed.h"
+#include "server/devices.h"
 #include "storage/town_store.h"
 #include "sync/clock.h"
 #include "sync/cursor.h"
@@ -29,12 +30,6 @@ namespace hamlet::server {
 //   hamlet-server-time-ms: the server's clock, with CLOCK_SKEW
 inline constexpr char kReasonKey[] = "hamlet-error-reason";
 inline constexpr char kServerTimeKey[] = "hamlet-server-time-ms";
-
-// Who is calling, as far as the server knows. Until devices are enrolled
-// with tokens (the access-control work), every device call is a member's.
-struct Caller {
-  hamlet::v1::Role role = hamlet::v1::ROLE_MEMBER;
-};
 
 struct TownOptions {
   // Code of the town (district-level unit) this server serves. Default "206".
@@ -61,6 +56,8 @@ class Town {
 
   // All or nothing; idempotent by (device_id, batch_id). Errors:
   //   INVALID_ARGUMENT     malformed request or record (nothing written)
+  //   PERMISSION_DENIED    a record the caller may not write (the first is
+  //                        named), or another device's id
   //   ALREADY_EXISTS       batch id reused for different content
   //   FAILED_PRECONDITION  a stamp too far ahead (reason CLOCK_SKEW), or a change
   //                        that contradicts the stored record (type, unit, author)
@@ -76,21 +73,25 @@ class Town {
   absl::StatusOr<hamlet::v1::ResolveConflictResponse> ResolveConflict(
       const hamlet::v1::ResolveConflictRequest& request, const Caller& caller);
 
-  // Errors: INVALID_ARGUMENT (bad scope or malformed cursor), FAILED_PRECONDITION
-  // with reason CURSOR_INVALIDATED (cursor from another server or epoch).
-  absl::StatusOr<hamlet::v1::PullResponse> Pull(const hamlet::v1::PullRequest& request);
+  // Only the records the caller may read, redacted for it (sync/access.h);
+  // sealed reads are audited. Errors: INVALID_ARGUMENT (bad scope or malformed
+  // cursor), PERMISSION_DENIED (a scope beyond the caller's reach, or another
+  // device's id), FAILED_PRECONDITION with reason CURSOR_INVALIDATED (cursor
+  // from another server or epoch).
+  absl::StatusOr<hamlet::v1::PullResponse> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
 
   // Checks a watch request; returns the scope and the sequence number to watch from.
   struct WatchStart {
     storage::ChangeScope scope;
     uint64_t seq;
   };
-  absl::StatusOr<WatchStart> StartWatch(const hamlet::v1::WatchRequest& request);
+  absl::StatusOr<WatchStart> StartWatch(const hamlet::v1::WatchRequest& request, const Caller& caller);
   // True if `scope` has changes after `seq`.
   absl::StatusOr<bool> HasChangesAfter(const storage::ChangeScope& scope, uint64_t seq) const;
 
   ChangeFeed& feed() { return feed_; }
   const storage::TownStore& store() const { return *store_; }
+  storage::TownStore& mutable_store() { return *store_; }
   const TownOptions& options() const { return options_; }
 
  private:
@@ -98,10 +99,17 @@ class Town {
   // A batch's merged records, only those that changed.
   struct Merged {
     std::vector<storage::RecordWrite> writes;
+    std::vector<hamlet::v1::AuditEntry> audit;
   };
+  enum class WriteCheck { kPerRecord, kAuthorityCheckedByCaller };
   absl::Status ValidatePushedChange(const hamlet::v1::Record& change, sync::ChangeOrigin origin) const;
   // REQUIRES: push_mu_ held.
-  absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller);
+  absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller,
+                                      WriteCheck check);
+  // PERMISSION_DENIED unless the caller may write `change` (onto `existing`,
+  // or as a new record when it is null).
+  absl::Status CheckWritable(const hamlet::v1::Record& change, const hamlet::v1::Record* existing,
+                             const Caller& caller) const;
   // Commits merged records with a receipt holding respond(last_seq).
   // REQUIRES: push_mu_ held.
   absl::StatusOr<uint64_t> CommitMerged(const std::string& device_id, const std::string& batch_id,
@@ -109,13 +117,15 @@ class Town {
                                         Merged merged, const std::function<std::string(uint64_t)>& respond);
   absl::Status LoadUnits();
   absl::Status SeedUnits();
-  // The change-index scope for a pull or watch of `scope_unit_code`.
-  absl::StatusOr<storage::ChangeScope> ResolveScope(const std::string& scope_unit_code) const;
-  // The scope as cursors record it: "" for the whole town, whichever way it was named.
-  std::string CanonicalScope(const std::string& scope_unit_code) const;
+  // The commune a pull or watch of `scope_unit_code` reads ("" for the whole
+  // server), after checking the caller may read it. An empty scope means all
+  // the caller may see: the whole server for town-level roles, else its commune.
+  absl::StatusOr<std::string> ResolveScope(const std::string& scope_unit_code, const Caller& caller) const;
+  static storage::ChangeScope IndexScope(const std::string& commune);
   // Decodes and checks a cursor; 0 for an empty one.
-  absl::StatusOr<uint64_t> CursorSeq(const std::string& bytes, const std::string& scope_unit_code) const;
-  std::string MakeCursor(const std::string& scope_unit_code, uint64_t seq) const;
+  absl::StatusOr<uint64_t> CursorSeq(const std::string& bytes, const std::string& commune) const;
+  std::string MakeCursor(const std::string& commune, uint64_t seq) const;
+  absl::Status CheckDevice(const std::string& device_id, const Caller& caller) const;
 
   const std::unique_ptr<storage::TownStore> store_;
   const TownOptions options_;

@@ -1,5 +1,6 @@
 #include "storage/device_store.h"
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
 #include "rocksdb/write_batch.h"
@@ -212,6 +213,31 @@ absl::Status DeviceStore::SavePulledPage(const std::vector<Record>& states, cons
 
 absl::Status DeviceStore::ResetCursor() {
   return FromRocks(db_->db->Delete(Synced(), db_->families[kMeta], "cursor"), "resetting cursor");
+}
+
+absl::Status DeviceStore::SetEnrolment(const std::string& token, hamlet::v1::Role role) {
+  rocksdb::WriteBatch batch;
+  batch.Put(db_->families[kMeta], "token", token);
+  batch.Put(db_->families[kMeta], "role", absl::StrCat(static_cast<int>(role)));
+  return FromRocks(db_->db->Write(Synced(), &batch), "saving enrolment");
+}
+
+absl::StatusOr<std::string> DeviceStore::GetToken() const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("token"));
+  return value.value_or("");
+}
+
+absl::StatusOr<hamlet::v1::Role> DeviceStore::GetRole() const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("role"));
+  int role = 0;
+  if (value.has_value() && (!absl::SimpleAtoi(*value, &role) || !hamlet::v1::Role_IsValid(role))) {
+    return absl::DataLossError("stored role is damaged");
+  }
+  return static_cast<hamlet::v1::Role>(role);
+}
+
+absl::Status DeviceStore::ForgetRecord(const std::string& id) {
+  return FromRocks(db_->db->Delete(Synced(), db_->families[kRecords], id), "forgetting record");
 }
 
 absl::StatusOr<hamlet::v1::Stamp> DeviceStore::GetClock() const {

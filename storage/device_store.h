@@ -29,6 +29,7 @@ struct OutboxItem {
 //
 // Key layout (docs/STORAGE.md):
 //   default  "format" -> "1"; "device_id" -> UUID text; "cursor" -> v1 PullPosition;
+//            "token" -> bearer token text; "role" -> decimal hamlet.v1.Role;
 //            "outbox_next" -> be64; "pending" -> v1 PendingBatch; "clock" -> v1 Stamp
 //   records  record_id -> v1 Record
 //   outbox   be64(seq) -> v1 OutboxEntry
@@ -84,6 +85,15 @@ class DeviceStore {
   // Forgets the cursor (the server said it is no longer valid); keeps the
   // records and the outbox.
   absl::Status ResetCursor();
+
+  // The bearer token an admin issued for this device, and the role it was
+  // enrolled with; empty / ROLE_UNSPECIFIED before enrolment.
+  absl::Status SetEnrolment(const std::string& token, hamlet::v1::Role role);
+  absl::StatusOr<std::string> GetToken() const;
+  absl::StatusOr<hamlet::v1::Role> GetRole() const;
+
+  // Drops a record from the device (a sealed record once the server has it).
+  absl::Status ForgetRecord(const std::string& id);
 
   // The device clock persisted by the latest edit or pull (unset for a new store).
   absl::StatusOr<hamlet::v1::Stamp> GetClock() const;

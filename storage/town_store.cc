@@ -33,14 +33,17 @@ using sync::PutBigEndian64;
 //   commune_changes  u8(len) commune be64(seq) -> record_id   latest seq
 //   devices          device_id -> v1 DeviceState
 //   batches          device_id 0x00 batch_id -> v1 BatchReceipt
+//   enrolments       device_id -> v1 Enrolment
+//   audit            be64(audit_seq) -> v1 AuditEntry
+//   conflicted       record_id -> commune      records with an open conflict
 //
 // "v1 X" is the byte 0x01 followed by the serialized proto X (storage/rocks.h).
 namespace {
 
 constexpr char kFormat[] = "1";
 const std::vector<std::string>& FamilyNames() {
-  static const auto* names = new std::vector<std::string>{"default", "records", "changes", "commune_changes",
-                                                          "devices", "batches"};
+  static const auto* names = new std::vector<std::string>{
+      "default", "records", "changes", "commune_changes", "devices", "batches", "enrolments", "audit", "conflicted"};
   return *names;
 }
 
@@ -83,8 +86,17 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   store->commune_changes_ = families[3];
   store->devices_ = families[4];
   store->batches_ = families[5];
+  store->enrolments_ = families[6];
+  store->audit_ = families[7];
+  store->conflicted_ = families[8];
   rocksdb::DB* db = store->db_->db.get();
 
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), store->audit_));
+    it->SeekToLast();
+    if (it->Valid() && it->key().size() == 8) store->last_audit_seq_ = GetBigEndian64(internal::View(it->key()));
+    HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading audit log"));
+  }
   std::string value;
   rocksdb::Status s = db->Get(rocksdb::ReadOptions(), store->meta_, "format", &value);
   if (s.IsNotFound()) {
@@ -172,13 +184,105 @@ absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
     batch.Put(changes_, SeqKey(seq), write.state.id());
     batch.Put(commune_changes_, BucketPrefix(write.commune) + SeqKey(seq), write.state.id());
   }
+  for (const RecordWrite& write : commit.records) {
+    if (write.state.conflicts_size() > 0) {
+      batch.Put(conflicted_, write.state.id(), write.commune);
+    } else {
+      batch.Delete(conflicted_, write.state.id());
+    }
+  }
+  absl::MutexLock audit_lock(&audit_mu_);
+  uint64_t audit_seq = last_audit_seq_.load();
+  for (hamlet::v1::AuditEntry& entry : commit.audit) {
+    entry.set_seq(++audit_seq);
+    batch.Put(audit_, SeqKey(audit_seq), EncodeValue(entry));
+  }
   batch.Put(meta_, "last_seq", SeqKey(seq));
   batch.Put(meta_, "clock", EncodeValue(commit.clock));
   batch.Put(devices_, commit.device_id, EncodeValue(commit.device));
   batch.Put(batches_, BatchKey(commit.device_id, commit.batch_id), EncodeValue(make_receipt(seq)));
   HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(WriteOptionsFor(options_), &batch), "committing push"));
+  last_audit_seq_.store(audit_seq);
   last_seq_.store(seq);
   return seq;
+}
+
+absl::Status TownStore::PutEnrolment(const Enrolment& enrolment, hamlet::v1::AuditEntry audit) {
+  absl::MutexLock lock(&audit_mu_);
+  const uint64_t audit_seq = last_audit_seq_.load() + 1;
+  audit.set_seq(audit_seq);
+  rocksdb::WriteBatch batch;
+  batch.Put(enrolments_, enrolment.device().device_id(), EncodeValue(enrolment));
+  batch.Put(audit_, SeqKey(audit_seq), EncodeValue(audit));
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(write, &batch), "saving enrolment"));
+  last_audit_seq_.store(audit_seq);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<Enrolment>> TownStore::ListEnrolments() const {
+  std::vector<Enrolment> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), enrolments_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    Enrolment enrolment;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &enrolment));
+    out.push_back(std::move(enrolment));
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "listing enrolments"));
+  return out;
+}
+
+absl::StatusOr<uint64_t> TownStore::AppendAudit(hamlet::v1::AuditEntry entry) {
+  absl::MutexLock lock(&audit_mu_);
+  const uint64_t audit_seq = last_audit_seq_.load() + 1;
+  entry.set_seq(audit_seq);
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  HAMLET_RETURN_IF_ERROR(
+      FromRocks(db_->db->Put(write, audit_, SeqKey(audit_seq), EncodeValue(entry)), "writing audit log"));
+  last_audit_seq_.store(audit_seq);
+  return audit_seq;
+}
+
+absl::StatusOr<std::vector<hamlet::v1::AuditEntry>> TownStore::ListAudit(uint64_t after_seq, size_t max) const {
+  std::vector<hamlet::v1::AuditEntry> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), audit_));
+  for (it->Seek(SeqKey(after_seq + 1)); it->Valid() && out.size() < max; it->Next()) {
+    hamlet::v1::AuditEntry entry;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &entry));
+    out.push_back(std::move(entry));
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading audit log"));
+  return out;
+}
+
+absl::StatusOr<std::vector<Record>> TownStore::ListConflicted(const std::string& commune, const std::string& after_id,
+                                                              size_t max) const {
+  std::vector<Record> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), conflicted_));
+  for (after_id.empty() ? it->SeekToFirst() : it->Seek(after_id + std::string(1, '\0'));
+       it->Valid() && out.size() < max; it->Next()) {
+    if (!commune.empty() && internal::View(it->value()) != commune) continue;
+    HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, GetRecord(it->key().ToString()));
+    if (record.has_value()) out.push_back(std::move(*record));
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "listing conflicts"));
+  return out;
+}
+
+absl::StatusOr<uint64_t> TownStore::CountConflicted() const {
+  uint64_t count = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), conflicted_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++count;
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting conflicts"));
+  return count;
+}
+
+uint64_t TownStore::EstimateRecords() const {
+  uint64_t keys = 0;
+  db_->db->GetIntProperty(changes_, "rocksdb.estimate-num-keys", &keys);
+  return keys;
 }
 
 absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,

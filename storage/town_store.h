@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "hamlet/v1/admin.pb.h"
 #include "hamlet/v1/sync.pb.h"
 #include "storage/storage.pb.h"
 
@@ -72,6 +73,8 @@ struct PushCommit {
   // The server's hybrid clock after the push, so a restart never issues a
   // smaller stamp.
   hamlet::v1::Stamp clock;
+  // Audit entries written with the push (their seq is assigned on commit).
+  std::vector<hamlet::v1::AuditEntry> audit;
 };
 
 // Whether ReadChanges counts the changes left after its page (costs one key
@@ -133,6 +136,26 @@ class TownStore {
   absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
                                       const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
 
+  // Saves an enrolment (new, renewed or revoked) with its audit entry, in one
+  // synced write.
+  absl::Status PutEnrolment(const Enrolment& enrolment, hamlet::v1::AuditEntry audit);
+  // Every enrolment, in device id order.
+  absl::StatusOr<std::vector<Enrolment>> ListEnrolments() const;
+
+  // Appends to the audit log (synced); returns the entry's sequence number.
+  absl::StatusOr<uint64_t> AppendAudit(hamlet::v1::AuditEntry entry);
+  // Up to `max` audit entries after `after_seq`, oldest first.
+  absl::StatusOr<std::vector<hamlet::v1::AuditEntry>> ListAudit(uint64_t after_seq, size_t max) const;
+
+  // Up to `max` records with an open conflict, in id order after `after_id`,
+  // in commune `commune` ("" for all).
+  absl::StatusOr<std::vector<hamlet::v1::Record>> ListConflicted(const std::string& commune,
+                                                                 const std::string& after_id, size_t max) const;
+  // How many records have an open conflict.
+  absl::StatusOr<uint64_t> CountConflicted() const;
+  // Records in the change index (estimated by RocksDB for large stores).
+  uint64_t EstimateRecords() const;
+
   // Up to `max_records` records changed after `after_seq` in `scope`, stopping
   // once their encoded size reaches `max_bytes` (a page always holds at least
   // one record if any remain).
@@ -149,6 +172,11 @@ class TownStore {
   rocksdb::ColumnFamilyHandle* commune_changes_ = nullptr;
   rocksdb::ColumnFamilyHandle* devices_ = nullptr;
   rocksdb::ColumnFamilyHandle* batches_ = nullptr;
+  rocksdb::ColumnFamilyHandle* enrolments_ = nullptr;
+  rocksdb::ColumnFamilyHandle* audit_ = nullptr;
+  rocksdb::ColumnFamilyHandle* conflicted_ = nullptr;
+  std::atomic<uint64_t> last_audit_seq_{0};
+  absl::Mutex audit_mu_;
   TownStoreOptions options_;
 
   std::string server_id_;

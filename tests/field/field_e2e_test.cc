@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
+#include "tests/support/admin.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
 #include "tools/field/device.h"
@@ -62,6 +64,20 @@ class FieldE2eTest : public ::testing::Test {
     ASSERT_NE(server_, nullptr) << ReadFile(dir_.Sub("data.log"));
   }
   std::string ServerFlag() const { return "--server=" + server_->address(); }
+  // Enrols the phone whose store is `store` (creating it) and saves its token
+  // there with `hamlet-field set-token`, as a phone's user would.
+  void EnrollPhone(const std::string& store, hamlet::v1::Role role, const std::string& unit,
+                   const std::string& person) {
+    std::string device_id;
+    {
+      auto device = field::FieldDevice::Open(dir_.Sub(store), sync::SystemClock::Get());
+      ASSERT_TRUE(device.ok()) << device.status();
+      device_id = (*device)->device_id();
+    }
+    const std::string token = hamlet::testing::AdminClient(*server_).Enroll(device_id, role, unit, person);
+    FieldRun saved = Field(dir_, store, {"set-token", token, "--role=" + hamlet::v1::Role_Name(role)});
+    ASSERT_EQ(saved.code, 0) << saved.output;
+  }
   // Every record a device holds, serialized, by id.
   std::map<std::string, std::string> Snapshot(const std::string& store) {
     std::map<std::string, std::string> records;
@@ -81,6 +97,8 @@ class FieldE2eTest : public ::testing::Test {
 };
 
 TEST_F(FieldE2eTest, TwoDevicesEditOfflineSyncAndEndIdentical) {
+  EnrollPhone("phone-a", hamlet::v1::ROLE_MEMBER, "07132", "hgv-01");
+  EnrollPhone("phone-b", hamlet::v1::ROLE_TEAM_LEADER, "07132", "tv-07");
   // Offline: each phone records something.
   FieldRun a_case = Field(dir_, "phone-a",
                      {"create", "mediation_case", "--unit=07132", "--author=hgv-01",
@@ -114,19 +132,24 @@ TEST_F(FieldE2eTest, TwoDevicesEditOfflineSyncAndEndIdentical) {
     ASSERT_EQ(sync.code, 0) << sync.output;
   }
 
-  const auto a = Snapshot("phone-a");
-  const auto b = Snapshot("phone-b");
-  EXPECT_EQ(a.size(), 249u + 3u);
+  auto a = Snapshot("phone-a");
+  auto b = Snapshot("phone-b");
+  // B's tip is B's: a member reads only the tips they wrote.
+  EXPECT_EQ(a.count(tip_id), 0u);
+  ASSERT_EQ(b.count(tip_id), 1u);
+  b.erase(tip_id);
+  EXPECT_EQ(a.size(), 249u + 2u);
   EXPECT_EQ(a, b);
   EXPECT_THAT(Field(dir_, "phone-a", {"show", case_id}).output,
               ::testing::AllOf(HasSubstr("MEDIATION_STATUS_ASSIGNED"), HasSubstr("Tranh chấp lối đi chung"),
                                HasSubstr("hgv-02")));
   EXPECT_THAT(Field(dir_, "phone-b", {"show", house_id}).output, HasSubstr("HOUSEHOLD_EVALUATION_PASS"));
-  EXPECT_THAT(Field(dir_, "phone-a", {"show", tip_id}).output, HasSubstr("\"deleted\": true"));
+  EXPECT_THAT(Field(dir_, "phone-b", {"show", tip_id}).output, HasSubstr("\"deleted\": true"));
   EXPECT_THAT(Field(dir_, "phone-a", {"status"}).output, HasSubstr("unsynced edits: 0"));
 }
 
 TEST_F(FieldE2eTest, WorksOfflineAndSyncFailsClearlyWithoutServer) {
+  EnrollPhone("phone", hamlet::v1::ROLE_MEMBER, "07132", "x");
   FieldRun created = Field(dir_, "phone", {"create", "mediation_case", "--unit=07132", "--author=x",
                                       R"(--json={"summary":"s"})"});
   ASSERT_EQ(created.code, 0) << created.output;
@@ -144,6 +167,8 @@ TEST_F(FieldE2eTest, WorksOfflineAndSyncFailsClearlyWithoutServer) {
 // doubled; a device killed while pulling resumes after its last saved page.
 TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
   constexpr int kRecords = 1500;
+  EnrollPhone("phone-c", hamlet::v1::ROLE_MEMBER, "07132", "hgv-01");
+  EnrollPhone("phone-d", hamlet::v1::ROLE_TEAM_LEADER, "07132", "tv-07");
   std::string device_id;
   {
     auto device = field::FieldDevice::Open(dir_.Sub("phone-c"), sync::SystemClock::Get());
@@ -210,6 +235,9 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
   auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
   auto stub = hamlet::v1::SyncService::NewStub(channel);
   grpc::ClientContext context;
+  const std::string town_token =
+      hamlet::testing::AdminClient(*server_).Enroll(device_id, hamlet::v1::ROLE_TOWN_OFFICER, "206", "officer");
+  context.AddMetadata("authorization", "Bearer " + town_token);
   hamlet::v1::PullRequest request;
   request.set_device_id(device_id);
   request.set_page_size(1);

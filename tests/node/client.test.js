@@ -1,12 +1,17 @@
 // A real non-C++ client of hamletd: @grpc/grpc-js with the .proto files loaded at
 // run time by @grpc/proto-loader. It checks the parts of the sync contract a
 // device author relies on: push then pull, idempotent retries, batch id reuse,
-// clock skew refusal and cursor validation.
+// clock skew refusal and cursor validation; and enrolment: the test enrols its
+// device through AdminService (admin listener, admin token from
+// <data_dir>/admin.token) and sends the issued bearer token on every SyncService
+// call. Also checked: calls without a valid token, writes outside the device's
+// reach, revocation, device_id spoofing and which listener serves what.
 //
 // Run: node --test tests/node/client.test.js
 // The server binary is $HAMLETD (default /work/main/build/server/hamletd). The
-// script starts its own hamletd on a free loopback port in a fresh temp dir and
-// stops it with SIGTERM when done, also when a test fails.
+// script starts its own hamletd on free loopback ports (device and admin
+// listeners) in a fresh temp dir and stops it with SIGTERM when done, also when a
+// test fails.
 
 'use strict';
 
@@ -29,6 +34,8 @@ const STOP_TIMEOUT_MS = 15_000; // hamletd's default --shutdown_grace is 10 s.
 const CALL_DEADLINE_MS = 5_000;
 const SCRIPT_LIMIT_MS = 60_000;
 const SCOPE = '07132'; // A commune of the seeded town 206.
+const OTHER_COMMUNE = '07135'; // Another commune of town 206, outside this device's reach.
+const PERSON_ID = 'person-nodetest'; // The person the test device is enrolled for; also records' author.
 const SEEDED_UNITS = 249; // AdminUnit records hamletd seeds on first start.
 
 // MediationCase field numbers (records.proto); stamps name body fields by number.
@@ -42,7 +49,7 @@ const statusName = (code) => Object.keys(grpc.status).find((k) => grpc.status[k]
 // ---------------------------------------------------------------------------
 // Server lifecycle.
 
-let server = null; // { child, dir, address, stderr: string[] }
+let server = null; // { child, dir, address, adminAddress, adminToken, stderr: string[], exit() }
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -51,20 +58,22 @@ function sleep(ms) {
 async function startServer() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hamlet-client-test-'));
   const readyFile = path.join(dir, 'ready');
+  const dataDir = path.join(dir, 'data');
   const child = spawn(
     HAMLETD,
-    ['--listen=127.0.0.1:0', `--data_dir=${path.join(dir, 'data')}`, `--ready_file=${readyFile}`],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
+    ['--listen=127.0.0.1:0', '--admin_listen=127.0.0.1:0', `--data_dir=${dataDir}`, `--ready_file=${readyFile}`],
+    { stdio: ['ignore', 'ignore', 'pipe'] }, // stdout repeats the admin token: not wanted in test logs.
   );
   const stderr = [];
   child.stderr.on('data', (chunk) => stderr.push(chunk.toString()));
   let exited = null;
   child.on('exit', (code, signal) => (exited = { code, signal }));
   child.on('error', (err) => (exited = { error: err }));
-  server = { child, dir, address: null, stderr, exit: () => exited };
+  server = { child, dir, address: null, adminAddress: null, adminToken: null, stderr, exit: () => exited };
 
-  // The ready file holds "127.0.0.1:PORT\n" once the server accepts calls. It is
-  // not written atomically, so only a complete line counts.
+  // Once the server accepts calls the ready file holds two lines: the device
+  // address, then the admin address. hamletd writes it whole and renames it into
+  // place; only two complete lines count all the same.
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (exited) {
@@ -76,8 +85,14 @@ async function startServer() {
     } catch {
       // Not written yet.
     }
-    if (/^127\.0\.0\.1:\d+\n/.test(text)) {
-      server.address = text.trim();
+    const ready = /^(127\.0\.0\.1:\d+)\n(127\.0\.0\.1:\d+)\n$/.exec(text);
+    if (ready) {
+      [, server.address, server.adminAddress] = ready;
+      // On first start hamletd enrols an admin device and writes its token to
+      // <data_dir>/admin.token, one line, before it writes the ready file.
+      const tokenText = fs.readFileSync(path.join(dataDir, 'admin.token'), 'utf8');
+      assert.match(tokenText, /^hmt_[A-Za-z0-9_-]+\n$/, 'admin.token must hold one token line');
+      server.adminToken = tokenText.trim();
       return;
     }
     await sleep(50);
@@ -117,27 +132,70 @@ watchdog.unref();
 // ---------------------------------------------------------------------------
 // Client.
 
-let client = null;
+let client = null; // SyncService on the device listener.
+let admin = null; // AdminService on the admin listener.
+let deviceToken = null; // The bearer token AdminService issued for DEVICE_ID.
+let services = null; // { SyncService, AdminService } constructors.
 
-function loadSyncService() {
-  const definition = protoLoader.loadSync(path.join(PROTO_ROOT, 'hamlet/v1/sync.proto'), {
-    includeDirs: [PROTO_ROOT],
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: false,
-  });
-  return grpc.loadPackageDefinition(definition).hamlet.v1.SyncService;
+function loadServices() {
+  const definition = protoLoader.loadSync(
+    [path.join(PROTO_ROOT, 'hamlet/v1/sync.proto'), path.join(PROTO_ROOT, 'hamlet/v1/admin.proto')],
+    {
+      includeDirs: [PROTO_ROOT],
+      keepCase: true,
+      longs: String,
+      enums: String,
+      defaults: false,
+    },
+  );
+  const v1 = grpc.loadPackageDefinition(definition).hamlet.v1;
+  return { SyncService: v1.SyncService, AdminService: v1.AdminService };
 }
 
-// Calls a unary method; resolves with the response or rejects with the
-// grpc-js ServiceError (which carries code, details and trailing metadata).
-function call(method, request) {
+// Metadata carrying `authorization: Bearer <token>`; no header if token is null.
+// `authorization` is the raw header value, for malformed ones.
+function authMetadata({ token = null, authorization = null } = {}) {
+  const metadata = new grpc.Metadata();
+  if (authorization !== null) metadata.set('authorization', authorization);
+  else if (token !== null) metadata.set('authorization', `Bearer ${token}`);
+  return metadata;
+}
+
+// Calls unary `method` of `stub` with `metadata`; resolves with the response or
+// rejects with the grpc-js ServiceError (code, details, trailing metadata).
+function rpc(stub, method, request, metadata) {
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: Date.now() + CALL_DEADLINE_MS }, (err, response) =>
+    stub[method](request, metadata, { deadline: Date.now() + CALL_DEADLINE_MS }, (err, response) =>
       err ? reject(err) : resolve(response),
     );
   });
+}
+
+// A SyncService call as the test device: with its enrolled token.
+function call(method, request) {
+  return rpc(client, method, request, authMetadata({ token: deviceToken }));
+}
+
+// An AdminService call with the admin token.
+function adminCall(method, request) {
+  return rpc(admin, method, request, authMetadata({ token: server.adminToken }));
+}
+
+// Enrols `deviceId` through AdminService and checks the response; returns the token.
+async function enrol(deviceId, role, unitCode, personId = PERSON_ID) {
+  const before = Date.now();
+  const res = await adminCall('EnrollDevice', {
+    device_id: deviceId,
+    person_id: personId,
+    role,
+    unit_code: unitCode,
+    ttl: { seconds: '3600' },
+  });
+  assert.equal(res.device_id, deviceId);
+  assert.match(res.token, /^hmt_[A-Za-z0-9_-]+$/);
+  const expireMs = Number(res.expire_time.seconds) * 1000;
+  assert.ok(Math.abs(expireMs - (before + 3600_000)) < 60_000, `expire_time ${JSON.stringify(res.expire_time)} is not 1 h ahead`);
+  return res.token;
 }
 
 // Runs `promise`, which must fail with gRPC status `code`; returns the error.
@@ -160,7 +218,7 @@ const DEVICE_ID = crypto.randomUUID();
 
 // A new MediationCase record as a device would push it: envelope, body and one
 // stamp per body field set, in increasing field-number order.
-function newCase(body, { id = crypto.randomUUID(), physicalMs = Date.now() } = {}) {
+function newCase(body, { id = crypto.randomUUID(), physicalMs = Date.now(), unitCode = SCOPE } = {}) {
   const names = new Set(Object.keys(body));
   if (LIFECYCLE.some((name) => names.has(name))) LIFECYCLE.forEach((name) => names.add(name));
   const stamps = [...names]
@@ -169,8 +227,8 @@ function newCase(body, { id = crypto.randomUUID(), physicalMs = Date.now() } = {
     .map((field) => ({ field, stamp: { physical_ms: String(physicalMs), logical: 0, node: DEVICE_ID } }));
   return {
     id,
-    unit_code: SCOPE,
-    author: 'person-nodetest',
+    unit_code: unitCode,
+    author: PERSON_ID,
     create_time: { seconds: String(Math.floor(physicalMs / 1000)), nanos: (physicalMs % 1000) * 1e6 },
     sensitivity: 'SENSITIVITY_NORMAL',
     mediation_case: body,
@@ -178,8 +236,8 @@ function newCase(body, { id = crypto.randomUUID(), physicalMs = Date.now() } = {
   };
 }
 
-function pushRequest(changes, batchId = crypto.randomUUID()) {
-  return { device_id: DEVICE_ID, batch_id: batchId, changes, app_version: 'node-test/1' };
+function pushRequest(changes, batchId = crypto.randomUUID(), deviceId = DEVICE_ID) {
+  return { device_id: deviceId, batch_id: batchId, changes, app_version: 'node-test/1' };
 }
 
 // Pulls `scope` from `cursor` page by page until remaining is 0. Checks the
@@ -240,12 +298,17 @@ function assertSameRecord(pulled, sent) {
 
 before(async () => {
   await startServer();
-  const SyncService = loadSyncService();
-  client = new SyncService(server.address, grpc.credentials.createInsecure());
+  services = loadServices();
+  client = new services.SyncService(server.address, grpc.credentials.createInsecure());
+  admin = new services.AdminService(server.adminAddress, grpc.credentials.createInsecure());
+  // The test device is a team leader of the commune: it may write mediation
+  // cases in 07132 and its villages and read the commune.
+  deviceToken = await enrol(DEVICE_ID, 'ROLE_TEAM_LEADER', SCOPE);
 });
 
 after(async () => {
   if (client) client.close();
+  if (admin) admin.close();
   const ended = await stopServer();
   // SIGTERM is the documented clean shutdown: the process must exit with 0.
   if (ended && server.address) {

@@ -13,6 +13,7 @@
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "sync/clock.h"
 #include "sync/cursor.h"
+#include "tests/support/admin.h"
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
 #include "tests/support/status_matchers.h"
@@ -40,28 +41,36 @@ int64_t NowMs() { return sync::SystemClock::Get()->NowMs(); }
 
 class Client {
  public:
-  explicit Client(const std::string& address)
-      : stub_(hamlet::v1::SyncService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
+  Client(const std::string& address, const std::string& token)
+      : stub_(hamlet::v1::SyncService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+        token_(token) {}
+
+  // A context with the device's token and a deadline.
+  std::unique_ptr<grpc::ClientContext> NewContext(std::chrono::seconds deadline = std::chrono::seconds(10)) const {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->AddMetadata("authorization", "Bearer " + token_);
+    context->set_deadline(std::chrono::system_clock::now() + deadline);
+    return context;
+  }
 
   grpc::Status Push(const PushRequest& request, PushResponse* response,
                     std::map<std::string, std::string>* trailers = nullptr) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    grpc::Status status = stub_->Push(&context, request, response);
+    auto context = NewContext();
+    grpc::Status status = stub_->Push(context.get(), request, response);
     if (trailers != nullptr) {
-      for (const auto& [key, value] : context.GetServerTrailingMetadata()) {
+      for (const auto& [key, value] : context->GetServerTrailingMetadata()) {
         (*trailers)[std::string(key.data(), key.size())] = std::string(value.data(), value.size());
       }
     }
     return status;
   }
   grpc::Status Pull(const PullRequest& request, PullResponse* response, std::string* reason = nullptr) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    grpc::Status status = stub_->Pull(&context, request, response);
+    auto context = NewContext();
+    grpc::Status status = stub_->Pull(context.get(), request, response);
     if (reason != nullptr) {
-      auto it = context.GetServerTrailingMetadata().find("hamlet-error-reason");
-      *reason = it == context.GetServerTrailingMetadata().end() ? "" : std::string(it->second.data(), it->second.size());
+      const auto& trailers = context->GetServerTrailingMetadata();
+      auto it = trailers.find("hamlet-error-reason");
+      *reason = it == trailers.end() ? "" : std::string(it->second.data(), it->second.size());
     }
     return status;
   }
@@ -87,6 +96,7 @@ class Client {
 
  private:
   std::unique_ptr<hamlet::v1::SyncService::Stub> stub_;
+  std::string token_;
 };
 
 PushRequest Batch(const std::string& batch_id, std::vector<Record> changes) {
@@ -103,7 +113,12 @@ class SyncE2eTest : public ::testing::Test {
   void SetUp() override {
     server_ = ServerProcess::Start(dir_.Sub("data"));
     ASSERT_NE(server_, nullptr) << hamlet::testing::ReadFile(dir_.Sub("data.log"));
-    client_ = std::make_unique<Client>(server_->address());
+    // These tests are about the protocol, not about who may do what
+    // (access_e2e_test.cc): the device is a replication node, which reads and
+    // writes every unit of the town.
+    token_ = hamlet::testing::AdminClient(*server_).Enroll(kDevice, hamlet::v1::ROLE_REPLICATION_NODE, "206",
+                                                           "replica-of-test");
+    client_ = std::make_unique<Client>(server_->address(), token_);
     // Everything the server holds at the start: the seeded admin units.
     ASSERT_EQ(client_->PullAll("", &start_cursor_).size(), static_cast<size_t>(kSeededUnits));
   }
@@ -116,6 +131,7 @@ class SyncE2eTest : public ::testing::Test {
   hamlet::testing::TempDir dir_;
   std::unique_ptr<ServerProcess> server_;
   std::unique_ptr<Client> client_;
+  std::string token_;
   std::string start_cursor_;
 };
 
@@ -365,8 +381,7 @@ TEST_F(SyncE2eTest, BadPullsGetPreciseErrors) {
 }
 
 TEST_F(SyncE2eTest, WatchTellsAConnectedDeviceAboutNewChanges) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto context = client_->NewContext(std::chrono::seconds(20));
   hamlet::v1::WatchRequest request;
   request.set_device_id(kDevice);
   request.set_scope_unit_code("07132");
@@ -374,7 +389,7 @@ TEST_F(SyncE2eTest, WatchTellsAConnectedDeviceAboutNewChanges) {
   ASSERT_TRUE(cursor.ok());
   cursor->scope = "07132";
   request.set_cursor(sync::EncodeCursor(*cursor));
-  auto reader = client_->stub().Watch(&context, request);
+  auto reader = client_->stub().Watch(context.get(), request);
 
   // A change in another commune does not wake this watcher; one in 07132 does.
   std::thread pusher([this] {
@@ -390,7 +405,7 @@ TEST_F(SyncE2eTest, WatchTellsAConnectedDeviceAboutNewChanges) {
   ASSERT_TRUE(reader->Read(&message));
   EXPECT_EQ(message.server_seq(), static_cast<uint64_t>(kSeededUnits + 2));
   pusher.join();
-  context.TryCancel();
+  context->TryCancel();
   while (reader->Read(&message)) {
   }
 }
@@ -404,7 +419,7 @@ TEST_F(SyncE2eTest, SigtermStopsCleanlyAndDataAndCursorsSurviveRestart) {
   EXPECT_THAT(server_->Log(), HasSubstr("stopped cleanly"));
   server_ = ServerProcess::Start(dir_.Sub("data"));
   ASSERT_NE(server_, nullptr);
-  client_ = std::make_unique<Client>(server_->address());
+  client_ = std::make_unique<Client>(server_->address(), token_);
   std::vector<Record> pulled = NewSinceStart();
   ASSERT_EQ(pulled.size(), 1u);
   EXPECT_EQ(pulled[0].id(), Uuid(1));
@@ -427,7 +442,7 @@ TEST_F(SyncE2eTest, AcknowledgedPushesSurviveKillNine) {
   const std::string address = server_->address();
   for (int d = 0; d < kDevices; ++d) {
     devices.emplace_back([&, d] {
-      Client client(address);
+      Client client(address, token_);
       for (int b = 0; !stop.load(); ++b) {
         const std::string batch_id = absl::StrFormat("00000000-0000-4000-%04d-%012d", d, b);
         std::vector<Record> records;
@@ -455,7 +470,7 @@ TEST_F(SyncE2eTest, AcknowledgedPushesSurviveKillNine) {
 
   server_ = ServerProcess::Start(dir_.Sub("data"));
   ASSERT_NE(server_, nullptr) << "database did not reopen after SIGKILL";
-  client_ = std::make_unique<Client>(server_->address());
+  client_ = std::make_unique<Client>(server_->address(), token_);
   std::map<std::string, int> seen;
   for (const Record& r : NewSinceStart()) ++seen[r.id()];
   for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << id << " pulled more than once";

@@ -51,17 +51,20 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
   server->log_path_ = data_dir + ".log";
   const std::string ready = data_dir + ".ready";
   unlink(ready.c_str());
-  std::vector<std::string> argv = {HAMLETD_PATH, "--listen=127.0.0.1:0", "--data_dir=" + data_dir,
-                                   "--ready_file=" + ready};
+  server->data_dir_ = data_dir;
+  std::vector<std::string> argv = {HAMLETD_PATH, "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0",
+                                   "--data_dir=" + data_dir, "--ready_file=" + ready};
   argv.insert(argv.end(), flags.begin(), flags.end());
   server->pid_ = Spawn(argv, server->log_path_);
   if (server->pid_ < 0) return nullptr;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (std::chrono::steady_clock::now() < deadline) {
-    std::string address = ReadFile(ready);
-    if (!address.empty() && address.back() == '\n') {
-      address.pop_back();
-      server->address_ = address;
+    // Two lines: the device address, then the admin address.
+    const std::string addresses = ReadFile(ready);
+    const size_t newline = addresses.find('\n');
+    if (newline != std::string::npos && !addresses.empty() && addresses.back() == '\n') {
+      server->address_ = addresses.substr(0, newline);
+      server->admin_address_ = addresses.substr(newline + 1, addresses.size() - newline - 2);
       return server;
     }
     if (waitpid(server->pid_, nullptr, WNOHANG) == server->pid_) {
@@ -71,6 +74,12 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return nullptr;
+}
+
+std::string ServerProcess::admin_token() const {
+  std::string token = ReadFile(data_dir_ + "/admin.token");
+  while (!token.empty() && token.back() == '\n') token.pop_back();
+  return token;
 }
 
 ServerProcess::~ServerProcess() {

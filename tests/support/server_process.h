@@ -26,7 +26,12 @@ class ServerProcess {
   static std::unique_ptr<ServerProcess> Start(const std::string& data_dir, std::vector<std::string> flags = {});
   ~ServerProcess();  // Kills the server if it still runs.
 
+  // The device listener.
   const std::string& address() const { return address_; }
+  // The admin listener.
+  const std::string& admin_address() const { return admin_address_; }
+  // The admin token the server wrote into its data dir.
+  std::string admin_token() const;
   const std::string& log_path() const { return log_path_; }
   std::string Log() const { return ReadFile(log_path_); }
 
@@ -38,6 +43,8 @@ class ServerProcess {
  private:
   pid_t pid_ = -1;
   std::string address_;
+  std::string admin_address_;
+  std::string data_dir_;
   std::string log_path_;
 };
 

@@ -44,13 +44,14 @@ bool Retryable(grpc::StatusCode code) {
 // Runs `call` with a fresh context until it succeeds, fails for good, or runs
 // out of attempts, sleeping with jittered exponential backoff in between.
 template <typename Call>
-CallResult CallWithRetry(const FieldDevice::SyncOptions& options, Call call) {
+CallResult CallWithRetry(const FieldDevice::SyncOptions& options, const std::string& token, Call call) {
   absl::BitGen gen;
   absl::Duration backoff = options.first_backoff;
   CallResult result;
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options.call_timeout));
+    if (!token.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
     result.status = call(&context);
     result.reason.clear();
     const auto& trailers = context.GetServerTrailingMetadata();
@@ -76,8 +77,10 @@ absl::StatusOr<std::unique_ptr<FieldDevice>> FieldDevice::Open(const std::string
   HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<storage::DeviceStore> store,
                           storage::DeviceStore::Open(dir, sync::NewUuid(gen)));
   HAMLET_ASSIGN_OR_RETURN(hamlet::v1::Stamp last, store->GetClock());
+  HAMLET_ASSIGN_OR_RETURN(hamlet::v1::Role role, store->GetRole());
   std::unique_ptr<FieldDevice> device(new FieldDevice(std::move(store), clock));
   device->clock_.Restore(last);
+  if (role != hamlet::v1::ROLE_UNSPECIFIED) device->role_ = role;
   return device;
 }
 
@@ -134,6 +137,12 @@ absl::Status FieldDevice::Delete(const std::string& id) {
 
 absl::StatusOr<FieldDevice::SyncReport> FieldDevice::Sync(hamlet::v1::SyncService::StubInterface& stub,
                                                           const SyncOptions& options) {
+  HAMLET_ASSIGN_OR_RETURN(token_, store_->GetToken());
+  if (token_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", device_id(), " is not enrolled: an admin enrols it (hamlet-admin enroll --device_id=",
+        device_id(), " ...) and its token is saved with `hamlet-field set-token TOKEN`"));
+  }
   SyncReport report;
   HAMLET_RETURN_IF_ERROR(PushOutbox(stub, options, &report));
   HAMLET_RETURN_IF_ERROR(PullAll(stub, options, &report));
@@ -163,7 +172,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     request.set_app_version(options.app_version);
     for (storage::OutboxItem& item : items) *request.add_changes() = std::move(item.change);
     hamlet::v1::PushResponse response;
-    CallResult result = CallWithRetry(options, [&](grpc::ClientContext* context) {
+    CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
       return stub.Push(context, request, &response);
     });
     if (Refused(result.status.error_code())) {
@@ -177,6 +186,10 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     }
     if (!result.status.ok()) return FromGrpc(result.status, absl::StrCat("push of batch ", pending->batch_id()));
     HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch());
+    // A sealed record stays on the phone only until the server has it.
+    for (const Record& change : request.changes()) {
+      if (change.has_informant_identity()) HAMLET_RETURN_IF_ERROR(store_->ForgetRecord(change.id()));
+    }
     ++report->batches_pushed;
     report->records_pushed += request.changes_size();
   }
@@ -198,7 +211,7 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     request.set_cursor(cursor);
     request.set_page_size(static_cast<uint32_t>(options.page_size));
     hamlet::v1::PullResponse response;
-    CallResult result = CallWithRetry(options, [&](grpc::ClientContext* context) {
+    CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
       return stub.Pull(context, request, &response);
     });
     if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && result.reason == "CURSOR_INVALIDATED" &&
@@ -230,6 +243,36 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     }
     if (response.remaining() == 0) return absl::OkStatus();
   }
+}
+
+}  // namespace hamlet::field
+
+namespace hamlet::field {
+
+absl::StatusOr<Record> FieldDevice::ResolveConflict(hamlet::v1::SyncService::StubInterface& stub,
+                                                    const std::string& record_id, uint32_t field,
+                                                    const google::protobuf::Message& value,
+                                                    const std::string& resolver, const SyncOptions& options) {
+  HAMLET_ASSIGN_OR_RETURN(token_, store_->GetToken());
+  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> local, store_->GetRecord(record_id));
+  if (!local.has_value()) return absl::NotFoundError(absl::StrCat("no record ", record_id, " on this device"));
+  hamlet::v1::ResolveConflictRequest request;
+  request.set_device_id(device_id());
+  absl::BitGen gen;
+  request.set_request_id(sync::NewUuid(gen));
+  request.set_record_id(record_id);
+  request.set_field(field);
+  request.set_resolver(resolver);
+  Record holder = sync::EmptyChangeOf(*local);
+  sync::MutableRecordBody(&holder)->CopyFrom(value);
+  *request.mutable_value() = holder;
+  hamlet::v1::ResolveConflictResponse response;
+  CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
+    return stub.ResolveConflict(context, request, &response);
+  });
+  if (!result.status.ok()) return FromGrpc(result.status, "resolving conflict");
+  // The device gets the resolved record on its next pull, like every device.
+  return response.record();
 }
 
 }  // namespace hamlet::field

@@ -83,6 +83,16 @@ class FieldDevice {
     uint64_t batches_rejected = 0;
     bool cursor_reset = false;
   };
+  // Settles an open conflict on the device's copy of record `record_id`:
+  // `value` (a body of the record's type) holds the lifecycle field `field` and
+  // the fields written with it. Needs a role with authority (sync/roles.h).
+  // Returns the server's record after the resolution; the device's own copy
+  // follows on its next pull.
+  absl::StatusOr<hamlet::v1::Record> ResolveConflict(hamlet::v1::SyncService::StubInterface& stub,
+                                                     const std::string& record_id, uint32_t field,
+                                                     const google::protobuf::Message& value,
+                                                     const std::string& resolver, const SyncOptions& options);
+
   // Pushes the whole outbox, then pulls until caught up. Returns the last
   // error if a call still fails after its attempts; what was done before it
   // stays done.
@@ -98,6 +108,7 @@ class FieldDevice {
   std::unique_ptr<storage::DeviceStore> store_;
   sync::HybridClock clock_;
   hamlet::v1::Role role_ = hamlet::v1::ROLE_MEMBER;
+  std::string token_;
 };
 
 }  // namespace hamlet::field

@@ -27,6 +27,9 @@ ABSL_FLAG(std::string, id, "", "Id of a new record (`create`); generated if empt
 ABSL_FLAG(std::string, json, "{}",
           "Body fields as JSON for `create` and `edit`, e.g. '{\"summary\":\"...\",\"status\":"
           "\"MEDIATION_STATUS_RECEIVED\"}'. Every key present is set; others are left alone.");
+ABSL_FLAG(std::string, role, "ROLE_MEMBER", "Role the device was enrolled with (`set-token`).");
+ABSL_FLAG(int, field, 0, "Lifecycle field number in conflict (`resolve`), e.g. 9 for MediationCase.status.");
+ABSL_FLAG(std::string, resolver, "", "Person id of who settles a conflict (`resolve`).");
 ABSL_FLAG(int, attempts, 8, "Attempts per call on `sync` while the server is unreachable.");
 ABSL_FLAG(int, batch_records, 200, "Most records per push on `sync`.");
 ABSL_FLAG(int, page_size, 500, "Records per pull page on `sync`.");
@@ -46,9 +49,14 @@ constexpr char kUsage[] =
     "  delete ID               mark the record deleted\n"
     "  show ID                 print the record as JSON\n"
     "  list                    one line per record: id, type, unit, state\n"
-    "  status                  device id, unsynced edits, cursor\n"
+    "  status                  device id, enrolment, unsynced and rejected edits, cursor\n"
+    "  set-token TOKEN [--role=ROLE]   save the token an admin issued for this device\n"
     "  sync [--server=ADDR] [--scope=COMMUNE]   push the outbox, then pull until caught up\n"
-    "All but sync work with no server.";
+    "  conflicts               records with an open conflict, with every competing value\n"
+    "  resolve ID --field=N --json=VALUE --resolver=PERSON [--server=ADDR]\n"
+    "                          settle a conflict (team leaders and commune roles)\n"
+    "  rejected                edits the server refused for good, with its reason\n"
+    "All but sync and resolve work with no server.";
 
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "hamlet-field: %s\n", status.ToString().c_str());
@@ -127,14 +135,38 @@ int Edit(hamlet::field::FieldDevice& device, const std::string& id) {
   return edited.ok() ? 0 : Fail(edited.status());
 }
 
-int Sync(hamlet::field::FieldDevice& device) {
+std::unique_ptr<hamlet::v1::SyncService::Stub> Connect() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials(), args);
-  auto stub = hamlet::v1::SyncService::NewStub(channel);
+  return hamlet::v1::SyncService::NewStub(channel);
+}
+
+hamlet::field::FieldDevice::SyncOptions OptionsFromFlags() {
   hamlet::field::FieldDevice::SyncOptions options;
   options.scope_unit_code = absl::GetFlag(FLAGS_scope);
   options.max_attempts = absl::GetFlag(FLAGS_attempts);
+  return options;
+}
+
+int Resolve(hamlet::field::FieldDevice& device, const std::string& id) {
+  auto record = device.store().GetRecord(id);
+  if (!record.ok()) return Fail(record.status());
+  if (!record->has_value()) return Fail(absl::NotFoundError(absl::StrCat("no record ", id, " on this device")));
+  std::unique_ptr<google::protobuf::Message> value(hamlet::sync::RecordBody(**record)->New());
+  auto fields = ParseBody(absl::GetFlag(FLAGS_json), value.get());
+  if (!fields.ok()) return Fail(fields.status());
+  auto stub = Connect();
+  auto resolved = device.ResolveConflict(*stub, id, static_cast<uint32_t>(absl::GetFlag(FLAGS_field)), *value,
+                                         absl::GetFlag(FLAGS_resolver), OptionsFromFlags());
+  if (!resolved.ok()) return Fail(resolved.status());
+  std::printf("resolved; %d conflicts left on the record (sync to get it)\n", resolved->conflicts_size());
+  return 0;
+}
+
+int Sync(hamlet::field::FieldDevice& device) {
+  auto stub = Connect();
+  hamlet::field::FieldDevice::SyncOptions options = OptionsFromFlags();
   options.batch_records = absl::GetFlag(FLAGS_batch_records);
   options.page_size = absl::GetFlag(FLAGS_page_size);
   options.on_pull_progress = [](uint64_t pulled, uint64_t total) {
@@ -142,10 +174,11 @@ int Sync(hamlet::field::FieldDevice& device) {
   };
   auto report = device.Sync(*stub, options);
   if (!report.ok()) return Fail(report.status());
-  std::printf("synced: pushed %d records in %d batches, pulled %d records%s\n",
+  std::printf("synced: pushed %d records in %d batches, pulled %d records%s%s\n",
               static_cast<int>(report->records_pushed), static_cast<int>(report->batches_pushed),
               static_cast<int>(report->records_pulled),
-              report->cursor_reset ? " (server asked for a fresh pull)" : "");
+              report->cursor_reset ? " (server asked for a fresh pull)" : "",
+              report->batches_rejected > 0 ? "; some edits were refused: see `hamlet-field rejected`" : "");
   return 0;
 }
 
@@ -187,14 +220,52 @@ int Run(const std::vector<char*>& args) {
     auto outbox = d.store().OutboxSize();
     auto cursor = d.store().GetCursor(absl::GetFlag(FLAGS_scope));
     auto pending = d.store().GetPendingBatch();
-    if (!outbox.ok()) return Fail(outbox.status());
-    if (!cursor.ok()) return Fail(cursor.status());
-    if (!pending.ok()) return Fail(pending.status());
-    std::printf("device %s\nunsynced edits: %d\nbatch in flight: %s\npulled scope \"%s\" before: %s\n", d.device_id().c_str(),
-                static_cast<int>(*outbox), pending->has_value() ? (*pending)->batch_id().c_str() : "none",
-                absl::GetFlag(FLAGS_scope).c_str(), cursor->empty() ? "no" : "yes");
+    auto rejected = d.store().ListRejected();
+    auto token = d.store().GetToken();
+    auto role = d.store().GetRole();
+    for (const absl::Status& s : {outbox.status(), cursor.status(), pending.status(), rejected.status(),
+                                  token.status(), role.status()}) {
+      if (!s.ok()) return Fail(s);
+    }
+    std::printf(
+        "device %s\nenrolled: %s\nunsynced edits: %d\nrejected edits: %d\nbatch in flight: %s\n"
+        "pulled scope \"%s\" before: %s\n",
+        d.device_id().c_str(), token->empty() ? "no" : hamlet::v1::Role_Name(*role).c_str(),
+        static_cast<int>(*outbox), static_cast<int>(rejected->size()),
+        pending->has_value() ? (*pending)->batch_id().c_str() : "none", absl::GetFlag(FLAGS_scope).c_str(),
+        cursor->empty() ? "no" : "yes");
     return 0;
   }
+  if (command == "set-token") {
+    hamlet::v1::Role role;
+    if (!hamlet::v1::Role_Parse(absl::GetFlag(FLAGS_role), &role)) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat("unknown role ", absl::GetFlag(FLAGS_role))));
+    }
+    if (arg(2).empty()) return Fail(absl::InvalidArgumentError("set-token needs the token"));
+    absl::Status s = d.store().SetEnrolment(arg(2), role);
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (command == "conflicts") {
+    auto records = d.store().ListRecords();
+    if (!records.ok()) return Fail(records.status());
+    for (const Record& r : *records) {
+      if (r.conflicts_size() == 0) continue;
+      hamlet::v1::Record only;
+      only.set_id(r.id());
+      *only.mutable_conflicts() = r.conflicts();
+      std::printf("%s", ToJson(only).c_str());
+    }
+    return 0;
+  }
+  if (command == "rejected") {
+    auto rejected = d.store().ListRejected();
+    if (!rejected.ok()) return Fail(rejected.status());
+    for (const auto& edit : *rejected) {
+      std::printf("%s %s\n", edit.change().id().c_str(), edit.reason().c_str());
+    }
+    return 0;
+  }
+  if (command == "resolve") return Resolve(d, arg(2));
   if (command == "sync") return Sync(d);
   std::fprintf(stderr, "unknown command \"%s\"\n%s\n", command.c_str(), kUsage);
   return 2;

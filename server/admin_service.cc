@@ -1,0 +1,155 @@
+#include "server/admin_service.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+#include "server/log.h"
+#include "server/sync_service.h"
+
+namespace hamlet::server {
+
+using google::protobuf::util::TimeUtil;
+
+namespace {
+
+size_t PageSize(uint32_t requested) { return requested == 0 ? 100 : std::min<uint32_t>(requested, 1000); }
+
+// Page tokens are the last key of the previous page, which is not secret.
+absl::StatusOr<uint64_t> SeqToken(const std::string& token) {
+  uint64_t seq = 0;
+  if (!token.empty() && !absl::SimpleAtoi(token, &seq)) {
+    return absl::InvalidArgumentError("page_token is not one this server issued");
+  }
+  return seq;
+}
+
+}  // namespace
+
+absl::StatusOr<Caller> AdminServiceImpl::AdminOf(grpc::ServerContext* context, absl::string_view action) const {
+  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  if (!caller.ok()) return caller.status();
+  if (caller->principal.role != hamlet::v1::ROLE_ADMIN) {
+    return absl::PermissionDeniedError(absl::StrCat("the admin service needs an admin's token; device ",
+                                                    caller->device_id, " is enrolled as ",
+                                                    hamlet::v1::Role_Name(caller->principal.role)));
+  }
+  LogLine(absl::StrCat("admin ", action, " by device=", caller->device_id, " peer=", context->peer()));
+  return caller;
+}
+
+grpc::Status AdminServiceImpl::EnrollDevice(grpc::ServerContext* context,
+                                            const hamlet::v1::EnrollDeviceRequest* request,
+                                            hamlet::v1::EnrollDeviceResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "EnrollDevice");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  absl::StatusOr<hamlet::v1::EnrollDeviceResponse> result = devices_->Enroll(*request, *admin);
+  if (!result.ok()) return ToGrpc(result.status(), context);
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::RevokeDevice(grpc::ServerContext* context,
+                                            const hamlet::v1::RevokeDeviceRequest* request,
+                                            hamlet::v1::RevokeDeviceResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "RevokeDevice");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  absl::StatusOr<hamlet::v1::Device> device = devices_->Revoke(request->device_id(), request->reason(), *admin);
+  if (!device.ok()) return ToGrpc(device.status(), context);
+  *response->mutable_device() = std::move(*device);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const hamlet::v1::ListDevicesRequest* request,
+                                           hamlet::v1::ListDevicesResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "ListDevices");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  const size_t max = PageSize(request->page_size());
+  for (hamlet::v1::Device& device : devices_->List()) {
+    if (!request->page_token().empty() && device.device_id() <= request->page_token()) continue;
+    if (static_cast<size_t>(response->devices_size()) == max) {
+      response->set_next_page_token(response->devices(response->devices_size() - 1).device_id());
+      break;
+    }
+    absl::StatusOr<std::optional<storage::DeviceState>> state = town_->store().GetDevice(device.device_id());
+    if (!state.ok()) return ToGrpc(state.status(), context);
+    if (state->has_value()) {
+      const storage::DeviceState& s = **state;
+      *device.mutable_last_seen_time() = TimeUtil::MillisecondsToTimestamp(s.last_seen_ms());
+      device.set_app_version(s.app_version());
+      device.set_batches_applied(s.batches_applied());
+      device.set_records_applied(s.records_applied());
+    }
+    *response->add_devices() = std::move(device);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
+                                              const hamlet::v1::GetServerStatsRequest* request,
+                                              hamlet::v1::GetServerStatsResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "GetServerStats");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  const storage::TownStore& store = town_->store();
+  response->set_server_id(store.server_id());
+  response->set_epoch(store.epoch());
+  response->set_last_seq(store.last_seq());
+  response->set_records(store.EstimateRecords());
+  absl::StatusOr<uint64_t> conflicts = store.CountConflicted();
+  if (!conflicts.ok()) return ToGrpc(conflicts.status(), context);
+  response->set_open_conflicts(*conflicts);
+  for (const hamlet::v1::Device& device : devices_->List()) {
+    if (device.has_revoke_time()) {
+      response->set_devices_revoked(response->devices_revoked() + 1);
+    } else {
+      response->set_devices_enrolled(response->devices_enrolled() + 1);
+    }
+  }
+  *response->mutable_start_time() = TimeUtil::MillisecondsToTimestamp(start_ms_);
+  response->set_town_code(town_->options().town_code);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ListConflicts(grpc::ServerContext* context,
+                                             const hamlet::v1::ListConflictsRequest* request,
+                                             hamlet::v1::ListConflictsResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "ListConflicts");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  const size_t max = PageSize(request->page_size());
+  auto records = town_->store().ListConflicted(request->unit_code(), request->page_token(), max + 1);
+  if (!records.ok()) return ToGrpc(records.status(), context);
+  for (size_t i = 0; i < records->size() && i < max; ++i) *response->add_records() = std::move((*records)[i]);
+  if (records->size() > max) response->set_next_page_token(response->records(response->records_size() - 1).id());
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ResolveConflict(grpc::ServerContext* context,
+                                               const hamlet::v1::AdminServiceResolveConflictRequest* request,
+                                               hamlet::v1::AdminServiceResolveConflictResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "ResolveConflict");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result = town_->ResolveConflict(request->resolution(), *admin);
+  if (!result.ok()) return ToGrpc(result.status(), context);
+  *response->mutable_record() = std::move(*result->mutable_record());
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ListAuditEntries(grpc::ServerContext* context,
+                                                const hamlet::v1::ListAuditEntriesRequest* request,
+                                                hamlet::v1::ListAuditEntriesResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "ListAuditEntries");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  absl::StatusOr<uint64_t> after = SeqToken(request->page_token());
+  if (!after.ok()) return ToGrpc(after.status(), context);
+  const size_t max = PageSize(request->page_size());
+  auto entries = town_->store().ListAudit(*after, max + 1);
+  if (!entries.ok()) return ToGrpc(entries.status(), context);
+  for (size_t i = 0; i < entries->size() && i < max; ++i) *response->add_entries() = std::move((*entries)[i]);
+  if (entries->size() > max) {
+    response->set_next_page_token(absl::StrCat(response->entries(response->entries_size() - 1).seq()));
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace hamlet::server

@@ -1,0 +1,45 @@
+#ifndef HAMLET_SERVER_ADMIN_SERVICE_H_
+#define HAMLET_SERVER_ADMIN_SERVICE_H_
+
+#include "hamlet/v1/admin.grpc.pb.h"
+#include "server/devices.h"
+#include "server/town.h"
+
+namespace hamlet::server {
+
+// The admin service (admin.proto): every call needs an admin's token and is
+// written to the audit log.
+class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
+ public:
+  // All must outlive the service.
+  AdminServiceImpl(Town* town, DeviceRegistry* devices, int64_t start_ms)
+      : town_(town), devices_(devices), start_ms_(start_ms) {}
+
+  grpc::Status EnrollDevice(grpc::ServerContext* context, const hamlet::v1::EnrollDeviceRequest* request,
+                            hamlet::v1::EnrollDeviceResponse* response) override;
+  grpc::Status RevokeDevice(grpc::ServerContext* context, const hamlet::v1::RevokeDeviceRequest* request,
+                            hamlet::v1::RevokeDeviceResponse* response) override;
+  grpc::Status ListDevices(grpc::ServerContext* context, const hamlet::v1::ListDevicesRequest* request,
+                           hamlet::v1::ListDevicesResponse* response) override;
+  grpc::Status GetServerStats(grpc::ServerContext* context, const hamlet::v1::GetServerStatsRequest* request,
+                              hamlet::v1::GetServerStatsResponse* response) override;
+  grpc::Status ListConflicts(grpc::ServerContext* context, const hamlet::v1::ListConflictsRequest* request,
+                             hamlet::v1::ListConflictsResponse* response) override;
+  grpc::Status ResolveConflict(grpc::ServerContext* context,
+                               const hamlet::v1::AdminServiceResolveConflictRequest* request,
+                               hamlet::v1::AdminServiceResolveConflictResponse* response) override;
+  grpc::Status ListAuditEntries(grpc::ServerContext* context, const hamlet::v1::ListAuditEntriesRequest* request,
+                                hamlet::v1::ListAuditEntriesResponse* response) override;
+
+ private:
+  // The admin behind the call; UNAUTHENTICATED or PERMISSION_DENIED otherwise.
+  absl::StatusOr<Caller> AdminOf(grpc::ServerContext* context, absl::string_view action) const;
+
+  Town* const town_;
+  DeviceRegistry* const devices_;
+  const int64_t start_ms_;
+};
+
+}  // namespace hamlet::server
+
+#endif  // HAMLET_SERVER_ADMIN_SERVICE_H_

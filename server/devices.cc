@@ -1,0 +1,204 @@
+#include "server/devices.h"
+
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/random/random.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "google/protobuf/util/time_util.h"
+#include "sync/status_macros.h"
+#include "sync/uuid.h"
+#include "sync/validate.h"
+
+namespace hamlet::server {
+
+using google::protobuf::util::TimeUtil;
+
+namespace {
+
+constexpr char kTokenPrefix[] = "hmt_";
+
+std::string Sha256(absl::string_view data) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
+  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
+}
+
+absl::StatusOr<std::string> NewToken() {
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) return absl::InternalError("no randomness for a token");
+  return absl::StrCat(kTokenPrefix,
+                      absl::WebSafeBase64Escape(absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes))));
+}
+
+}  // namespace
+
+hamlet::v1::AuditEntry AuditOf(const Caller& by, absl::string_view action, absl::string_view target,
+                               absl::string_view detail, int64_t now_ms) {
+  hamlet::v1::AuditEntry entry;
+  *entry.mutable_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
+  entry.set_device_id(by.device_id);
+  entry.set_person_id(by.principal.person_id);
+  entry.set_role(by.principal.role);
+  entry.set_peer(by.peer);
+  entry.set_action(std::string(action));
+  entry.set_target(std::string(target));
+  entry.set_detail(std::string(detail));
+  return entry;
+}
+
+absl::StatusOr<std::unique_ptr<DeviceRegistry>> DeviceRegistry::Load(storage::TownStore* store,
+                                                                     const sync::PhysicalClock* clock) {
+  std::unique_ptr<DeviceRegistry> registry(new DeviceRegistry(store, clock));
+  HAMLET_ASSIGN_OR_RETURN(std::vector<storage::Enrolment> enrolments, store->ListEnrolments());
+  absl::MutexLock lock(&registry->mu_);
+  for (storage::Enrolment& e : enrolments) {
+    registry->device_by_token_hash_[e.token_sha256()] = e.device().device_id();
+    registry->by_device_[e.device().device_id()] = std::move(e);
+  }
+  return registry;
+}
+
+absl::StatusOr<hamlet::v1::EnrollDeviceResponse> DeviceRegistry::Enroll(const hamlet::v1::EnrollDeviceRequest& request,
+                                                                        const Caller& by) {
+  std::string device_id = request.device_id();
+  if (device_id.empty()) {
+    absl::BitGen gen;
+    device_id = sync::NewUuid(gen);
+  }
+  if (!sync::IsUuid(device_id)) return absl::InvalidArgumentError("device_id must be a UUID (or empty)");
+  if (request.person_id().empty()) return absl::InvalidArgumentError("person_id is required");
+  if (request.role() == hamlet::v1::ROLE_UNSPECIFIED || !hamlet::v1::Role_IsValid(request.role())) {
+    return absl::InvalidArgumentError("role is required: ROLE_MEMBER, ROLE_TEAM_LEADER, ...");
+  }
+  if (request.unit_code().empty()) return absl::InvalidArgumentError("unit_code is required");
+  const int64_t now_ms = clock_->NowMs();
+  const int64_t ttl_ms = request.has_ttl() ? TimeUtil::DurationToMilliseconds(request.ttl())
+                                           : int64_t{180} * 24 * 3600 * 1000;
+  if (ttl_ms <= 0) return absl::InvalidArgumentError("ttl must be positive");
+  HAMLET_ASSIGN_OR_RETURN(std::string token, NewToken());
+
+  storage::Enrolment enrolment;
+  hamlet::v1::Device* device = enrolment.mutable_device();
+  device->set_device_id(device_id);
+  device->set_person_id(request.person_id());
+  device->set_role(request.role());
+  device->set_unit_code(request.unit_code());
+  *device->mutable_enroll_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
+  *device->mutable_expire_time() = TimeUtil::MillisecondsToTimestamp(now_ms + ttl_ms);
+  enrolment.set_token_sha256(Sha256(token));
+
+  absl::MutexLock lock(&mu_);
+  HAMLET_RETURN_IF_ERROR(store_->PutEnrolment(
+      enrolment, AuditOf(by, "enroll", device_id,
+                         absl::StrCat("person ", request.person_id(), " as ", hamlet::v1::Role_Name(request.role()),
+                                      " of unit ", request.unit_code()),
+                         now_ms)));
+  // A re-enrolled device's old token stops working.
+  if (auto old = by_device_.find(device_id); old != by_device_.end()) {
+    device_by_token_hash_.erase(old->second.token_sha256());
+  }
+  device_by_token_hash_[enrolment.token_sha256()] = device_id;
+  by_device_[device_id] = enrolment;
+
+  hamlet::v1::EnrollDeviceResponse response;
+  response.set_device_id(device_id);
+  response.set_token(token);
+  *response.mutable_expire_time() = device->expire_time();
+  return response;
+}
+
+absl::StatusOr<hamlet::v1::Device> DeviceRegistry::Revoke(const std::string& device_id, const std::string& reason,
+                                                          const Caller& by) {
+  if (reason.empty()) return absl::InvalidArgumentError("reason is required, for the audit log");
+  absl::MutexLock lock(&mu_);
+  auto it = by_device_.find(device_id);
+  if (it == by_device_.end()) return absl::NotFoundError(absl::StrCat("no enrolled device ", device_id));
+  storage::Enrolment enrolment = it->second;
+  const int64_t now_ms = clock_->NowMs();
+  if (!enrolment.device().has_revoke_time()) {
+    *enrolment.mutable_device()->mutable_revoke_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
+    enrolment.mutable_device()->set_revoke_reason(reason);
+  }
+  HAMLET_RETURN_IF_ERROR(store_->PutEnrolment(enrolment, AuditOf(by, "revoke", device_id, reason, now_ms)));
+  it->second = enrolment;
+  return enrolment.device();
+}
+
+absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorization, const std::string& peer) const {
+  if (authorization.empty()) {
+    return absl::UnauthenticatedError("no token: send `authorization: Bearer <token>` (an admin enrols the device)");
+  }
+  absl::string_view token = authorization;
+  if (!absl::ConsumePrefix(&token, "Bearer ") || !absl::StartsWith(token, kTokenPrefix)) {
+    return absl::UnauthenticatedError("malformed authorization: expected `Bearer hmt_...`");
+  }
+  const std::string hash = Sha256(token);
+  absl::MutexLock lock(&mu_);
+  auto id = device_by_token_hash_.find(hash);
+  if (id == device_by_token_hash_.end()) {
+    return absl::UnauthenticatedError("unknown token; ask an admin to enrol this device");
+  }
+  const hamlet::v1::Device& device = by_device_.at(id->second).device();
+  if (device.has_revoke_time()) {
+    return absl::UnauthenticatedError(absl::StrCat("device ", device.device_id(), " was revoked (",
+                                                   device.revoke_reason(), "); ask an admin to enrol it again"));
+  }
+  if (clock_->NowMs() >= TimeUtil::TimestampToMilliseconds(device.expire_time())) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("token of device ", device.device_id(), " expired; ask an admin to enrol it again"));
+  }
+  Caller caller;
+  caller.device_id = device.device_id();
+  caller.principal.role = device.role();
+  caller.principal.unit_code = device.unit_code();
+  caller.principal.person_id = device.person_id();
+  caller.peer = peer;
+  return caller;
+}
+
+std::vector<hamlet::v1::Device> DeviceRegistry::List() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<hamlet::v1::Device> out;
+  for (const auto& [id, enrolment] : by_device_) out.push_back(enrolment.device());
+  return out;
+}
+
+absl::StatusOr<std::string> DeviceRegistry::EnsureAdminToken(const std::string& token_file,
+                                                             const std::string& town_code) {
+  std::ifstream in(token_file);
+  std::string token;
+  std::getline(in, token);
+  if (!token.empty()) {
+    absl::StatusOr<Caller> caller = Authenticate(absl::StrCat("Bearer ", token), "");
+    if (caller.ok() && caller->principal.role == hamlet::v1::ROLE_ADMIN) return token;
+  }
+  hamlet::v1::EnrollDeviceRequest request;
+  request.set_person_id("admin");
+  request.set_role(hamlet::v1::ROLE_ADMIN);
+  request.set_unit_code(town_code);
+  request.mutable_ttl()->set_seconds(int64_t{10} * 365 * 24 * 3600);
+  Caller server;
+  server.principal.person_id = "hamletd";
+  HAMLET_ASSIGN_OR_RETURN(hamlet::v1::EnrollDeviceResponse enrolled, Enroll(request, server));
+  const std::string tmp = token_file + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << enrolled.token() << "\n";
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
+  }
+  chmod(tmp.c_str(), 0600);
+  if (std::rename(tmp.c_str(), token_file.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot write ", token_file));
+  }
+  return enrolled.token();
+}
+
+}  // namespace hamlet::server

@@ -1,0 +1,73 @@
+#ifndef HAMLET_SERVER_DEVICES_H_
+#define HAMLET_SERVER_DEVICES_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "hamlet/v1/admin.pb.h"
+#include "storage/town_store.h"
+#include "sync/access.h"
+#include "sync/clock.h"
+
+namespace hamlet::server {
+
+// Who is calling, established from the bearer token of the call.
+struct Caller {
+  std::string device_id;
+  sync::Principal principal;
+  // The caller's network address, for the audit log.
+  std::string peer;
+};
+
+// The enrolled devices and their tokens. Tokens are random 256-bit values the
+// server shows once; it keeps only their SHA-256, in the store and in memory,
+// so a revocation takes effect on the very next call. Thread-safe.
+class DeviceRegistry {
+ public:
+  // Loads the enrolments. `store` and `clock` must outlive the registry.
+  static absl::StatusOr<std::unique_ptr<DeviceRegistry>> Load(storage::TownStore* store,
+                                                              const sync::PhysicalClock* clock);
+
+  // Enrols (or re-enrols, with a new token) a device; returns the token once.
+  // INVALID_ARGUMENT for a bad request. `by` is who asked, for the audit log.
+  absl::StatusOr<hamlet::v1::EnrollDeviceResponse> Enroll(const hamlet::v1::EnrollDeviceRequest& request,
+                                                          const Caller& by);
+  // NOT_FOUND if the device was never enrolled.
+  absl::StatusOr<hamlet::v1::Device> Revoke(const std::string& device_id, const std::string& reason,
+                                            const Caller& by);
+
+  // The caller behind `authorization` metadata ("Bearer <token>").
+  // UNAUTHENTICATED, with a reason a person can act on, when it is missing,
+  // malformed, unknown, expired or revoked.
+  absl::StatusOr<Caller> Authenticate(absl::string_view authorization, const std::string& peer) const;
+
+  std::vector<hamlet::v1::Device> List() const;
+
+  // Makes sure an admin can reach the server: if `token_file` does not hold
+  // a valid admin token, enrols a new admin device for the town and writes its
+  // token there (mode 0600). Returns the token.
+  absl::StatusOr<std::string> EnsureAdminToken(const std::string& token_file, const std::string& town_code);
+
+ private:
+  DeviceRegistry(storage::TownStore* store, const sync::PhysicalClock* clock) : store_(store), clock_(clock) {}
+
+  storage::TownStore* const store_;
+  const sync::PhysicalClock* const clock_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, storage::Enrolment> by_device_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> device_by_token_hash_ ABSL_GUARDED_BY(mu_);
+};
+
+// An audit entry for an action by `by`.
+hamlet::v1::AuditEntry AuditOf(const Caller& by, absl::string_view action, absl::string_view target,
+                               absl::string_view detail, int64_t now_ms);
+
+}  // namespace hamlet::server
+
+#endif  // HAMLET_SERVER_DEVICES_H_

@@ -1,0 +1,161 @@
+#include "sync/access.h"
+
+#include <algorithm>
+
+#include "sync/merge.h"
+
+namespace hamlet::sync {
+
+using hamlet::v1::Record;
+using hamlet::v1::Role;
+
+namespace {
+
+// How a record stands to the principal.
+enum class Relation {
+  kAnyInServer,      // Every record the server holds.
+  kOwnCommune,       // The record's unit lies in the principal's commune.
+  kOwnUnit,          // The record's unit is the principal's unit or lies in it.
+  kOwnUnitAuthored,  // kOwnUnit, and the principal wrote it.
+  kReferredToPolice, // A mediation case of the own commune transferred to the police.
+};
+
+struct Row {
+  Record::BodyCase type;
+  Role role;
+  Relation relation;
+  Reach reach;
+};
+
+// DOMAIN.md, "Who may see what". Roles and record types not listed get nothing.
+constexpr Row kRows[] = {
+    // Mediation case: own team read/write; police the referred cases; justice
+    // the commune; town reads; the province reads the non-sealed fields.
+    {Record::kMediationCase, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnit, Reach::kWrite},
+    {Record::kMediationCase, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnit, Reach::kWrite},
+    {Record::kMediationCase, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kReferredToPolice, Reach::kRead},
+    {Record::kMediationCase, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kOwnCommune, Reach::kRead},
+    {Record::kMediationCase, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kMediationCase, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kMediationCase, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    // Tip: a member creates and reads their own; the leader reads the team's;
+    // commune police read and write the commune's; town reads.
+    {Record::kSecurityTip, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnitAuthored, Reach::kWrite},
+    {Record::kSecurityTip, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnitAuthored, Reach::kWrite},
+    {Record::kSecurityTip, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnit, Reach::kRead},
+    {Record::kSecurityTip, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kOwnCommune, Reach::kWrite},
+    {Record::kSecurityTip, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kSecurityTip, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kSecurityTip, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    // Informant identity: members create it and never see it again; commune
+    // police read it (every read audited). Nobody else, never the province.
+    {Record::kInformantIdentity, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnitAuthored, Reach::kCreateOnly},
+    {Record::kInformantIdentity, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnitAuthored, Reach::kCreateOnly},
+    {Record::kInformantIdentity, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kOwnCommune, Reach::kWrite},
+    // Household registration: the village reads and writes; police and town read.
+    {Record::kHouseholdRegistration, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnit, Reach::kWrite},
+    {Record::kHouseholdRegistration, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnit, Reach::kWrite},
+    {Record::kHouseholdRegistration, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kOwnCommune, Reach::kRead},
+    {Record::kHouseholdRegistration, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kHouseholdRegistration, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    // Teams: reference data everyone reads; leaders keep their own team,
+    // commune officers their commune's, the town all.
+    {Record::kTeam, hamlet::v1::ROLE_MEMBER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kTeam, hamlet::v1::ROLE_TEAM_LEADER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kTeam, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnit, Reach::kWrite},
+    {Record::kTeam, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kOwnCommune, Reach::kWrite},
+    {Record::kTeam, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kAnyInServer, Reach::kRead},
+    {Record::kTeam, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kOwnCommune, Reach::kWrite},
+    {Record::kTeam, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kAnyInServer, Reach::kRead},
+    {Record::kTeam, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kWrite},
+    {Record::kTeam, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kTeam, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    // Admin units: reference data everyone reads; admins and replication write.
+    {Record::kAdminUnit, hamlet::v1::ROLE_MEMBER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_TEAM_LEADER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kAnyInServer, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kAnyInServer, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_ADMIN, Relation::kAnyInServer, Reach::kWrite},
+    {Record::kAdminUnit, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+};
+
+// The commune of a principal's unit; the unit itself above commune level.
+std::string CommuneOfPrincipal(const Principal& p, const UnitDirectory& units) {
+  const std::string commune = units.CommuneOf(p.unit_code);
+  return commune.empty() ? p.unit_code : commune;
+}
+
+bool Holds(Relation relation, const Principal& p, const Record& record, const UnitDirectory& units) {
+  switch (relation) {
+    case Relation::kAnyInServer:
+      return true;
+    case Relation::kOwnCommune: {
+      const std::string commune = units.CommuneOf(record.unit_code());
+      return !commune.empty() && commune == CommuneOfPrincipal(p, units);
+    }
+    case Relation::kOwnUnit:
+    case Relation::kOwnUnitAuthored: {
+      const bool in_unit = record.unit_code() == p.unit_code ||
+                           (units.CommuneOf(p.unit_code) == p.unit_code &&  // a commune covers its villages
+                            units.CommuneOf(record.unit_code()) == p.unit_code);
+      return in_unit && (relation == Relation::kOwnUnit || record.author() == p.person_id);
+    }
+    case Relation::kReferredToPolice:
+      return Holds(Relation::kOwnCommune, p, record, units) && record.has_mediation_case() &&
+             record.mediation_case().transferred_to() == hamlet::v1::TRANSFER_TARGET_COMMUNE_POLICE;
+  }
+  return false;
+}
+
+}  // namespace
+
+Reach ReachOf(const Principal& principal, const Record& record, const UnitDirectory& units) {
+  Reach best = Reach::kNone;
+  for (const Row& row : kRows) {
+    if (row.type != record.body_case() || row.role != principal.role) continue;
+    if (Holds(row.relation, principal, record, units)) best = std::max(best, row.reach);
+  }
+  return best;
+}
+
+bool SeesWholeServer(Role role) {
+  return role == hamlet::v1::ROLE_TOWN_OFFICER || role == hamlet::v1::ROLE_PROVINCE_OFFICER ||
+         role == hamlet::v1::ROLE_REPLICATION_NODE;
+}
+
+bool MayReadScope(const Principal& principal, const std::string& commune, const UnitDirectory& units) {
+  if (SeesWholeServer(principal.role)) return true;
+  if (principal.role == hamlet::v1::ROLE_ADMIN) return false;
+  return !commune.empty() && commune == CommuneOfPrincipal(principal, units);
+}
+
+namespace {
+
+void RedactBody(google::protobuf::Message* body) {
+  auto* mediation = dynamic_cast<hamlet::v1::MediationCase*>(body);
+  if (mediation == nullptr) return;
+  for (auto& party : *mediation->mutable_parties()) {
+    party.clear_name();
+    party.clear_age();
+    party.clear_address();
+  }
+}
+
+}  // namespace
+
+void Redact(const Principal& principal, Record* record) {
+  if (principal.role != hamlet::v1::ROLE_PROVINCE_OFFICER) return;
+  if (auto* body = MutableRecordBody(record)) RedactBody(body);
+  for (auto& conflict : *record->mutable_conflicts()) {
+    for (auto& value : *conflict.mutable_values()) {
+      if (auto* body = MutableRecordBody(value.mutable_value())) RedactBody(body);
+    }
+  }
+  for (auto& lost : *record->mutable_superseded()) {
+    if (auto* body = MutableRecordBody(lost.mutable_value())) RedactBody(body);
+  }
+}
+
+}  // namespace hamlet::sync

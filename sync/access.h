@@ -1,0 +1,51 @@
+#ifndef HAMLET_SYNC_ACCESS_H_
+#define HAMLET_SYNC_ACCESS_H_
+
+#include <string>
+
+#include "hamlet/v1/sync.pb.h"
+#include "sync/units.h"
+
+namespace hamlet::sync {
+
+// Who is asking: an enrolled device's person, role and unit.
+struct Principal {
+  hamlet::v1::Role role = hamlet::v1::ROLE_UNSPECIFIED;
+  // Village, commune or town the person works in.
+  std::string unit_code;
+  std::string person_id;
+};
+
+// What a principal may do with one record.
+enum class Reach {
+  kNone,
+  // May create it (as its author) but never read it back: a member recording
+  // an informant's identity.
+  kCreateOnly,
+  kRead,
+  kWrite,
+};
+
+// The one table that decides who may see and change what (DOMAIN.md, "Who may
+// see what"); the rows are in access.cc, one per (record type, role, relation).
+// A reviewer holds those rows against DOMAIN.md. Teams are identified with the
+// unit they serve: "own team" is "own unit" (the village, or the commune and
+// its villages, the person is enrolled for).
+Reach ReachOf(const Principal& principal, const hamlet::v1::Record& record, const UnitDirectory& units);
+
+// True if `principal` may pull or watch commune `commune` ("" = the whole
+// server): its own commune, or any for town-level roles.
+bool MayReadScope(const Principal& principal, const std::string& commune, const UnitDirectory& units);
+
+// True for roles that see the whole server (town and province officers,
+// replication nodes).
+bool SeesWholeServer(hamlet::v1::Role role);
+
+// Removes what `principal` may read of a record but not see: for the province,
+// the parties' personal data (names, ages, addresses) in the body, conflicts
+// and superseded values. REQUIRES: ReachOf(...) >= kRead.
+void Redact(const Principal& principal, hamlet::v1::Record* record);
+
+}  // namespace hamlet::sync
+
+#endif  // HAMLET_SYNC_ACCESS_H_
