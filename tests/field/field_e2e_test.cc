@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -161,6 +162,77 @@ TEST_F(FieldE2eTest, WorksOfflineAndSyncFailsClearlyWithoutServer) {
                                   R"(--json={"no_such_field":1})"});
   EXPECT_EQ(bad.code, 2);
   EXPECT_THAT(bad.output, HasSubstr("no field \"no_such_field\""));
+}
+
+// The heart of it: two phones, offline, record different outcomes for one
+// case. Both sessions survive, the disagreement is kept and shown, a team
+// leader settles it, and every phone converges on the settlement.
+TEST_F(FieldE2eTest, ConflictingOutcomesAreKeptUntilTheTeamLeaderResolvesThem) {
+  EnrollPhone("phone-a", hamlet::v1::ROLE_MEMBER, "07132", "hgv-01");
+  EnrollPhone("phone-b", hamlet::v1::ROLE_MEMBER, "07132", "hgv-02");
+  EnrollPhone("leader", hamlet::v1::ROLE_TEAM_LEADER, "07132", "tt-01");
+  const auto sync_ok = [&](const std::string& phone) {
+    FieldRun run = Field(dir_, phone, {"sync", ServerFlag()});
+    ASSERT_EQ(run.code, 0) << phone << ": " << run.output;
+  };
+  FieldRun created = Field(dir_, "phone-a",
+                           {"create", "mediation_case", "--unit=07132-K04", "--author=hgv-01",
+                            R"(--json={"summary":"Tranh chấp ranh giới vườn","status":"MEDIATION_STATUS_RECEIVED","round":1})"});
+  ASSERT_EQ(created.code, 0) << created.output;
+  const std::string id = FirstLine(created.output);
+  ASSERT_EQ(Field(dir_, "phone-a", {"edit", id, R"(--json={"status":"MEDIATION_STATUS_ASSIGNED","mediators":["hgv-01","hgv-02"]})"}).code, 0);
+  ASSERT_EQ(Field(dir_, "phone-a", {"edit", id, R"(--json={"status":"MEDIATION_STATUS_IN_MEDIATION"})"}).code, 0);
+  sync_ok("phone-a");
+  sync_ok("phone-b");
+
+  // Offline, each mediator holds a session and records a different outcome.
+  FieldRun a_edit = Field(dir_, "phone-a", {"edit", id, R"(--json={"sessions":[{"id":"s-a","date":"2017-08-20","notes":"Hai bên đồng ý dời hàng rào"}],"status":"MEDIATION_STATUS_SUCCESSFUL","outcome":"MEDIATION_OUTCOME_SUCCESSFUL"})"});
+  ASSERT_EQ(a_edit.code, 0) << a_edit.output;
+  FieldRun b_edit = Field(dir_, "phone-b", {"edit", id, R"(--json={"sessions":[{"id":"s-b","date":"2017-08-21","notes":"Bên bị không đồng ý"}],"status":"MEDIATION_STATUS_UNSUCCESSFUL","outcome":"MEDIATION_OUTCOME_UNSUCCESSFUL"})"});
+  ASSERT_EQ(b_edit.code, 0) << b_edit.output;
+  sync_ok("phone-a");
+  sync_ok("phone-b");
+  sync_ok("phone-a");
+  sync_ok("leader");
+
+  auto leader = Snapshot("leader");
+  hamlet::v1::Record record;
+  ASSERT_TRUE(record.ParseFromString(leader.at(id)));
+  ASSERT_EQ(record.mediation_case().sessions_size(), 2) << "both sessions are kept";
+  ASSERT_EQ(record.conflicts_size(), 1);
+  EXPECT_EQ(record.conflicts(0).field(), 9u);
+  std::set<int> outcomes;
+  for (const auto& v : record.conflicts(0).values()) outcomes.insert(v.value().mediation_case().outcome());
+  EXPECT_EQ(outcomes, (std::set<int>{hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL,
+                                     hamlet::v1::MEDIATION_OUTCOME_UNSUCCESSFUL}));
+  EXPECT_THAT(Field(dir_, "phone-a", {"conflicts"}).output, HasSubstr("MEDIATION_OUTCOME_UNSUCCESSFUL"));
+
+  // A member may not settle it; the team leader may.
+  FieldRun refused = Field(dir_, "phone-a", {"resolve", id, ServerFlag(), "--field=9", "--resolver=hgv-01",
+                                             R"(--json={"status":"MEDIATION_STATUS_SUCCESSFUL","round":1,"outcome":"MEDIATION_OUTCOME_SUCCESSFUL"})"});
+  EXPECT_EQ(refused.code, 2);
+  EXPECT_THAT(refused.output, HasSubstr("PERMISSION_DENIED"));
+  FieldRun resolved = Field(dir_, "leader", {"resolve", id, ServerFlag(), "--field=9", "--resolver=tt-01",
+                                             R"(--json={"status":"MEDIATION_STATUS_UNSUCCESSFUL","round":1,"outcome":"MEDIATION_OUTCOME_UNSUCCESSFUL"})"});
+  ASSERT_EQ(resolved.code, 0) << resolved.output;
+  for (const char* phone : {"leader", "phone-a", "phone-b"}) sync_ok(phone);
+
+  const auto a = Snapshot("phone-a");
+  const auto b = Snapshot("phone-b");
+  const auto l = Snapshot("leader");
+  EXPECT_EQ(a.at(id), b.at(id));
+  EXPECT_EQ(a.at(id), l.at(id));
+  ASSERT_TRUE(record.ParseFromString(a.at(id)));
+  EXPECT_EQ(record.conflicts_size(), 0);
+  EXPECT_EQ(record.mediation_case().status(), hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL);
+  EXPECT_EQ(record.mediation_case().sessions_size(), 2);
+  // The losing outcome is still on record.
+  bool kept = false;
+  for (const auto& lost : record.superseded()) {
+    kept = kept || lost.value().mediation_case().outcome() == hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL;
+  }
+  EXPECT_TRUE(kept);
+  EXPECT_THAT(server_->Log(), HasSubstr(absl::StrCat("resolve device=")));
 }
 
 // A device killed while pushing resumes with the same batch and nothing is

@@ -183,7 +183,7 @@ function adminCall(method, request) {
 
 // Enrols `deviceId` through AdminService and checks the response; returns the token.
 async function enrol(deviceId, role, unitCode, personId = PERSON_ID) {
-  const before = Date.now();
+  const sentAt = Date.now();
   const res = await adminCall('EnrollDevice', {
     device_id: deviceId,
     person_id: personId,
@@ -194,7 +194,7 @@ async function enrol(deviceId, role, unitCode, personId = PERSON_ID) {
   assert.equal(res.device_id, deviceId);
   assert.match(res.token, /^hmt_[A-Za-z0-9_-]+$/);
   const expireMs = Number(res.expire_time.seconds) * 1000;
-  assert.ok(Math.abs(expireMs - (before + 3600_000)) < 60_000, `expire_time ${JSON.stringify(res.expire_time)} is not 1 h ahead`);
+  assert.ok(Math.abs(expireMs - (sentAt + 3600_000)) < 60_000, `expire_time ${JSON.stringify(res.expire_time)} is not 1 h ahead`);
   return res.token;
 }
 
@@ -426,4 +426,181 @@ test('a pull with a garbage cursor is INVALID_ARGUMENT', { timeout: 20_000 }, as
     );
     assert.equal(err.code, 3, `cursor ${cursor.toString('hex')}`);
   }
+});
+
+// ---------------------------------------------------------------------------
+// Enrolment and access. Each test that needs another device enrols its own, so
+// that DEVICE_ID keeps working whatever order these run in.
+
+test('calls without a valid token are UNAUTHENTICATED and write nothing', { timeout: 20_000 }, async () => {
+  const caughtUp = await pullAll();
+  const record = newCase({ summary: 'Không có token', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const pull = { device_id: DEVICE_ID, scope_unit_code: SCOPE, page_size: 5 };
+  const unauthenticated = [
+    ['no authorization header', authMetadata()],
+    ['a garbage token', authMetadata({ token: 'garbage' })],
+    ['a well-formed but unknown token', authMetadata({ token: `hmt_${crypto.randomBytes(32).toString('base64url')}` })],
+    ['the right token without "Bearer "', authMetadata({ authorization: deviceToken })],
+    ['an empty bearer token', authMetadata({ authorization: 'Bearer ' })],
+  ];
+  for (const [what, metadata] of unauthenticated) {
+    for (const [method, request] of [['Pull', pull], ['Push', pushRequest([record])]]) {
+      const err = await expectStatus(rpc(client, method, request, metadata), grpc.status.UNAUTHENTICATED);
+      assert.equal(err.code, 16, `${method} with ${what}`);
+    }
+  }
+  const since = await pullAll(caughtUp.cursor);
+  assert.equal(since.records.length, 0, `an unauthenticated push wrote: ${JSON.stringify(since.records)}`);
+});
+
+test('a batch hiding a record outside the device unit is PERMISSION_DENIED and writes nothing', { timeout: 20_000 }, async () => {
+  const caughtUp = await pullAll();
+  // A village of the commune, from the seeded admin units: a commune team leader
+  // covers its villages.
+  const village = caughtUp.records.find((r) => r.admin_unit && r.admin_unit.parent_code === SCOPE);
+  assert.ok(village, `no seeded village of ${SCOPE}`);
+
+  const ok1 = newCase({ summary: 'Tranh chấp lối đi chung', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const ok2 = newCase(
+    { summary: 'Tiếng ồn ban đêm', status: 'MEDIATION_STATUS_RECEIVED', round: 1 },
+    { unitCode: village.admin_unit.code },
+  );
+  const outside = newCase(
+    { summary: 'Vụ việc ở xã khác', status: 'MEDIATION_STATUS_RECEIVED', round: 1 },
+    { unitCode: OTHER_COMMUNE },
+  );
+  const ok3 = newCase({ summary: 'Tranh chấp thừa kế', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+
+  const err = await expectStatus(call('Push', pushRequest([ok1, ok2, outside, ok3])), grpc.status.PERMISSION_DENIED);
+  assert.equal(err.code, 7);
+  assert.ok(err.details.includes(outside.id), `the error must name record ${outside.id}: ${err.details}`);
+  for (const r of [ok1, ok2, ok3]) {
+    assert.ok(!err.details.includes(r.id), `the error names the writable record ${r.id}: ${err.details}`);
+  }
+
+  // Nothing of the batch was written, not even its valid records.
+  const since = await pullAll(caughtUp.cursor);
+  assert.equal(since.records.length, 0, `the refused batch wrote: ${JSON.stringify(since.records)}`);
+  const all = await pullAll();
+  assert.equal(all.records.length, caughtUp.records.length);
+  for (const r of [ok1, ok2, outside, ok3]) assert.ok(!all.records.some((p) => p.id === r.id), `${r.id} was written`);
+
+  // The same record alone is refused too; the writable ones alone go through.
+  const alone = await expectStatus(call('Push', pushRequest([outside])), grpc.status.PERMISSION_DENIED);
+  assert.ok(alone.details.includes(outside.id), alone.details);
+  const res = await call('Push', pushRequest([ok1, ok2, ok3]));
+  assert.equal(res.applied_records, 3);
+  const written = await pullAll(caughtUp.cursor);
+  assert.deepEqual(written.records.map((r) => r.id).sort(), [ok1.id, ok2.id, ok3.id].sort());
+  assertSameRecord(written.records.find((r) => r.id === ok2.id), ok2);
+});
+
+test('scope "" is the device\'s own commune; another commune is PERMISSION_DENIED', { timeout: 20_000 }, async () => {
+  const res = await call('Pull', { device_id: DEVICE_ID, scope_unit_code: '', page_size: 5000 });
+  const commune = await pullAll();
+  assert.equal(BigInt(res.remaining || '0'), 0n);
+  assert.deepEqual((res.records || []).map((r) => r.id), commune.records.map((r) => r.id));
+  // Both spellings are the same scope, so the cursor of one continues the other.
+  const next = await call('Pull', { device_id: DEVICE_ID, scope_unit_code: SCOPE, cursor: res.next_cursor });
+  assert.equal((next.records || []).length, 0);
+
+  for (const scope of [OTHER_COMMUNE, '206']) {
+    const err = await expectStatus(
+      call('Pull', { device_id: DEVICE_ID, scope_unit_code: scope, page_size: 5 }),
+      grpc.status.PERMISSION_DENIED,
+    );
+    assert.equal(err.code, 7, `scope ${scope}`);
+  }
+});
+
+test('a revoked device gets UNAUTHENTICATED; other devices keep working', { timeout: 20_000 }, async () => {
+  const otherId = crypto.randomUUID();
+  const otherToken = await enrol(otherId, 'ROLE_MEMBER', SCOPE, 'person-nodetest-2');
+  const asOther = authMetadata({ token: otherToken });
+  const pull = { device_id: otherId, scope_unit_code: '', page_size: 5 };
+  const first = await rpc(client, 'Pull', pull, asOther);
+  assert.equal(first.records.length, 5);
+
+  const revoked = await adminCall('RevokeDevice', { device_id: otherId, reason: 'node test: phone lost' });
+  assert.equal(revoked.device.device_id, otherId);
+  assert.equal(revoked.device.role, 'ROLE_MEMBER');
+  assert.equal(revoked.device.revoke_reason, 'node test: phone lost');
+  assert.ok(revoked.device.revoke_time && Number(revoked.device.revoke_time.seconds) > 0, 'revoke_time must be set');
+
+  const err = await expectStatus(rpc(client, 'Pull', pull, asOther), grpc.status.UNAUTHENTICATED);
+  assert.equal(err.code, 16);
+  const record = newCase({ summary: 'Máy đã bị thu hồi', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const pushErr = await expectStatus(
+    rpc(client, 'Push', pushRequest([record], crypto.randomUUID(), otherId), asOther),
+    grpc.status.UNAUTHENTICATED,
+  );
+  assert.equal(pushErr.code, 16);
+
+  // The test device is unaffected.
+  const mine = await call('Pull', { device_id: DEVICE_ID, scope_unit_code: SCOPE, page_size: 5 });
+  assert.equal(mine.records.length, 5);
+});
+
+test("pushing or pulling under another device's device_id is PERMISSION_DENIED", { timeout: 20_000 }, async () => {
+  const otherId = crypto.randomUUID();
+  const otherToken = await enrol(otherId, 'ROLE_TEAM_LEADER', SCOPE, 'person-nodetest-3');
+  const caughtUp = await pullAll();
+
+  // This device's token, the other device's id; and the other way round.
+  const record = newCase({ summary: 'Mạo danh thiết bị khác', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const spoofs = [
+    [deviceToken, otherId],
+    [otherToken, DEVICE_ID],
+    [deviceToken, crypto.randomUUID()], // Not enrolled at all.
+  ];
+  for (const [token, deviceId] of spoofs) {
+    const metadata = authMetadata({ token });
+    const err = await expectStatus(
+      rpc(client, 'Push', pushRequest([record], crypto.randomUUID(), deviceId), metadata),
+      grpc.status.PERMISSION_DENIED,
+    );
+    assert.equal(err.code, 7);
+    const pullErr = await expectStatus(
+      rpc(client, 'Pull', { device_id: deviceId, scope_unit_code: SCOPE, page_size: 5 }, metadata),
+      grpc.status.PERMISSION_DENIED,
+    );
+    assert.equal(pullErr.code, 7);
+  }
+  const since = await pullAll(caughtUp.cursor);
+  assert.equal(since.records.length, 0, `a spoofed push wrote: ${JSON.stringify(since.records)}`);
+
+  // With its own id the other device's push goes through.
+  const res = await rpc(client, 'Push', pushRequest([record], crypto.randomUUID(), otherId), authMetadata({ token: otherToken }));
+  assert.equal(res.applied_records, 1);
+});
+
+test('each listener serves only its own service; AdminService needs an admin token', { timeout: 20_000 }, async () => {
+  // AdminService is not on the device listener, SyncService not on the admin one.
+  const adminOnDevice = new services.AdminService(server.address, grpc.credentials.createInsecure());
+  const syncOnAdmin = new services.SyncService(server.adminAddress, grpc.credentials.createInsecure());
+  try {
+    const err = await expectStatus(
+      rpc(adminOnDevice, 'GetServerStats', {}, authMetadata({ token: server.adminToken })),
+      grpc.status.UNIMPLEMENTED,
+    );
+    assert.equal(err.code, 12);
+    const err2 = await expectStatus(
+      rpc(syncOnAdmin, 'Pull', { device_id: DEVICE_ID, scope_unit_code: SCOPE, page_size: 5 }, authMetadata({ token: deviceToken })),
+      grpc.status.UNIMPLEMENTED,
+    );
+    assert.equal(err2.code, 12);
+  } finally {
+    adminOnDevice.close();
+    syncOnAdmin.close();
+  }
+
+  // A device token is authenticated but not an admin's; no token is unauthenticated.
+  const notAdmin = await expectStatus(rpc(admin, 'GetServerStats', {}, authMetadata({ token: deviceToken })), grpc.status.PERMISSION_DENIED);
+  assert.equal(notAdmin.code, 7);
+  const noToken = await expectStatus(rpc(admin, 'GetServerStats', {}, authMetadata()), grpc.status.UNAUTHENTICATED);
+  assert.equal(noToken.code, 16);
+
+  const stats = await adminCall('GetServerStats', {});
+  assert.equal(stats.town_code, '206');
+  assert.ok(BigInt(stats.last_seq) > BigInt(SEEDED_UNITS), 'the tests pushed records after the seeded units');
 });
