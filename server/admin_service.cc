@@ -44,6 +44,11 @@ grpc::Status AdminServiceImpl::EnrollDevice(grpc::ServerContext* context,
                                             hamlet::v1::EnrollDeviceResponse* response) {
   absl::StatusOr<Caller> admin = AdminOf(context, "EnrollDevice");
   if (!admin.ok()) return ToGrpc(admin.status(), context);
+  if (!request->unit_code().empty() && !town_->KnowsUnit(request->unit_code())) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrCat("unit ", request->unit_code(),
+                                                          " does not exist on this server")),
+                  context);
+  }
   absl::StatusOr<hamlet::v1::EnrollDeviceResponse> result = devices_->Enroll(*request, *admin);
   if (!result.ok()) return ToGrpc(result.status(), context);
   *response = std::move(*result);

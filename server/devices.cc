@@ -137,7 +137,10 @@ absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorizat
     return absl::UnauthenticatedError("no token: send `authorization: Bearer <token>` (an admin enrols the device)");
   }
   absl::string_view token = authorization;
-  if (!absl::ConsumePrefix(&token, "Bearer ") || !absl::StartsWith(token, kTokenPrefix)) {
+  // The scheme name is case-insensitive (RFC 7235).
+  const bool bearer = absl::StartsWithIgnoreCase(token, "bearer ");
+  if (bearer) token.remove_prefix(7);
+  if (!bearer || !absl::StartsWith(token, kTokenPrefix)) {
     return absl::UnauthenticatedError("malformed authorization: expected `Bearer hmt_...`");
   }
   const std::string hash = Sha256(token);

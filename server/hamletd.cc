@@ -1,6 +1,7 @@
 // hamletd: the Hamlet town server. main() only turns flags into options, opens
 // the store and runs the gRPC server until SIGTERM or SIGINT.
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -11,6 +12,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -49,6 +52,19 @@ ABSL_FLAG(std::string, ready_file, "",
 namespace {
 
 using hamlet::server::LogLine;
+
+// libgrpc++_reflection registers its plugin for every ServerBuilder when it is
+// loaded; this option takes it off a builder, so reflection (and with it the
+// admin schema) is served only on the admin listener.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const auto& plugin) { return plugin->name() == "proto_server_reflection"; }),
+                   plugins->end());
+  }
+};
 
 int Run() {
   hamlet::storage::TownStoreOptions store_options;
@@ -97,6 +113,7 @@ int Run() {
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.RegisterService(&sync_service);
+  builder.SetOption(std::make_unique<WithoutReflection>());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     LogLine(absl::StrCat("cannot listen on ", listen, " (address in use or not local?)"));
@@ -104,8 +121,7 @@ int Run() {
   }
   server->GetHealthCheckService()->SetServingStatus(hamlet::v1::SyncService::service_full_name(), true);
 
-  // The admin listener: admin service, health and reflection. The reflection
-  // plugin applies to builders made after it is registered, so only here.
+  // The admin listener: admin service, health and reflection.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   hamlet::server::AdminServiceImpl admin_service(town->get(), devices->get(),
                                                  hamlet::sync::SystemClock::Get()->NowMs());

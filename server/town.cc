@@ -423,6 +423,11 @@ absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_cod
   return commune;
 }
 
+bool Town::KnowsUnit(const std::string& code) const {
+  absl::MutexLock lock(&units_mu_);
+  return units_.Find(code) != nullptr;
+}
+
 storage::ChangeScope Town::IndexScope(const std::string& commune) {
   return commune.empty() ? storage::ChangeScope::WholeServer() : storage::ChangeScope::Commune(commune);
 }
@@ -491,16 +496,22 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
                              ? options_.default_page_bytes
                              : std::min<int>(static_cast<int>(std::min<uint32_t>(request.max_page_bytes(), 1u << 30)),
                                              options_.max_page_bytes);
-  HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page, store_->ReadChanges(IndexScope(commune), after, page_size,
-                                                                        page_bytes, storage::CountRemaining::kYes));
   hamlet::v1::PullResponse response;
-  {
+  storage::ChangePage page;
+  // Records the caller may not read are skipped; a page of nothing but those
+  // is followed by the next (a few at most), so a device rarely gets an empty
+  // page while changes remain.
+  for (int pages = 0; pages < 8 && response.records_size() == 0; ++pages) {
+    HAMLET_ASSIGN_OR_RETURN(page, store_->ReadChanges(IndexScope(commune), after, page_size, page_bytes,
+                                                      storage::CountRemaining::kYes));
     absl::MutexLock lock(&units_mu_);
     for (Record& record : page.records) {
       if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
       sync::Redact(caller.principal, &record);
       *response.add_records() = std::move(record);
     }
+    after = page.through_seq;
+    if (page.remaining == 0) break;
   }
   for (const Record& record : response.records()) {
     if (!record.has_informant_identity()) continue;

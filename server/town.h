@@ -90,6 +90,7 @@ class Town {
   absl::StatusOr<bool> HasChangesAfter(const storage::ChangeScope& scope, uint64_t seq) const;
 
   ChangeFeed& feed() { return feed_; }
+  bool KnowsUnit(const std::string& code) const;
   const storage::TownStore& store() const { return *store_; }
   storage::TownStore& mutable_store() { return *store_; }
   const TownOptions& options() const { return options_; }

@@ -50,7 +50,6 @@ constexpr Row kRows[] = {
     // Informant identity: members create it and never see it again; commune
     // police read it (every read audited). Nobody else, never the province.
     {Record::kInformantIdentity, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnitAuthored, Reach::kCreateOnly},
-    {Record::kInformantIdentity, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnitAuthored, Reach::kCreateOnly},
     {Record::kInformantIdentity, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kOwnCommune, Reach::kWrite},
     // Household registration: the village reads and writes; police and town read.
     {Record::kHouseholdRegistration, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnit, Reach::kWrite},
