@@ -190,7 +190,8 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
       HAMLET_RETURN_IF_ERROR(CheckWritable(*change, exists ? &state : nullptr, caller));
     }
     HAMLET_RETURN_IF_ERROR(
-        sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.principal.role)));
+        sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.principal.role),
+                                  sync::Vantage::kServer));
     if (sync::MergeRecord(*change, &state)) changed.insert(change->id());
     for (const auto& fs : change->field_stamps()) clock_.Observe(fs.stamp());
     if (change->deleted()) clock_.Observe(change->deleted_stamp());
@@ -449,6 +450,13 @@ absl::Status Town::CheckWritable(const Record& change, const Record* existing, c
   }
   // A create-only record (an informant identity) may be created, never changed.
   if (reach == sync::Reach::kWrite || (reach == sync::Reach::kCreateOnly && existing == nullptr)) {
+    return absl::OkStatus();
+  }
+  // Commune-level roles supervise the lifecycle of the records they read:
+  // they may move it (reopening a closed case), and nothing else.
+  if (reach == sync::Reach::kRead && existing != nullptr &&
+      sync::LifecycleAuthority(caller.principal.role) == sync::Authority::kCommune &&
+      sync::OnlyLifecycle(change)) {
     return absl::OkStatus();
   }
   return absl::PermissionDeniedError(absl::StrCat(

@@ -25,6 +25,14 @@ std::map<std::string, std::string> ElementsByKey(const Message& body, const Fiel
   return out;
 }
 
+// True if the edit names the round of `rule`'s lifecycle and changes it.
+bool NewRound(const BodySchema& schema, const FieldRule& rule, const Message& current, const Message& body,
+              const FieldNumbers& fields) {
+  const FieldDescriptor* round = schema.round(rule.leader);
+  if (round == nullptr || fields.count(static_cast<uint32_t>(round->number())) == 0) return false;
+  return body.GetReflection()->GetUInt32(body, round) != current.GetReflection()->GetUInt32(current, round);
+}
+
 }  // namespace
 
 absl::StatusOr<Record> BuildChange(const Record& state, const Message& body, const FieldNumbers& fields,
@@ -59,9 +67,14 @@ absl::StatusOr<Record> BuildChange(const Record& state, const Message& body, con
     const FieldRule& rule = schema.rule(static_cast<int>(number));
     const std::string name = absl::StrCat(body.GetDescriptor()->name(), ".", rule.field->name());
     if (!rule.is_set()) {
-      // A lifecycle partner the user did not name keeps the record's value.
+      // A lifecycle partner the user did not name keeps the record's value,
+      // except in a new round, which starts without the last round's outcome.
       const bool named = fields.count(number) > 0;
-      CopyField(named || current == nullptr ? body : *current, out, rule.field);
+      if (named || current == nullptr) {
+        CopyField(body, out, rule.field);
+      } else if (!(rule.in_lifecycle() && NewRound(schema, rule, *current, body, fields))) {
+        CopyField(*current, out, rule.field);
+      }
       SetFieldStamp(&change, number, stamp);
       continue;
     }

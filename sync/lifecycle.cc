@@ -42,7 +42,7 @@ std::string Describe(const FieldDescriptor* leader, const State& s) {
 
 }  // namespace
 
-absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Authority authority) {
+absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Authority authority, Vantage vantage) {
   const Message* change_body = RecordBody(change);
   if (change_body == nullptr) return absl::OkStatus();
   const BodySchema& schema = BodySchema::For(change_body->GetDescriptor());
@@ -61,8 +61,31 @@ absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Auth
     const State next = StateOf(*change_body, rule.field);
     bool forward = true;
     for (const State& s : current) forward = forward && s.order < next.order;
-    if (!forward) continue;
-    if (current.empty()) current.push_back(State{0, LifecycleOrder{next.order.round, -1}});
+    if (vantage == Vantage::kWriterSawState) {
+      // The writer moves from exactly what it holds: staying put is fine,
+      // anything else must be a legal move forward.
+      if (current.size() == 1 && current[0].value == next.value && current[0].order == next.order) continue;
+      if (!forward) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "record ", change.id(), ": ", rule.field->containing_type()->name(), ".", rule.field->name(),
+            " can only move forward; it is ", Describe(rule.field, current.empty() ? State{} : current[0]),
+            " and cannot go back to ", Describe(rule.field, next)));
+      }
+    } else {
+      if (!forward) continue;
+      // The writer may have moved from an earlier state of the record, which
+      // others have since overtaken: any state the record was in counts.
+      for (const auto& lost : state.superseded()) {
+        if (lost.field() == number && RecordBody(lost.value()) != nullptr) {
+          current.push_back(StateOf(*RecordBody(lost.value()), rule.field));
+        }
+      }
+    }
+    if (current.empty()) {
+      // A new lifecycle starts in the first round.
+      const FieldDescriptor* round = schema.round(rule.field);
+      current.push_back(State{0, LifecycleOrder{round != nullptr ? 1 : 0, -1}});
+    }
 
     const std::string next_name = rule.field->enum_type()->FindValueByNumber(next.value)->name();
     bool commune_only = false;
@@ -70,7 +93,7 @@ absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Auth
     for (const State& s : current) {
       const auto& moves = rule.field->enum_type()->FindValueByNumber(s.value)->options().GetExtension(
           hamlet::v1::lifecycle);
-      const bool same_round = next.order.round == s.order.round || s.value == 0;
+      const bool same_round = next.order.round == s.order.round;
       const bool next_round = next.order.round == s.order.round + 1;
       if (same_round && Contains(moves.next(), next_name)) return absl::OkStatus();
       if (next_round && Contains(moves.next_round(), next_name)) return absl::OkStatus();
@@ -94,6 +117,17 @@ absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Auth
         allowed.empty() ? std::string("nothing (final state)") : absl::StrJoin(allowed, ", ")));
   }
   return absl::OkStatus();
+}
+
+bool OnlyLifecycle(const Record& change) {
+  const Message* body = RecordBody(change);
+  if (body == nullptr || change.field_stamps_size() == 0 || change.deleted()) return false;
+  const BodySchema& schema = BodySchema::For(body->GetDescriptor());
+  for (const auto& fs : change.field_stamps()) {
+    const FieldRule* rule = schema.find(static_cast<int>(fs.field()));
+    if (rule == nullptr || !rule->in_lifecycle()) return false;
+  }
+  return true;
 }
 
 }  // namespace hamlet::sync

@@ -223,30 +223,21 @@ class Merger {
     if (const FieldStamp* s = FindFieldStamp(*state_, number)) watermark = s->supersedes();
     if (incoming != nullptr) watermark = MaxStamp(watermark, incoming->supersedes());
 
-    // Settled values and values below the greatest (round, rank) lose.
-    std::vector<Candidate> alive;
-    for (auto& [key, candidate] : candidates) {
-      if (IsSet(watermark) && CompareStamps(candidate.stamp, watermark) <= 0) {
-        Supersede(number, "", candidate.stamp, candidate.value);
-      } else {
-        alive.push_back(candidate);
-      }
-    }
-    if (alive.empty()) {
-      // Everything known is settled and the resolution itself is not here yet;
-      // keep the visible value, record the watermark.
-      if (const FieldStamp* current = FindFieldStamp(*state_, number)) {
-        FieldStamp entry = *current;
-        *entry.mutable_supersedes() = watermark;
-        PutFieldStamp(state_, entry);
-      }
-      return;
-    }
+    // Values below the greatest (round, rank) lose. At the top, a resolution's
+    // watermark settles the values stamped up to it, unless nothing newer is
+    // there: a forward move the resolver never saw is not settled by it.
     LifecycleOrder top;
-    for (const Candidate& c : alive) top = std::max(top, OrderOf(*RecordBody(c.value), rule.field));
+    for (const auto& [key, c] : candidates) top = std::max(top, OrderOf(*RecordBody(c.value), rule.field));
+    bool unsettled_at_top = false;
+    for (const auto& [key, c] : candidates) {
+      unsettled_at_top = unsettled_at_top || (OrderOf(*RecordBody(c.value), rule.field) == top &&
+                                              (!IsSet(watermark) || CompareStamps(c.stamp, watermark) > 0));
+    }
     std::vector<Candidate> best;
-    for (Candidate& c : alive) {
-      if (OrderOf(*RecordBody(c.value), rule.field) < top) {
+    for (auto& [key, c] : candidates) {
+      const bool below = OrderOf(*RecordBody(c.value), rule.field) < top;
+      const bool settled = unsettled_at_top && IsSet(watermark) && CompareStamps(c.stamp, watermark) <= 0;
+      if (below || settled) {
         Supersede(number, "", c.stamp, c.value);
       } else {
         best.push_back(std::move(c));

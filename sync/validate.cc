@@ -227,7 +227,9 @@ absl::Status CheckCreatable(const Record& change) {
 
 int64_t MaxStampMs(const Record& change) {
   int64_t max_ms = change.deleted() ? change.deleted_stamp().physical_ms() : 0;
-  for (const auto& fs : change.field_stamps()) max_ms = std::max(max_ms, fs.stamp().physical_ms());
+  for (const auto& fs : change.field_stamps()) {
+    max_ms = std::max({max_ms, fs.stamp().physical_ms(), fs.removed().physical_ms(), fs.supersedes().physical_ms()});
+  }
   return max_ms;
 }
 

@@ -39,7 +39,8 @@ absl::Status CheckSameRecord(const hamlet::v1::Record& change, const hamlet::v1:
 // INVALID_ARGUMENT otherwise.
 absl::Status CheckCreatable(const hamlet::v1::Record& change);
 
-// The largest physical_ms of any stamp in the change (field and deletion stamps).
+// The largest physical_ms of any stamp in the change (field, removal,
+// supersedes and deletion stamps).
 int64_t MaxStampMs(const hamlet::v1::Record& change);
 
 }  // namespace hamlet::sync

@@ -391,7 +391,7 @@ struct History {
   std::vector<Write> writes;
 };
 
-History RandomHistory(int max_changes) {
+History RandomHistory(int max_changes, int min_changes = 1) {
   static const std::vector<std::string> kTypes = {"mediation_case", "security_tip", "informant_identity",
                                                   "household_registration", "team", "admin_unit"};
   Record base;
@@ -412,7 +412,7 @@ History RandomHistory(int max_changes) {
   }
   History history;
   std::vector<hamlet::v1::FieldStamp> added;
-  const int n = *rc::gen::inRange(1, max_changes + 1);
+  const int n = *rc::gen::inRange(min_changes, max_changes + 1);
   UnitDirectory units;
   for (const auto& unit : QuangYenUnits()) units.Put(unit);
   for (int i = 0; i < n; ++i) {
@@ -427,7 +427,7 @@ History RandomHistory(int max_changes) {
 }
 
 RC_GTEST_PROP(MergeLaws, Commutative, ()) {
-  const History h = RandomHistory(2);
+  const History h = RandomHistory(2, 2);
   const Record& a = h.changes.front();
   const Record& b = h.changes.back();
   RC_ASSERT(Bytes(Merged({&a, &b})) == Bytes(Merged({&b, &a})));

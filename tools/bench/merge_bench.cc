@@ -186,7 +186,8 @@ class CaseHistory {
   void Apply(const Record& change) {
     CheckOk(sync::ValidateChange(change, QuangYen()), "ValidateChange");
     if (sync::RecordBody(state_) != nullptr) CheckOk(sync::CheckSameRecord(change, state_), "CheckSameRecord");
-    CheckOk(sync::CheckLifecycleMoves(state_, change, sync::Authority::kTeam), "CheckLifecycleMoves");
+    CheckOk(sync::CheckLifecycleMoves(state_, change, sync::Authority::kTeam, sync::Vantage::kWriterSawState),
+            "CheckLifecycleMoves");
     if (!sync::MergeRecord(change, &state_)) Fail("an edit changed nothing");
   }
 
@@ -352,7 +353,7 @@ Inputs BuildInputs() {
   if (!sync::MergeRecord(in.rival_outcome, &merged) || merged.conflicts_size() != 1) {
     Fail("the rival outcome does not open a conflict");
   }
-  CheckOk(sync::CheckLifecycleMoves(in.edited, in.rival_outcome, sync::Authority::kTeam),
+  CheckOk(sync::CheckLifecycleMoves(in.edited, in.rival_outcome, sync::Authority::kTeam, sync::Vantage::kServer),
           "CheckLifecycleMoves of the rival outcome against the edited state");
   Record pulled = in.leader_phone;
   Record pushed = in.edited;

@@ -87,7 +87,8 @@ absl::StatusOr<std::unique_ptr<FieldDevice>> FieldDevice::Open(const std::string
 absl::Status FieldDevice::SaveEdit(const Record& change, Record state) {
   // The device holds itself to the same lifecycle rules the server enforces,
   // so an illegal move is refused here rather than after a sync.
-  HAMLET_RETURN_IF_ERROR(sync::CheckLifecycleMoves(state, change, sync::LifecycleAuthority(role_)));
+  HAMLET_RETURN_IF_ERROR(
+      sync::CheckLifecycleMoves(state, change, sync::LifecycleAuthority(role_), sync::Vantage::kWriterSawState));
   sync::MergeRecord(change, &state);
   return store_->SaveLocalEdit(state, change, clock_.Last());
 }
@@ -175,7 +176,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
       return stub.Push(context, request, &response);
     });
-    if (Refused(result.status.error_code())) {
+    if (Refused(result.status.error_code()) && result.reason != "CLOCK_SKEW") {
       // Sending it again cannot succeed: set the batch's edits aside where the
       // user can see them, and go on with the rest of the outbox.
       HAMLET_RETURN_IF_ERROR(store_->RejectPendingBatch(
