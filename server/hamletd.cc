@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -26,6 +27,7 @@
 #include "server/log.h"
 #include "server/sync_service.h"
 #include "server/town.h"
+#include "storage/sealing.h"
 #include "storage/town_store.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7420",
@@ -39,6 +41,14 @@ ABSL_FLAG(std::string, admin_token_file, "",
           "File holding the admin token (default: <data_dir>/admin.token). Created with a new admin enrolment if it "
           "holds no valid token.");
 ABSL_FLAG(std::string, town_code, "206", "Admin unit code of the town this server serves.");
+ABSL_FLAG(std::string, sealed_key_file, "",
+          "File with the 256-bit key that seals informant identities at rest (32 raw bytes or 64 hex digits, e.g. "
+          "from `openssl rand -hex 32 > key`). Without it the server refuses sealed records.");
+ABSL_FLAG(std::vector<std::string>, old_sealed_key_files, {},
+          "Comma-separated files with earlier sealing keys, still used to open records sealed under them.");
+ABSL_FLAG(bool, reseal, false,
+          "At start, seal again under --sealed_key_file every record sealed under an older key (key rotation), "
+          "then serve.");
 ABSL_FLAG(int, max_message_bytes, 8 << 20, "Largest gRPC message accepted or sent, in bytes.");
 ABSL_FLAG(int, max_batch_records, 500, "Most records one push may carry.");
 ABSL_FLAG(absl::Duration, max_clock_skew, absl::Minutes(5),
@@ -69,10 +79,40 @@ class WithoutReflection final : public grpc::ServerBuilderOption {
 int Run() {
   hamlet::storage::TownStoreOptions store_options;
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (const std::string key_file = absl::GetFlag(FLAGS_sealed_key_file); !key_file.empty()) {
+    auto key = hamlet::storage::Sealer::ReadKeyFile(key_file);
+    std::vector<std::string> old_keys;
+    for (const std::string& old_file : absl::GetFlag(FLAGS_old_sealed_key_files)) {
+      auto old_key = hamlet::storage::Sealer::ReadKeyFile(old_file);
+      if (!old_key.ok()) {
+        LogLine(old_key.status().ToString());
+        return 1;
+      }
+      old_keys.push_back(*old_key);
+    }
+    auto sealer = key.ok() ? hamlet::storage::Sealer::Create(*key, old_keys)
+                           : absl::StatusOr<std::unique_ptr<hamlet::storage::Sealer>>(key.status());
+    if (!sealer.ok()) {
+      LogLine(absl::StrCat("cannot use the sealing key: ", sealer.status().ToString()));
+      return 1;
+    }
+    LogLine(absl::StrCat("sealing informant identities under key ", (*sealer)->current_key_id()));
+    store_options.sealer = std::move(*sealer);
+  } else {
+    LogLine("no --sealed_key_file: informant identities will be refused");
+  }
   auto store = hamlet::storage::TownStore::Open(data_dir, store_options);
   if (!store.ok()) {
     LogLine(absl::StrCat("cannot open data dir ", data_dir, ": ", store.status().ToString()));
     return 1;
+  }
+  if (absl::GetFlag(FLAGS_reseal)) {
+    auto resealed = (*store)->Reseal();
+    if (!resealed.ok()) {
+      LogLine(absl::StrCat("cannot reseal: ", resealed.status().ToString()));
+      return 1;
+    }
+    LogLine(absl::StrCat("resealed ", *resealed, " records under the current key"));
   }
   hamlet::server::TownOptions town_options;
   town_options.town_code = absl::GetFlag(FLAGS_town_code);

@@ -240,6 +240,18 @@ absl::Status DeviceStore::ForgetRecord(const std::string& id) {
   return FromRocks(db_->db->Delete(Synced(), db_->families[kRecords], id), "forgetting record");
 }
 
+absl::Status DeviceStore::Scrub() {
+  rocksdb::FlushOptions flush;
+  flush.wait = true;
+  HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Flush(flush, db_->families), "flushing"));
+  rocksdb::CompactRangeOptions compact;
+  compact.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  for (rocksdb::ColumnFamilyHandle* family : db_->families) {
+    HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->CompactRange(compact, family, nullptr, nullptr), "compacting"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<hamlet::v1::Stamp> DeviceStore::GetClock() const {
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("clock"));
   hamlet::v1::Stamp clock;

@@ -94,6 +94,10 @@ class DeviceStore {
 
   // Drops a record from the device (a sealed record once the server has it).
   absl::Status ForgetRecord(const std::string& id);
+  // Rewrites the database files so that forgotten records are physically gone
+  // (flush, then compaction: a deleted value otherwise lingers in the log and
+  // older files until RocksDB gets to it).
+  absl::Status Scrub();
 
   // The device clock persisted by the latest edit or pull (unset for a new store).
   absl::StatusOr<hamlet::v1::Stamp> GetClock() const;

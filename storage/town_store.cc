@@ -28,7 +28,10 @@ using sync::PutBigEndian64;
 //     "epoch"        -> be64
 //     "last_seq"     -> be64
 //     "clock"        -> v1 Stamp
-//   records          record_id -> v1 Record (current merged state)
+//     "holds_sealed" -> "1" once a sealed record was written
+//   records          record_id -> v1 Record (current merged state), or for a
+//                    sealed record: 0x02 key_id:8 nonce:12 AES-256-GCM(Record) tag:16
+//                    with the record id as additional data (storage/sealing.h)
 //   changes          be64(seq) -> record_id          one entry per record, at its
 //   commune_changes  u8(len) commune be64(seq) -> record_id   latest seq
 //   devices          device_id -> v1 DeviceState
@@ -69,7 +72,62 @@ rocksdb::WriteOptions WriteOptionsFor(const TownStoreOptions& options) {
   return write;
 }
 
+constexpr uint8_t kSealedFormatV1 = 2;
+
+bool IsSealed(const Record& record) {
+  return record.has_informant_identity() || record.sensitivity() == hamlet::v1::SENSITIVITY_SEALED;
+}
+
 }  // namespace
+
+absl::StatusOr<std::string> TownStore::EncodeRecord(const Record& record) const {
+  if (!IsSealed(record)) return EncodeValue(record);
+  if (options_.sealer == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "record ", record.id(), " is sealed, and this server has no sealing key (--sealed_key_file); it cannot "
+                                "store informant identities"));
+  }
+  HAMLET_ASSIGN_OR_RETURN(std::string sealed, options_.sealer->Seal(record.SerializeAsString(), record.id()));
+  return std::string(1, static_cast<char>(kSealedFormatV1)) + sealed;
+}
+
+absl::Status TownStore::DecodeRecord(absl::string_view value, const std::string& id, Record* record) const {
+  if (value.empty() || static_cast<uint8_t>(value[0]) != kSealedFormatV1) return DecodeValue(value, record);
+  if (options_.sealer == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("record ", id, " is sealed, and this server has no sealing key (--sealed_key_file)"));
+  }
+  value.remove_prefix(1);
+  absl::StatusOr<std::string> plain = options_.sealer->Open(value, id);
+  if (!plain.ok()) {
+    return absl::Status(plain.status().code(), absl::StrCat("record ", id, ": ", plain.status().message()));
+  }
+  if (!record->ParseFromString(*plain)) return absl::DataLossError(absl::StrCat("sealed record ", id, " is damaged"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> TownStore::Reseal() {
+  if (options_.sealer == nullptr) return absl::FailedPreconditionError("no sealing key to reseal with");
+  absl::MutexLock lock(&commit_mu_);
+  uint64_t count = 0;
+  rocksdb::WriteBatch batch;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), records_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const absl::string_view value = internal::View(it->value());
+    if (value.empty() || static_cast<uint8_t>(value[0]) != kSealedFormatV1) continue;
+    if (options_.sealer->IsCurrent(value.substr(1))) continue;
+    Record record;
+    HAMLET_RETURN_IF_ERROR(DecodeRecord(value, it->key().ToString(), &record));
+    HAMLET_ASSIGN_OR_RETURN(std::string encoded, EncodeRecord(record));
+    batch.Put(records_, it->key(), encoded);
+    ++count;
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading records to reseal"));
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(write, &batch), "resealing"));
+  return count;
+}
 
 TownStore::~TownStore() = default;
 
@@ -129,6 +187,11 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
       FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "last_seq", &value), "reading last sequence number"));
   if (value.size() != 8) return absl::DataLossError("stored last_seq is damaged");
   store->last_seq_ = GetBigEndian64(value);
+  if (options.sealer == nullptr &&
+      !db->Get(rocksdb::ReadOptions(), store->meta_, "holds_sealed", &value).IsNotFound()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data dir ", dir, " holds sealed records (informant identities): start with --sealed_key_file"));
+  }
   s = db->Get(rocksdb::ReadOptions(), store->meta_, "clock", &value);
   if (!s.IsNotFound()) {
     HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading clock"));
@@ -143,7 +206,7 @@ absl::StatusOr<std::optional<Record>> TownStore::GetRecord(const std::string& id
   if (s.IsNotFound()) return std::nullopt;
   HAMLET_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading record ", id)));
   Record record;
-  HAMLET_RETURN_IF_ERROR(DecodeValue(value, &record));
+  HAMLET_RETURN_IF_ERROR(DecodeRecord(value, id, &record));
   return record;
 }
 
@@ -180,7 +243,9 @@ absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
     }
     ++seq;
     write.state.set_server_seq(seq);
-    batch.Put(records_, write.state.id(), EncodeValue(write.state));
+    HAMLET_ASSIGN_OR_RETURN(std::string encoded, EncodeRecord(write.state));
+    if (static_cast<uint8_t>(encoded[0]) == kSealedFormatV1) batch.Put(meta_, "holds_sealed", "1");
+    batch.Put(records_, write.state.id(), encoded);
     batch.Put(changes_, SeqKey(seq), write.state.id());
     batch.Put(commune_changes_, BucketPrefix(write.commune) + SeqKey(seq), write.state.id());
   }
@@ -342,7 +407,7 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     const std::string id = b->it->value().ToString();
     HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Get(read, records_, id, &value), absl::StrCat("reading record ", id)));
     Record record;
-    HAMLET_RETURN_IF_ERROR(DecodeValue(value, &record));
+    HAMLET_RETURN_IF_ERROR(DecodeRecord(value, id, &record));
     bytes += value.size();
     page.through_seq = b->Seq();
     page.records.push_back(std::move(record));

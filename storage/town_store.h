@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "hamlet/v1/admin.pb.h"
 #include "hamlet/v1/sync.pb.h"
+#include "storage/sealing.h"
 #include "storage/storage.pb.h"
 
 namespace rocksdb {
@@ -31,6 +32,10 @@ struct TownStoreOptions {
   // acknowledged only once it would survive a power cut. False only for tests
   // that measure what syncing costs.
   bool sync_writes = true;
+  // Seals sealed records (informant identities, and any record with
+  // SENSITIVITY_SEALED) at rest. Without one the store refuses to write them
+  // (FAILED_PRECONDITION). Default none.
+  std::shared_ptr<const Sealer> sealer;
 };
 
 // Which part of the change index to read.
@@ -156,6 +161,10 @@ class TownStore {
   // Records in the change index (estimated by RocksDB for large stores).
   uint64_t EstimateRecords() const;
 
+  // Seals again, under the current key, every sealed record sealed under an
+  // older one (key rotation). Returns how many were rewritten.
+  absl::StatusOr<uint64_t> Reseal();
+
   // Up to `max_records` records changed after `after_seq` in `scope`, stopping
   // once their encoded size reaches `max_bytes` (a page always holds at least
   // one record if any remain).
@@ -164,6 +173,8 @@ class TownStore {
 
  private:
   TownStore() = default;
+  absl::StatusOr<std::string> EncodeRecord(const hamlet::v1::Record& record) const;
+  absl::Status DecodeRecord(absl::string_view value, const std::string& id, hamlet::v1::Record* record) const;
 
   std::unique_ptr<internal::OpenedDb> db_;
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;

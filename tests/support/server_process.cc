@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -54,6 +55,22 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
   server->data_dir_ = data_dir;
   std::vector<std::string> argv = {HAMLETD_PATH, "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0",
                                    "--data_dir=" + data_dir, "--ready_file=" + ready};
+  // Every test server seals informant identities, with a key next to its data
+  // (kept across restarts), unless the test says otherwise.
+  const bool key_given = std::any_of(flags.begin(), flags.end(), [](const std::string& f) {
+    return f.rfind("--sealed_key_file", 0) == 0;
+  });
+  if (!key_given) {
+    const std::string key_file = data_dir + ".key";
+    if (ReadFile(key_file).empty()) {
+      std::ofstream key(key_file, std::ios::binary);
+      std::ifstream random("/dev/urandom", std::ios::binary);
+      char bytes[32];
+      random.read(bytes, sizeof(bytes));
+      key.write(bytes, sizeof(bytes));
+    }
+    argv.push_back("--sealed_key_file=" + key_file);
+  }
   argv.insert(argv.end(), flags.begin(), flags.end());
   server->pid_ = Spawn(argv, server->log_path_);
   if (server->pid_ < 0) return nullptr;

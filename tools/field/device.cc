@@ -188,9 +188,13 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     if (!result.status.ok()) return FromGrpc(result.status, absl::StrCat("push of batch ", pending->batch_id()));
     HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch());
     // A sealed record stays on the phone only until the server has it.
+    bool forgot = false;
     for (const Record& change : request.changes()) {
-      if (change.has_informant_identity()) HAMLET_RETURN_IF_ERROR(store_->ForgetRecord(change.id()));
+      if (!change.has_informant_identity()) continue;
+      HAMLET_RETURN_IF_ERROR(store_->ForgetRecord(change.id()));
+      forgot = true;
     }
+    if (forgot) HAMLET_RETURN_IF_ERROR(store_->Scrub());
     ++report->batches_pushed;
     report->records_pushed += request.changes_size();
   }
