@@ -1,9 +1,11 @@
 #include "server/admin_service.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/log.h"
 #include "server/sync_service.h"
@@ -154,6 +156,39 @@ grpc::Status AdminServiceImpl::ListAuditEntries(grpc::ServerContext* context,
   if (entries->size() > max) {
     response->set_next_page_token(absl::StrCat(response->entries(response->entries_size() - 1).seq()));
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::CreateBackup(grpc::ServerContext* context,
+                                            const hamlet::v1::CreateBackupRequest* request,
+                                            grpc::ServerWriter<hamlet::v1::CreateBackupResponse>* writer) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "CreateBackup");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  if (request->directory().empty() || request->directory()[0] != '/') {
+    return ToGrpc(absl::InvalidArgumentError("directory must be an absolute path that does not exist yet"), context);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  hamlet::v1::CreateBackupResponse message;
+  absl::Status status = town_->mutable_store().Backup(request->directory(), [&](const storage::CopyProgress& p) {
+    message.set_bytes_copied(p.bytes_done);
+    message.set_bytes_total(p.bytes_total);
+    message.set_files_copied(p.files_done);
+    message.set_files_total(p.files_total);
+    writer->Write(message);  // A client that went away only misses progress.
+  });
+  if (status.ok()) {
+    status = town_->mutable_store()
+                 .AppendAudit(AuditOf(*admin, "backup", request->directory(),
+                                      absl::StrCat(message.bytes_total(), " bytes in ", message.files_total(),
+                                                   " files"),
+                                      absl::ToUnixMillis(absl::Now())))
+                 .status();
+  }
+  LogLine(absl::StrCat("backup to ", request->directory(), ": ", status.ok() ? "done" : status.ToString(), " in ",
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
+  if (!status.ok()) return ToGrpc(status, context);
+  message.set_done(true);
+  writer->Write(message);
   return grpc::Status::OK;
 }
 

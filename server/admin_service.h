@@ -30,6 +30,8 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
                                hamlet::v1::AdminServiceResolveConflictResponse* response) override;
   grpc::Status ListAuditEntries(grpc::ServerContext* context, const hamlet::v1::ListAuditEntriesRequest* request,
                                 hamlet::v1::ListAuditEntriesResponse* response) override;
+  grpc::Status CreateBackup(grpc::ServerContext* context, const hamlet::v1::CreateBackupRequest* request,
+                            grpc::ServerWriter<hamlet::v1::CreateBackupResponse>* writer) override;
 
  private:
   // The admin behind the call; UNAUTHENTICATED or PERMISSION_DENIED otherwise.

@@ -46,6 +46,9 @@ ABSL_FLAG(std::string, sealed_key_file, "",
           "from `openssl rand -hex 32 > key`). Without it the server refuses sealed records.");
 ABSL_FLAG(std::vector<std::string>, old_sealed_key_files, {},
           "Comma-separated files with earlier sealing keys, still used to open records sealed under them.");
+ABSL_FLAG(std::string, restore_from, "",
+          "Restore --data_dir (which must not exist, or be empty) from this backup directory, move it to a new "
+          "epoch so devices pull again from zero, and exit.");
 ABSL_FLAG(bool, reseal, false,
           "At start, seal again under --sealed_key_file every record sealed under an older key (key rotation), "
           "then serve.");
@@ -100,6 +103,23 @@ int Run() {
     store_options.sealer = std::move(*sealer);
   } else {
     LogLine("no --sealed_key_file: informant identities will be refused");
+  }
+  if (const std::string backup = absl::GetFlag(FLAGS_restore_from); !backup.empty()) {
+    uint32_t last_reported = 0;
+    const absl::Status restored = hamlet::storage::TownStore::Restore(
+        backup, data_dir, store_options, [&last_reported](const hamlet::storage::CopyProgress& p) {
+          if (p.files_done == last_reported && p.files_done != 0) return;
+          last_reported = p.files_done;
+          std::printf("restoring: %u of %u files, %llu of %llu bytes\n", p.files_done, p.files_total,
+                      static_cast<unsigned long long>(p.bytes_done), static_cast<unsigned long long>(p.bytes_total));
+        });
+    if (!restored.ok()) {
+      LogLine(absl::StrCat("restore failed: ", restored.ToString()));
+      return 1;
+    }
+    LogLine(absl::StrCat("restored ", data_dir, " from ", backup,
+                         " at a new epoch; devices will pull again from zero. Start hamletd without --restore_from"));
+    return 0;
   }
   auto store = hamlet::storage::TownStore::Open(data_dir, store_options);
   if (!store.ok()) {

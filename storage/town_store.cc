@@ -4,7 +4,16 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
 #include "rocksdb/db.h"
+#include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/rocks.h"
 #include "sync/big_endian.h"
@@ -127,6 +136,117 @@ absl::StatusOr<uint64_t> TownStore::Reseal() {
   write.sync = true;
   HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(write, &batch), "resealing"));
   return count;
+}
+
+namespace {
+
+constexpr char kBackupMarker[] = "BACKUP_COMPLETE";
+
+// Copies the regular files of `from` into `to` (created), each synced, then
+// syncs `to`. Progress after every MiB and every file.
+absl::Status CopyFiles(const std::string& from, const std::string& to, const ProgressCallback& progress) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  std::vector<fs::path> files;
+  CopyProgress p;
+  for (const auto& entry : fs::directory_iterator(from, error)) {
+    if (!entry.is_regular_file()) continue;
+    files.push_back(entry.path());
+    p.bytes_total += entry.file_size();
+  }
+  if (error) return absl::UnavailableError(absl::StrCat("listing ", from, ": ", error.message()));
+  p.files_total = static_cast<uint32_t>(files.size());
+  fs::create_directories(to, error);
+  if (error) return absl::UnavailableError(absl::StrCat("creating ", to, ": ", error.message()));
+  if (progress) progress(p);
+  std::vector<char> buffer(1 << 20);
+  for (const fs::path& file : files) {
+    const std::string target = (fs::path(to) / file.filename()).string();
+    const int in = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    const int out = ::open(target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (in < 0 || out < 0) {
+      if (in >= 0) ::close(in);
+      if (out >= 0) ::close(out);
+      return absl::UnavailableError(absl::StrCat("copying ", file.string(), " to ", target, ": ", strerror(errno)));
+    }
+    ssize_t n;
+    while ((n = ::read(in, buffer.data(), buffer.size())) > 0) {
+      if (::write(out, buffer.data(), static_cast<size_t>(n)) != n) {
+        const int saved = errno;
+        ::close(in);
+        ::close(out);
+        return saved == ENOSPC ? absl::ResourceExhaustedError(absl::StrCat("disk full writing ", target))
+                               : absl::UnavailableError(absl::StrCat("writing ", target, ": ", strerror(saved)));
+      }
+      p.bytes_done += static_cast<uint64_t>(n);
+      if (progress) progress(p);
+    }
+    const bool synced = n == 0 && ::fsync(out) == 0;
+    ::close(in);
+    ::close(out);
+    if (!synced) return absl::UnavailableError(absl::StrCat("copying ", file.string(), ": ", strerror(errno)));
+    ++p.files_done;
+    if (progress) progress(p);
+  }
+  const int dir = ::open(to.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status TownStore::Backup(const std::string& dir, const ProgressCallback& progress) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (fs::exists(dir, error)) {
+    return absl::FailedPreconditionError(absl::StrCat("backup directory ", dir, " already exists; name a new one"));
+  }
+  // The checkpoint goes next to the database (same file system: hard links),
+  // then is copied to wherever the backup should live.
+  const std::string staging = absl::StrCat(db_->db->GetName(), "/backup-staging-", last_seq_.load());
+  fs::remove_all(staging, error);
+  rocksdb::Checkpoint* raw = nullptr;
+  HAMLET_RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_->db.get(), &raw), "preparing backup"));
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  const uint64_t seq = last_seq_.load();
+  HAMLET_RETURN_IF_ERROR(FromRocks(checkpoint->CreateCheckpoint(staging), "taking checkpoint"));
+  absl::Status copied = CopyFiles(staging, dir, progress);
+  fs::remove_all(staging, error);
+  HAMLET_RETURN_IF_ERROR(copied);
+  std::ofstream marker(dir + "/" + kBackupMarker);
+  marker << "server_id " << server_id_ << "\nepoch " << epoch_ << "\nlast_seq_at_start " << seq << "\n";
+  marker.close();
+  if (!marker) return absl::UnavailableError(absl::StrCat("writing the backup marker in ", dir));
+  return absl::OkStatus();
+}
+
+absl::Status TownStore::Restore(const std::string& backup_dir, const std::string& data_dir,
+                                const TownStoreOptions& options, const ProgressCallback& progress) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (!fs::exists(fs::path(backup_dir) / kBackupMarker, error)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(backup_dir, " is not a complete Hamlet backup (no ", kBackupMarker, ")"));
+  }
+  if (fs::exists(data_dir, error) && !fs::is_empty(data_dir, error)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data dir ", data_dir, " is not empty; restore into a new one"));
+  }
+  fs::remove(data_dir, error);
+  HAMLET_RETURN_IF_ERROR(CopyFiles(backup_dir, data_dir, progress));
+  fs::remove(fs::path(data_dir) / kBackupMarker, error);
+  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<TownStore> store, Open(data_dir, options));
+  // A new epoch: cursors handed out after the backup point into a history
+  // this store no longer has.
+  const uint64_t epoch = store->epoch_ + 1;
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  HAMLET_RETURN_IF_ERROR(
+      FromRocks(store->db_->db->Put(write, store->meta_, "epoch", SeqKey(epoch)), "moving to a new epoch"));
+  return absl::OkStatus();
 }
 
 TownStore::~TownStore() = default;

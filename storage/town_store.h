@@ -97,6 +97,15 @@ struct ChangePage {
   uint64_t remaining = 0;
 };
 
+// How far a backup or restore has got.
+struct CopyProgress {
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  uint32_t files_done = 0;
+  uint32_t files_total = 0;
+};
+using ProgressCallback = std::function<void(const CopyProgress&)>;
+
 // The town server's database: current records, the change index, device state,
 // batch receipts and server metadata. docs/STORAGE.md gives the key layout.
 //
@@ -160,6 +169,21 @@ class TownStore {
   absl::StatusOr<uint64_t> CountConflicted() const;
   // Records in the change index (estimated by RocksDB for large stores).
   uint64_t EstimateRecords() const;
+
+  // Writes a consistent copy of the store into `dir`, which must not exist:
+  // a checkpoint (hard links, instant) copied file by file, each synced, with
+  // `progress` told after every MiB and every file, and a BACKUP_COMPLETE
+  // marker last. Pushes go on meanwhile; the backup holds the store as of its
+  // start. Sealed records stay sealed; the key is not in the backup.
+  // FAILED_PRECONDITION if `dir` exists; UNAVAILABLE/RESOURCE_EXHAUSTED on I/O.
+  absl::Status Backup(const std::string& dir, const ProgressCallback& progress);
+
+  // Makes `data_dir` (which must not exist, or be empty) a copy of the backup
+  // in `backup_dir`, then moves it to a new epoch, so that every cursor issued
+  // before the restore is refused and devices pull again from zero.
+  // FAILED_PRECONDITION for an incomplete backup or a non-empty data_dir.
+  static absl::Status Restore(const std::string& backup_dir, const std::string& data_dir,
+                              const TownStoreOptions& options, const ProgressCallback& progress);
 
   // Seals again, under the current key, every sealed record sealed under an
   // older one (key rotation). Returns how many were rewritten.
