@@ -9,6 +9,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "server/log.h"
 #include "server/sync_service.h"
+#include "sync/validate.h"
 
 namespace hamlet::server {
 
@@ -72,6 +73,9 @@ grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const h
                                            hamlet::v1::ListDevicesResponse* response) {
   absl::StatusOr<Caller> admin = AdminOf(context, "ListDevices");
   if (!admin.ok()) return ToGrpc(admin.status(), context);
+  if (!request->page_token().empty() && !sync::IsUuid(request->page_token())) {
+    return ToGrpc(absl::InvalidArgumentError("page_token is not one this server issued"), context);
+  }
   const size_t max = PageSize(request->page_size());
   for (hamlet::v1::Device& device : devices_->List()) {
     if (!request->page_token().empty() && device.device_id() <= request->page_token()) continue;
@@ -123,6 +127,13 @@ grpc::Status AdminServiceImpl::ListConflicts(grpc::ServerContext* context,
                                              hamlet::v1::ListConflictsResponse* response) {
   absl::StatusOr<Caller> admin = AdminOf(context, "ListConflicts");
   if (!admin.ok()) return ToGrpc(admin.status(), context);
+  if (!request->page_token().empty() && !sync::IsUuid(request->page_token())) {
+    return ToGrpc(absl::InvalidArgumentError("page_token is not one this server issued"), context);
+  }
+  if (!request->unit_code().empty() && !town_->KnowsUnit(request->unit_code())) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrCat("unit ", request->unit_code(), " does not exist")),
+                  context);
+  }
   const size_t max = PageSize(request->page_size());
   auto records = town_->store().ListConflicted(request->unit_code(), request->page_token(), max + 1);
   if (!records.ok()) return ToGrpc(records.status(), context);

@@ -96,6 +96,11 @@ absl::StatusOr<hamlet::v1::EnrollDeviceResponse> DeviceRegistry::Enroll(const ha
   enrolment.set_token_sha256(Sha256(token));
 
   absl::MutexLock lock(&mu_);
+  if (auto old = by_device_.find(device_id); old != by_device_.end() && old->second.device().has_revoke_time()) {
+    return absl::FailedPreconditionError(absl::StrCat("device ", device_id,
+                                                      " was revoked; a revoked device stays revoked. Enrol the "
+                                                      "phone again under a new device id"));
+  }
   HAMLET_RETURN_IF_ERROR(store_->PutEnrolment(
       enrolment, AuditOf(by, "enroll", device_id,
                          absl::StrCat("person ", request.person_id(), " as ", hamlet::v1::Role_Name(request.role()),
@@ -122,11 +127,20 @@ absl::StatusOr<hamlet::v1::Device> DeviceRegistry::Revoke(const std::string& dev
   auto it = by_device_.find(device_id);
   if (it == by_device_.end()) return absl::NotFoundError(absl::StrCat("no enrolled device ", device_id));
   storage::Enrolment enrolment = it->second;
-  const int64_t now_ms = clock_->NowMs();
-  if (!enrolment.device().has_revoke_time()) {
-    *enrolment.mutable_device()->mutable_revoke_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
-    enrolment.mutable_device()->set_revoke_reason(reason);
+  if (enrolment.device().has_revoke_time()) return enrolment.device();  // Already revoked: nothing to do.
+  if (enrolment.device().role() == hamlet::v1::ROLE_ADMIN) {
+    int active_admins = 0;
+    for (const auto& [id, e] : by_device_) {
+      if (e.device().role() == hamlet::v1::ROLE_ADMIN && !e.device().has_revoke_time()) ++active_admins;
+    }
+    if (active_admins <= 1) {
+      return absl::FailedPreconditionError(
+          "this is the last admin device; enrol another admin before revoking it");
+    }
   }
+  const int64_t now_ms = clock_->NowMs();
+  *enrolment.mutable_device()->mutable_revoke_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
+  enrolment.mutable_device()->set_revoke_reason(reason);
   HAMLET_RETURN_IF_ERROR(store_->PutEnrolment(enrolment, AuditOf(by, "revoke", device_id, reason, now_ms)));
   it->second = enrolment;
   return enrolment.device();

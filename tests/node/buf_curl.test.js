@@ -227,6 +227,7 @@ after(async () => {
 // Tests.
 
 const ADMIN_METHODS = [
+  'hamlet.v1.AdminService/CreateBackup',
   'hamlet.v1.AdminService/EnrollDevice',
   'hamlet.v1.AdminService/GetServerStats',
   'hamlet.v1.AdminService/ListAuditEntries',

@@ -347,7 +347,7 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       "hamlet.v1.AdminService.EnrollDevice", "hamlet.v1.AdminService.RevokeDevice",
       "hamlet.v1.AdminService.ListDevices",  "hamlet.v1.AdminService.GetServerStats",
       "hamlet.v1.AdminService.ListConflicts", "hamlet.v1.AdminService.ResolveConflict",
-      "hamlet.v1.AdminService.ListAuditEntries"};
+      "hamlet.v1.AdminService.ListAuditEntries", "hamlet.v1.AdminService.CreateBackup"};
   for (const auto* service : {SyncServiceDescriptor(), AdminServiceDescriptor()}) {
     for (int i = 0; i < service->method_count(); ++i) {
       EXPECT_EQ(covered.count(service->method(i)->full_name()), 1u)
@@ -506,6 +506,16 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       expect_admin_only(device->admin().ResolveConflict(device->Context().get(), {}, &resolved), "ResolveConflict");
       hamlet::v1::ListAuditEntriesResponse audit;
       expect_admin_only(device->admin().ListAuditEntries(device->Context().get(), {}, &audit), "ListAuditEntries");
+      {
+        hamlet::v1::CreateBackupRequest backup;
+        backup.set_directory(dir_->Sub(absl::StrCat("backup-by-", hamlet::v1::Role_Name(role))));
+        auto context = device->Context();
+        auto reader = device->admin().CreateBackup(context.get(), backup);
+        hamlet::v1::CreateBackupResponse progress;
+        while (reader->Read(&progress)) {
+        }
+        expect_admin_only(reader->Finish(), "CreateBackup");
+      }
     }
   }
   EXPECT_EQ(unexpected_ok, 0);

@@ -288,6 +288,16 @@ check "conflicts list is empty" out_is "{}"
 admin conflicts list --unit="$UNIT"
 check "conflicts list --unit=$UNIT is empty" out_is "{}"
 
+# --- Backup, with its progress.
+admin backup --dir="$dir/backup-1"
+check "backup exits with 0" rc_is 0
+check "backup reports progress and ends done" has_object '"done": true' '"bytesCopied"' '"filesTotal"'
+check "the backup directory holds a complete backup" test -f "$dir/backup-1/BACKUP_COMPLETE"
+admin backup --dir="$dir/backup-1"
+check "a backup into an existing directory fails with failed_precondition" refused_with failed_precondition
+admin backup --dir=relative/path
+check "a relative backup directory is a usage error" rc_is 2
+
 # --- Refusals by the server pass through.
 admin devices revoke --device-id=00000000-0000-4000-8000-000000000000 --reason=test
 check "revoking an unknown device fails with not_found" refused_with not_found
