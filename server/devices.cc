@@ -146,7 +146,8 @@ absl::StatusOr<hamlet::v1::Device> DeviceRegistry::Revoke(const std::string& dev
   return enrolment.device();
 }
 
-absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorization, const std::string& peer) const {
+absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorization, const std::string& peer,
+                                                    bool certified_peer) const {
   if (authorization.empty()) {
     return absl::UnauthenticatedError("no token: send `authorization: Bearer <token>` (an admin enrols the device)");
   }
@@ -171,6 +172,12 @@ absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorizat
   if (clock_->NowMs() >= TimeUtil::TimestampToMilliseconds(device.expire_time())) {
     return absl::UnauthenticatedError(
         absl::StrCat("token of device ", device.device_id(), " expired; ask an admin to enrol it again"));
+  }
+  if (device.role() == hamlet::v1::ROLE_REPLICATION_NODE && replication_needs_cert_ && !certified_peer) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "device ", device.device_id(),
+        " is a replication node: it must connect with a client certificate signed by this server's client CA "
+        "(mTLS)"));
   }
   Caller caller;
   caller.device_id = device.device_id();

@@ -43,9 +43,17 @@ class DeviceRegistry {
                                             const Caller& by);
 
   // The caller behind `authorization` metadata ("Bearer <token>").
-  // UNAUTHENTICATED, with a reason a person can act on, when it is missing,
-  // malformed, unknown, expired or revoked.
-  absl::StatusOr<Caller> Authenticate(absl::string_view authorization, const std::string& peer) const;
+  // `certified_peer` says whether the connection presented a client
+  // certificate that the server verified (mTLS). UNAUTHENTICATED, with a reason
+  // a person can act on, when the token is missing, malformed, unknown,
+  // expired or revoked, or when a replication node comes without a verified
+  // client certificate while those are required.
+  absl::StatusOr<Caller> Authenticate(absl::string_view authorization, const std::string& peer,
+                                      bool certified_peer = false) const;
+
+  // Replication nodes must connect with a verified client certificate as well
+  // as their token (set when the server has a client CA). Default false.
+  void RequireClientCertificateForReplication(bool required) { replication_needs_cert_ = required; }
 
   std::vector<hamlet::v1::Device> List() const;
 
@@ -59,6 +67,7 @@ class DeviceRegistry {
 
   storage::TownStore* const store_;
   const sync::PhysicalClock* const clock_;
+  bool replication_needs_cert_ = false;
   mutable absl::Mutex mu_;
   std::map<std::string, storage::Enrolment> by_device_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> device_by_token_hash_ ABSL_GUARDED_BY(mu_);

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -37,6 +38,13 @@ ABSL_FLAG(std::string, admin_listen, "127.0.0.1:7421",
           "Address of the admin service and of server reflection. Keep it on loopback; every admin call also needs "
           "the admin token.");
 ABSL_FLAG(std::string, data_dir, "./data", "Directory of the RocksDB database; created if missing.");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain for TLS on the device listener. With --tls_key_file; without both, devices "
+          "connect in plain text (fine on loopback, not across a network).");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for --tls_cert_file.");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA whose client certificates the device listener verifies (mTLS). When set, replication nodes must "
+          "present such a certificate besides their token; phones need none.");
 ABSL_FLAG(std::string, admin_token_file, "",
           "File holding the admin token (default: <data_dir>/admin.token). Created with a new admin enrolment if it "
           "holds no valid token.");
@@ -78,6 +86,47 @@ class WithoutReflection final : public grpc::ServerBuilderOption {
                    plugins->end());
   }
 };
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  std::stringstream content;
+  content << in.rdbuf();
+  if (!in || content.str().empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot read ", what, " ", path));
+  }
+  return content.str();
+}
+
+// Plain text unless --tls_cert_file and --tls_key_file are given.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> DeviceCredentials() {
+  const std::string cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  const std::string key_file = absl::GetFlag(FLAGS_tls_key_file);
+  const std::string ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert_file and --tls_key_file go together");
+  }
+  if (cert_file.empty()) {
+    if (!ca_file.empty()) return absl::InvalidArgumentError("--tls_client_ca_file needs --tls_cert_file");
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions options(ca_file.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                                            : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  auto cert = ReadPem(cert_file, "TLS certificate");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPem(key_file, "TLS key");
+  if (!key.ok()) return key.status();
+  pair.cert_chain = *cert;
+  pair.private_key = *key;
+  options.pem_key_cert_pairs.push_back(pair);
+  if (!ca_file.empty()) {
+    auto ca = ReadPem(ca_file, "client CA");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+  }
+  LogLine(absl::StrCat("device listener uses TLS", ca_file.empty() ? "" : ", verifying client certificates"));
+  return grpc::SslServerCredentials(options);
+}
 
 int Run() {
   hamlet::storage::TownStoreOptions store_options;
@@ -169,7 +218,13 @@ int Run() {
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = DeviceCredentials();
+  if (!credentials.ok()) {
+    LogLine(credentials.status().ToString());
+    return 1;
+  }
+  (*devices)->RequireClientCertificateForReplication(!absl::GetFlag(FLAGS_tls_client_ca_file).empty());
+  builder.AddListeningPort(listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.RegisterService(&sync_service);

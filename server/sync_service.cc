@@ -21,7 +21,8 @@ absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::S
   auto it = metadata.find("authorization");
   const absl::string_view value =
       it == metadata.end() ? absl::string_view() : absl::string_view(it->second.data(), it->second.size());
-  return devices.Authenticate(value, context.peer());
+  const auto auth = context.auth_context();
+  return devices.Authenticate(value, context.peer(), auth != nullptr && auth->IsPeerAuthenticated());
 }
 
 grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,

@@ -2,6 +2,8 @@
 // phone's local store in --store and works offline; `sync` talks to --server.
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -20,6 +22,8 @@
 
 ABSL_FLAG(std::string, store, "./field-device", "Directory of this device's local store; created if missing.");
 ABSL_FLAG(std::string, server, "127.0.0.1:7420", "Server address for `sync`.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA to verify the server with; set it to talk TLS (the server runs with --tls_cert_file).");
 ABSL_FLAG(std::string, scope, "", "Commune code to pull on `sync`; empty for the whole town.");
 ABSL_FLAG(std::string, unit, "", "Admin unit code of a new record (`create`).");
 ABSL_FLAG(std::string, author, "", "Person id of the author of a new record (`create`).");
@@ -138,7 +142,16 @@ int Edit(hamlet::field::FieldDevice& device, const std::string& id) {
 std::unique_ptr<hamlet::v1::SyncService::Stub> Connect() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (const std::string ca = absl::GetFlag(FLAGS_tls_ca_file); !ca.empty()) {
+    std::ifstream in(ca);
+    std::stringstream pem;
+    pem << in.rdbuf();
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = pem.str();
+    credentials = grpc::SslCredentials(options);
+  }
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), credentials, args);
   return hamlet::v1::SyncService::NewStub(channel);
 }
 

@@ -1,0 +1,96 @@
+// TLS on the device listener, and mTLS for replication nodes, with
+// certificates made by openssl for the test.
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "hamlet/v1/sync.grpc.pb.h"
+#include "tests/support/admin.h"
+#include "tests/support/server_process.h"
+#include "tests/support/temp_dir.h"
+
+namespace hamlet {
+namespace {
+
+using hamlet::testing::ReadFile;
+using hamlet::testing::ServerProcess;
+
+constexpr char kMember[] = "00000000-0000-4000-8000-0000000000a1";
+constexpr char kReplica[] = "00000000-0000-4000-8000-0000000000b2";
+
+// A CA, a server certificate for 127.0.0.1 and a client certificate.
+bool MakeCertificates(const std::string& dir) {
+  const std::string script = absl::StrCat(
+      "set -e; cd '", dir, "'; ",
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=Hamlet test CA' ",
+      "2>/dev/null; ",
+      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=hamletd' 2>/dev/null; ",
+      "printf 'subjectAltName=IP:127.0.0.1' > san; ",
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 ",
+      "-extfile san 2>/dev/null; ",
+      "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj '/CN=replica-206' 2>/dev/null; ",
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 ",
+      "2>/dev/null");
+  return std::system(("bash -c \"" + script + "\"").c_str()) == 0;
+}
+
+grpc::Status Pull(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials,
+                  const std::string& device, const std::string& token) {
+  auto stub = hamlet::v1::SyncService::NewStub(grpc::CreateChannel(address, credentials));
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer " + token);
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  hamlet::v1::PullRequest request;
+  request.set_device_id(device);
+  request.set_page_size(1);
+  hamlet::v1::PullResponse response;
+  return stub->Pull(&context, request, &response);
+}
+
+TEST(TlsE2eTest, DevicesTalkTlsAndReplicationNodesNeedAClientCertificate) {
+  hamlet::testing::TempDir dir;
+  ASSERT_TRUE(MakeCertificates(dir.path())) << "openssl could not make the test certificates";
+  auto server = ServerProcess::Start(
+      dir.Sub("data"), {"--tls_cert_file=" + dir.Sub("server.pem"), "--tls_key_file=" + dir.Sub("server.key"),
+                        "--tls_client_ca_file=" + dir.Sub("ca.pem")});
+  ASSERT_NE(server, nullptr) << ReadFile(dir.Sub("data.log"));
+  std::string member_token, replica_token;
+  {
+    hamlet::testing::AdminClient admin(*server);
+    member_token = admin.Enroll(kMember, hamlet::v1::ROLE_MEMBER, "07132", "tv-01");
+    replica_token = admin.Enroll(kReplica, hamlet::v1::ROLE_REPLICATION_NODE, "206", "replica");
+  }
+  grpc::SslCredentialsOptions server_only;
+  server_only.pem_root_certs = ReadFile(dir.Sub("ca.pem"));
+  grpc::SslCredentialsOptions mutual = server_only;
+  mutual.pem_private_key = ReadFile(dir.Sub("client.key"));
+  mutual.pem_cert_chain = ReadFile(dir.Sub("client.pem"));
+
+  // A phone: TLS, no client certificate.
+  EXPECT_TRUE(Pull(server->address(), grpc::SslCredentials(server_only), kMember, member_token).ok());
+  // Plain text is not spoken on a TLS listener.
+  EXPECT_EQ(Pull(server->address(), grpc::InsecureChannelCredentials(), kMember, member_token).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  // A replication node's token alone is not enough...
+  const grpc::Status bare = Pull(server->address(), grpc::SslCredentials(server_only), kReplica, replica_token);
+  EXPECT_EQ(bare.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(bare.error_message(), ::testing::HasSubstr("client certificate"));
+  // ...with its certificate it is let in.
+  const grpc::Status with_cert = Pull(server->address(), grpc::SslCredentials(mutual), kReplica, replica_token);
+  EXPECT_TRUE(with_cert.ok()) << with_cert.error_message();
+  EXPECT_THAT(ReadFile(dir.Sub("data.log")), ::testing::HasSubstr("device listener uses TLS, verifying client"));
+}
+
+TEST(TlsE2eTest, HalfATlsConfigurationIsRefusedAtStart) {
+  hamlet::testing::TempDir dir;
+  EXPECT_EQ(ServerProcess::Start(dir.Sub("data"), {"--tls_cert_file=" + dir.Sub("missing.pem")}), nullptr);
+  EXPECT_THAT(ReadFile(dir.Sub("data.log")), ::testing::HasSubstr("--tls_cert_file and --tls_key_file go together"));
+}
+
+}  // namespace
+}  // namespace hamlet
