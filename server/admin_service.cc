@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/log.h"
+#include "server/reports.h"
 #include "server/sync_service.h"
 #include "sync/validate.h"
 
@@ -167,6 +168,17 @@ grpc::Status AdminServiceImpl::ListAuditEntries(grpc::ServerContext* context,
   if (entries->size() > max) {
     response->set_next_page_token(absl::StrCat(response->entries(response->entries_size() - 1).seq()));
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::GetReport(grpc::ServerContext* context, const hamlet::v1::GetReportRequest* request,
+                                         hamlet::v1::GetReportResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "GetReport");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  absl::StatusOr<hamlet::v1::GetReportResponse> report =
+      BuildReport(*town_, *devices_, *request, absl::ToUnixMillis(absl::Now()));
+  if (!report.ok()) return ToGrpc(report.status(), context);
+  *response = std::move(*report);
   return grpc::Status::OK;
 }
 

@@ -7,8 +7,9 @@
 
 namespace hamlet::server {
 
-// The admin service (admin.proto): every call needs an admin's token and is
-// written to the audit log.
+// The admin service (admin.proto): every call needs an admin's token; calls
+// that change something are written to the audit log, every call to the
+// server's log.
 class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
  public:
   // All must outlive the service.
@@ -30,6 +31,8 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
                                hamlet::v1::AdminServiceResolveConflictResponse* response) override;
   grpc::Status ListAuditEntries(grpc::ServerContext* context, const hamlet::v1::ListAuditEntriesRequest* request,
                                 hamlet::v1::ListAuditEntriesResponse* response) override;
+  grpc::Status GetReport(grpc::ServerContext* context, const hamlet::v1::GetReportRequest* request,
+                         hamlet::v1::GetReportResponse* response) override;
   grpc::Status CreateBackup(grpc::ServerContext* context, const hamlet::v1::CreateBackupRequest* request,
                             grpc::ServerWriter<hamlet::v1::CreateBackupResponse>* writer) override;
 

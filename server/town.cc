@@ -170,6 +170,7 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
       storage::RecordWrite write;
       if (existing.has_value()) {
         write.previous_seq = existing->server_seq();
+        write.previous = *existing;
         write.state = std::move(*existing);
       }
       {
@@ -427,6 +428,17 @@ absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_cod
 bool Town::KnowsUnit(const std::string& code) const {
   absl::MutexLock lock(&units_mu_);
   return units_.Find(code) != nullptr;
+}
+
+std::vector<std::string> Town::UnitsWithin(const std::string& code) const {
+  absl::MutexLock lock(&units_mu_);
+  return units_.Within(code);
+}
+
+hamlet::v1::UnitLevel Town::UnitLevel(const std::string& code) const {
+  absl::MutexLock lock(&units_mu_);
+  const hamlet::v1::AdminUnit* unit = units_.Find(code);
+  return unit == nullptr ? hamlet::v1::UNIT_LEVEL_UNSPECIFIED : unit->level();
 }
 
 storage::ChangeScope Town::IndexScope(const std::string& commune) {

@@ -91,6 +91,9 @@ class Town {
 
   ChangeFeed& feed() { return feed_; }
   bool KnowsUnit(const std::string& code) const;
+  // `code` and every unit below it (sync::UnitDirectory::Within).
+  std::vector<std::string> UnitsWithin(const std::string& code) const;
+  hamlet::v1::UnitLevel UnitLevel(const std::string& code) const;
   const storage::TownStore& store() const { return *store_; }
   storage::TownStore& mutable_store() { return *store_; }
   const TownOptions& options() const { return options_; }

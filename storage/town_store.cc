@@ -17,6 +17,7 @@
 #include "rocksdb/write_batch.h"
 #include "storage/rocks.h"
 #include "sync/big_endian.h"
+#include "sync/report.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
 
@@ -48,6 +49,8 @@ using sync::PutBigEndian64;
 //   enrolments       device_id -> v1 Enrolment
 //   audit            be64(audit_seq) -> v1 AuditEntry
 //   conflicted       record_id -> commune      records with an open conflict
+//   tallies          unit 0x00 be32(YYYYMM) metric -> be64(int64 count)   report sums
+//                    (sync/report.h); "tallies" in meta says they are complete
 //
 // "v1 X" is the byte 0x01 followed by the serialized proto X (storage/rocks.h).
 namespace {
@@ -55,7 +58,8 @@ namespace {
 constexpr char kFormat[] = "1";
 const std::vector<std::string>& FamilyNames() {
   static const auto* names = new std::vector<std::string>{
-      "default", "records", "changes", "commune_changes", "devices", "batches", "enrolments", "audit", "conflicted"};
+      "default", "records", "changes", "commune_changes", "devices", "batches", "enrolments", "audit", "conflicted",
+      "tallies"};
   return *names;
 }
 
@@ -82,6 +86,16 @@ rocksdb::WriteOptions WriteOptionsFor(const TownStoreOptions& options) {
 }
 
 constexpr uint8_t kSealedFormatV1 = 2;
+
+constexpr char kTalliesVersion[] = "1";
+
+std::string TallyKeyBytes(const sync::TallyKey& key) {
+  std::string out = key.unit;
+  out.push_back('\0');
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((key.month >> shift) & 0xff));
+  out.append(key.metric);
+  return out;
+}
 
 bool IsSealed(const Record& record) {
   return record.has_informant_identity() || record.sensitivity() == hamlet::v1::SENSITIVITY_SEALED;
@@ -113,6 +127,53 @@ absl::Status TownStore::DecodeRecord(absl::string_view value, const std::string&
   }
   if (!record->ParseFromString(*plain)) return absl::DataLossError(absl::StrCat("sealed record ", id, " is damaged"));
   return absl::OkStatus();
+}
+
+absl::Status TownStore::RebuildTallies() {
+  sync::Tallies all;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), records_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    Record record;
+    HAMLET_RETURN_IF_ERROR(DecodeRecord(internal::View(it->value()), it->key().ToString(), &record));
+    sync::AddTallyDelta(Record(), record, &all);
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading records for report tallies"));
+  rocksdb::WriteBatch batch;
+  batch.DeleteRange(tallies_, std::string(), std::string(1, '\xff'));
+  for (const auto& [key, n] : all) batch.Put(tallies_, TallyKeyBytes(key), SeqKey(static_cast<uint64_t>(n)));
+  batch.Put(meta_, "tallies", kTalliesVersion);
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  return FromRocks(db_->db->Write(write, &batch), "writing report tallies");
+}
+
+absl::StatusOr<std::map<std::string, std::map<std::string, int64_t>>> TownStore::SumTallies(
+    const std::vector<std::string>& units, int32_t from_month, int32_t to_month) const {
+  std::map<std::string, std::map<std::string, int64_t>> out;
+  rocksdb::ReadOptions read;
+  const rocksdb::Snapshot* snapshot = db_->db->GetSnapshot();
+  read.snapshot = snapshot;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(read, tallies_));
+  absl::Status status;
+  for (const std::string& unit : units) {
+    const std::string start = TallyKeyBytes({unit, from_month, ""});
+    const std::string end = TallyKeyBytes({unit, to_month + 1, ""});
+    for (it->Seek(start); it->Valid() && it->key().compare(end) < 0; it->Next()) {
+      const absl::string_view key = internal::View(it->key());
+      const std::string metric(key.substr(unit.size() + 1 + 4));
+      if (it->value().size() == 8) {
+        out[unit][metric] += static_cast<int64_t>(GetBigEndian64(internal::View(it->value())));
+      }
+    }
+    if (!it->status().ok()) {
+      status = FromRocks(it->status(), "reading report tallies");
+      break;
+    }
+  }
+  it.reset();
+  db_->db->ReleaseSnapshot(snapshot);
+  HAMLET_RETURN_IF_ERROR(status);
+  return out;
 }
 
 absl::StatusOr<uint64_t> TownStore::Reseal() {
@@ -267,6 +328,7 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   store->enrolments_ = families[6];
   store->audit_ = families[7];
   store->conflicted_ = families[8];
+  store->tallies_ = families[9];
   rocksdb::DB* db = store->db_->db.get();
 
   {
@@ -287,6 +349,7 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
     batch.Put(store->meta_, "server_id", store->server_id_);
     batch.Put(store->meta_, "epoch", SeqKey(store->epoch_));
     batch.Put(store->meta_, "last_seq", SeqKey(0));
+    batch.Put(store->meta_, "tallies", kTalliesVersion);
     rocksdb::WriteOptions write;
     write.sync = true;
     HAMLET_RETURN_IF_ERROR(FromRocks(db->Write(write, &batch), "creating store"));
@@ -311,6 +374,9 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
       !db->Get(rocksdb::ReadOptions(), store->meta_, "holds_sealed", &value).IsNotFound()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "data dir ", dir, " holds sealed records (informant identities): start with --sealed_key_file"));
+  }
+  if (db->Get(rocksdb::ReadOptions(), store->meta_, "tallies", &value).IsNotFound() || value != kTalliesVersion) {
+    HAMLET_RETURN_IF_ERROR(store->RebuildTallies());
   }
   s = db->Get(rocksdb::ReadOptions(), store->meta_, "clock", &value);
   if (!s.IsNotFound()) {
@@ -368,6 +434,16 @@ absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
     batch.Put(records_, write.state.id(), encoded);
     batch.Put(changes_, SeqKey(seq), write.state.id());
     batch.Put(commune_changes_, BucketPrefix(write.commune) + SeqKey(seq), write.state.id());
+  }
+  sync::Tallies delta;
+  for (const RecordWrite& write : commit.records) sync::AddTallyDelta(write.previous, write.state, &delta);
+  for (const auto& [key, n] : delta) {
+    const std::string bytes = TallyKeyBytes(key);
+    std::string value;
+    rocksdb::Status got = db_->db->Get(rocksdb::ReadOptions(), tallies_, bytes, &value);
+    if (!got.IsNotFound()) HAMLET_RETURN_IF_ERROR(FromRocks(got, "reading a report tally"));
+    const int64_t current = value.size() == 8 ? static_cast<int64_t>(GetBigEndian64(value)) : 0;
+    batch.Put(tallies_, bytes, SeqKey(static_cast<uint64_t>(current + n)));
   }
   for (const RecordWrite& write : commit.records) {
     if (write.state.conflicts_size() > 0) {

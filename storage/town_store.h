@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,6 +68,9 @@ struct RecordWrite {
   std::string commune;
   // The stored state's server_seq before this write; 0 for a new record.
   uint64_t previous_seq = 0;
+  // The stored state before this write (empty for a new record), whose report
+  // tallies the write replaces.
+  hamlet::v1::Record previous;
 };
 
 // Everything one push changes, written as one atomic batch.
@@ -185,6 +189,11 @@ class TownStore {
   static absl::Status Restore(const std::string& backup_dir, const std::string& data_dir,
                               const TownStoreOptions& options, const ProgressCallback& progress);
 
+  // Report tallies (sync/report.h) of `units`, summed over months
+  // from..to (YYYYMM, inclusive), by unit and metric. Reads only the tallies.
+  absl::StatusOr<std::map<std::string, std::map<std::string, int64_t>>> SumTallies(
+      const std::vector<std::string>& units, int32_t from_month, int32_t to_month) const;
+
   // Seals again, under the current key, every sealed record sealed under an
   // older one (key rotation). Returns how many were rewritten.
   absl::StatusOr<uint64_t> Reseal();
@@ -199,6 +208,9 @@ class TownStore {
   TownStore() = default;
   absl::StatusOr<std::string> EncodeRecord(const hamlet::v1::Record& record) const;
   absl::Status DecodeRecord(absl::string_view value, const std::string& id, hamlet::v1::Record* record) const;
+  // Recomputes every tally from the records (for a store written before
+  // tallies existed). REQUIRES: nothing else uses the store yet.
+  absl::Status RebuildTallies();
 
   std::unique_ptr<internal::OpenedDb> db_;
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;
@@ -210,6 +222,7 @@ class TownStore {
   rocksdb::ColumnFamilyHandle* enrolments_ = nullptr;
   rocksdb::ColumnFamilyHandle* audit_ = nullptr;
   rocksdb::ColumnFamilyHandle* conflicted_ = nullptr;
+  rocksdb::ColumnFamilyHandle* tallies_ = nullptr;
   std::atomic<uint64_t> last_audit_seq_{0};
   absl::Mutex audit_mu_;
   TownStoreOptions options_;

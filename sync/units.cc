@@ -19,6 +19,18 @@ const AdminUnit* UnitDirectory::Find(absl::string_view code) const {
   return it == units_.end() ? nullptr : &it->second;
 }
 
+std::vector<std::string> UnitDirectory::Within(absl::string_view code) const {
+  std::vector<std::string> out;
+  if (Find(code) == nullptr) return out;
+  out.emplace_back(code);
+  for (size_t i = 0; i < out.size(); ++i) {
+    for (const auto& [child, unit] : units_) {
+      if (unit.parent_code() == out[i]) out.push_back(child);
+    }
+  }
+  return out;
+}
+
 std::string UnitDirectory::CommuneOf(absl::string_view code) const {
   const AdminUnit* unit = Find(code);
   if (unit == nullptr) return "";

@@ -25,6 +25,9 @@ class UnitDirectory {
   // village. "" for units above commune level and unknown codes.
   std::string CommuneOf(absl::string_view code) const;
 
+  // `code` and every unit below it, `code` first. Empty if unknown.
+  std::vector<std::string> Within(absl::string_view code) const;
+
   size_t size() const { return units_.size(); }
 
  private:

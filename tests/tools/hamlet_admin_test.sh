@@ -288,6 +288,15 @@ check "conflicts list is empty" out_is "{}"
 admin conflicts list --unit="$UNIT"
 check "conflicts list --unit=$UNIT is empty" out_is "{}"
 
+# --- Reports.
+admin report --unit=206 --from=2012-01-01 --to=2017-08-24
+check "report exits with 0" rc_is 0
+check "report names the unit and whole months" has_object '"unitCode": "206"' '"fromMonth": "2012-01"' '"toMonth": "2017-08"'
+admin report --unit=206 --from=2012-01-01
+check "report without --to is a usage error" rc_is 2
+admin report --unit=206 --from=2012-01-01 --to=2017-08-24 --for=everyone
+check "report --for must be town or province" rc_is 2
+
 # --- Backup, with its progress.
 admin backup --dir="$dir/backup-1"
 check "backup exits with 0" rc_is 0
