@@ -229,6 +229,7 @@ after(async () => {
 const ADMIN_METHODS = [
   'hamlet.v1.AdminService/CreateBackup',
   'hamlet.v1.AdminService/EnrollDevice',
+  'hamlet.v1.AdminService/GetReport',
   'hamlet.v1.AdminService/GetServerStats',
   'hamlet.v1.AdminService/ListAuditEntries',
   'hamlet.v1.AdminService/ListConflicts',

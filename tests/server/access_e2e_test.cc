@@ -347,7 +347,8 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       "hamlet.v1.AdminService.EnrollDevice", "hamlet.v1.AdminService.RevokeDevice",
       "hamlet.v1.AdminService.ListDevices",  "hamlet.v1.AdminService.GetServerStats",
       "hamlet.v1.AdminService.ListConflicts", "hamlet.v1.AdminService.ResolveConflict",
-      "hamlet.v1.AdminService.ListAuditEntries", "hamlet.v1.AdminService.CreateBackup"};
+      "hamlet.v1.AdminService.ListAuditEntries", "hamlet.v1.AdminService.CreateBackup",
+      "hamlet.v1.AdminService.GetReport"};
   for (const auto* service : {SyncServiceDescriptor(), AdminServiceDescriptor()}) {
     for (int i = 0; i < service->method_count(); ++i) {
       EXPECT_EQ(covered.count(service->method(i)->full_name()), 1u)
@@ -507,6 +508,12 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       expect_admin_only(device->admin().ResolveConflict(device->Context().get(), {}, &resolved), "ResolveConflict");
       hamlet::v1::ListAuditEntriesResponse audit;
       expect_admin_only(device->admin().ListAuditEntries(device->Context().get(), {}, &audit), "ListAuditEntries");
+      hamlet::v1::GetReportRequest report_request;
+      report_request.set_unit_code("206");
+      report_request.set_from_date("2012-01-01");
+      report_request.set_to_date("2017-08-24");
+      hamlet::v1::GetReportResponse report;
+      expect_admin_only(device->admin().GetReport(device->Context().get(), report_request, &report), "GetReport");
       {
         hamlet::v1::CreateBackupRequest backup;
         backup.set_directory(dir_->Sub(absl::StrCat("backup-by-", hamlet::v1::Role_Name(role))));
