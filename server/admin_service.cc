@@ -111,8 +111,9 @@ grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
   absl::StatusOr<uint64_t> conflicts = store.CountConflicted();
   if (!conflicts.ok()) return ToGrpc(conflicts.status(), context);
   response->set_open_conflicts(*conflicts);
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   for (const hamlet::v1::Device& device : devices_->List()) {
-    if (device.has_revoke_time()) {
+    if (device.has_revoke_time() || TimeUtil::TimestampToMilliseconds(device.expire_time()) <= now_ms) {
       response->set_devices_revoked(response->devices_revoked() + 1);
     } else {
       response->set_devices_enrolled(response->devices_enrolled() + 1);

@@ -167,7 +167,9 @@ absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorizat
   const hamlet::v1::Device& device = by_device_.at(id->second).device();
   if (device.has_revoke_time()) {
     return absl::UnauthenticatedError(absl::StrCat("device ", device.device_id(), " was revoked (",
-                                                   device.revoke_reason(), "); ask an admin to enrol it again"));
+                                                   device.revoke_reason(),
+                                                   "); a revoked device stays revoked: set the phone up again as "
+                                                   "a new device and ask an admin to enrol that"));
   }
   if (clock_->NowMs() >= TimeUtil::TimestampToMilliseconds(device.expire_time())) {
     return absl::UnauthenticatedError(
@@ -214,11 +216,12 @@ absl::StatusOr<std::string> DeviceRegistry::EnsureAdminToken(const std::string& 
   HAMLET_ASSIGN_OR_RETURN(hamlet::v1::EnrollDeviceResponse enrolled, Enroll(request, server));
   const std::string tmp = token_file + ".tmp";
   {
+    const mode_t old_mask = umask(077);  // The token is never readable by others, not even briefly.
     std::ofstream out(tmp, std::ios::trunc);
+    umask(old_mask);
     out << enrolled.token() << "\n";
     if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
   }
-  chmod(tmp.c_str(), 0600);
   if (std::rename(tmp.c_str(), token_file.c_str()) != 0) {
     return absl::UnavailableError(absl::StrCat("cannot write ", token_file));
   }

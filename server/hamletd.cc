@@ -202,6 +202,7 @@ int Run() {
   }
   std::string token_file = absl::GetFlag(FLAGS_admin_token_file);
   if (token_file.empty()) token_file = data_dir + "/admin.token";
+  const bool had_token_file = std::ifstream(token_file).good();
   absl::StatusOr<std::string> admin_token = (*devices)->EnsureAdminToken(token_file, town_options.town_code);
   if (!admin_token.ok()) {
     LogLine(absl::StrCat("cannot set up the admin token: ", admin_token.status().ToString()));
@@ -262,12 +263,19 @@ int Run() {
       "hamletd is serving town %s\n"
       "  devices connect to  %s\n"
       "  admin service at    %s (with reflection)\n"
-      "  admin token         %s   (kept in %s)\n"
+      "  admin token         %s\n"
       "  try:  tools/hamlet-admin --server=%s stats\n"
       "   or:  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $(cat %s)\" \\\n"
       "          http://%s/hamlet.v1.AdminService/GetServerStats\n",
-      town_options.town_code.c_str(), address.c_str(), admin_address.c_str(), admin_token->c_str(),
-      token_file.c_str(), admin_address.c_str(), token_file.c_str(), admin_address.c_str());
+      town_options.town_code.c_str(), address.c_str(), admin_address.c_str(),
+      (had_token_file ? absl::StrCat("in ", token_file) : absl::StrCat(*admin_token, "  (new; kept in ", token_file, ")"))
+          .c_str(),
+      admin_address.c_str(), token_file.c_str(), admin_address.c_str());
+  if (absl::GetFlag(FLAGS_tls_cert_file).empty() && listen.rfind("127.", 0) != 0 && listen.rfind("[::1]", 0) != 0 &&
+      listen.rfind("localhost", 0) != 0) {
+    LogLine(absl::StrCat("WARNING: devices connect to ", address,
+                         " in plain text; tokens and records cross the network unencrypted. Use --tls_cert_file."));
+  }
   std::fflush(stdout);
   if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
     // Written whole, then renamed, so a reader never sees half of it.

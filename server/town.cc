@@ -82,10 +82,12 @@ absl::StatusOr<std::unique_ptr<Town>> Town::Create(std::unique_ptr<storage::Town
   }
   if (!seeded) {
     bool known = false;
-    for (const auto& unit : sync::QuangYenUnits()) known = known || unit.code() == options.town_code;
+    for (const auto& unit : sync::QuangYenUnits()) {
+      known = known || (unit.code() == options.town_code && unit.level() == hamlet::v1::UNIT_LEVEL_DISTRICT);
+    }
     if (!known) {
       return absl::FailedPreconditionError(absl::StrCat("--town_code=", options.town_code,
-                                                        " is not in the reference admin units this server seeds"));
+                                                        " is not a district-level unit of the reference admin units this server seeds"));
     }
     HAMLET_RETURN_IF_ERROR(town->SeedUnits());
   }
@@ -188,7 +190,10 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
       HAMLET_RETURN_IF_ERROR(sync::CheckCreatable(*change));
     }
     if (check == WriteCheck::kPerRecord) {
-      HAMLET_RETURN_IF_ERROR(CheckWritable(*change, exists ? &state : nullptr, caller));
+      // A record created earlier in this same batch is still the caller's to
+      // shape: what counts is whether it existed before the batch.
+      const bool stored_before = it->second.previous_seq != 0;
+      HAMLET_RETURN_IF_ERROR(CheckWritable(*change, stored_before ? &state : nullptr, caller));
     }
     HAMLET_RETURN_IF_ERROR(
         sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.principal.role),
@@ -338,8 +343,12 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
       return absl::AlreadyExistsError(
           absl::StrCat("request ", request.request_id(), " was already used for another resolution"));
     }
+    // The receipt names the record but does not hold it (it may be sealed):
+    // a retry gets the record as it is now.
     hamlet::v1::ResolveConflictResponse response;
     if (!response.ParseFromString(receipt->response())) return absl::DataLossError("stored response is damaged");
+    HAMLET_ASSIGN_OR_RETURN(std::optional<Record> current, store_->GetRecord(request.record_id()));
+    if (current.has_value()) *response.mutable_record() = std::move(*current);
     return response;
   }
   HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, store_->GetRecord(request.record_id()));
@@ -397,7 +406,10 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
                                       [&](uint64_t last_seq) {
                                         // One record written: it took the last sequence number.
                                         if (changes) response.mutable_record()->set_server_seq(last_seq);
-                                        return response.SerializeAsString();
+                                        hamlet::v1::ResolveConflictResponse receipt;
+                                        receipt.mutable_record()->set_id(response.record().id());
+                                        receipt.mutable_record()->set_server_seq(response.record().server_seq());
+                                        return receipt.SerializeAsString();
                                       })
                              .status());
   return response;
@@ -534,9 +546,9 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
     if (page.remaining == 0) break;
   }
   for (const Record& record : response.records()) {
-    if (!record.has_informant_identity()) continue;
+    if (!record.has_informant_identity() && record.sensitivity() != hamlet::v1::SENSITIVITY_SEALED) continue;
     HAMLET_RETURN_IF_ERROR(store_
-                               ->AppendAudit(AuditOf(caller, "sealed_read", record.id(), "informant identity pulled",
+                               ->AppendAudit(AuditOf(caller, "sealed_read", record.id(), "sealed record pulled",
                                                      clock_.physical().NowMs()))
                                .status());
   }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -267,8 +268,8 @@ absl::Status TownStore::Backup(const std::string& dir, const ProgressCallback& p
   }
   // The checkpoint goes next to the database (same file system: hard links),
   // then is copied to wherever the backup should live.
-  const std::string staging = absl::StrCat(db_->db->GetName(), "/backup-staging-", last_seq_.load());
-  fs::remove_all(staging, error);
+  absl::BitGen gen;
+  const std::string staging = absl::StrCat(db_->db->GetName(), "/backup-staging-", sync::NewUuid(gen));
   rocksdb::Checkpoint* raw = nullptr;
   HAMLET_RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_->db.get(), &raw), "preparing backup"));
   std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
@@ -301,8 +302,12 @@ absl::Status TownStore::Restore(const std::string& backup_dir, const std::string
   fs::remove(fs::path(data_dir) / kBackupMarker, error);
   HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<TownStore> store, Open(data_dir, options));
   // A new epoch: cursors handed out after the backup point into a history
-  // this store no longer has.
-  const uint64_t epoch = store->epoch_ + 1;
+  // this store no longer has. The restore time makes it one no earlier restore
+  // of the same backup had.
+  const uint64_t now_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  const uint64_t epoch = std::max(store->epoch_ + 1, now_ms);
   rocksdb::WriteOptions write;
   write.sync = true;
   HAMLET_RETURN_IF_ERROR(

@@ -149,8 +149,9 @@ class TownStore {
   // WriteBatch, synced per TownStoreOptions. Nothing is written on error.
   // Returns the last sequence number assigned.
   // REQUIRES: each record id appears at most once in `commit.records`, and
-  // `commune` and `previous_seq` are what the stored record was indexed under
-  // (a record never changes unit, so its bucket is fixed).
+  // `commune` and `previous_seq` are what the stored record was indexed under.
+  // A record never changes unit; if a village moved to another commune, its
+  // records would keep an index entry in the old bucket until rewritten.
   absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
                                       const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
 

@@ -111,9 +111,12 @@ bool Holds(Relation relation, const Principal& p, const Record& record, const Un
 }  // namespace
 
 Reach ReachOf(const Principal& principal, const Record& record, const UnitDirectory& units) {
+  // Any sealed record is guarded like an informant's identity.
+  const Record::BodyCase type =
+      record.sensitivity() == hamlet::v1::SENSITIVITY_SEALED ? Record::kInformantIdentity : record.body_case();
   Reach best = Reach::kNone;
   for (const Row& row : kRows) {
-    if (row.type != record.body_case() || row.role != principal.role) continue;
+    if (row.type != type || row.role != principal.role) continue;
     if (Holds(row.relation, principal, record, units)) best = std::max(best, row.reach);
   }
   return best;

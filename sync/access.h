@@ -30,7 +30,8 @@ enum class Reach {
 // see what"); the rows are in access.cc, one per (record type, role, relation).
 // A reviewer holds those rows against DOMAIN.md. Teams are identified with the
 // unit they serve: "own team" is "own unit" (the village, or the commune and
-// its villages, the person is enrolled for).
+// its villages, the person is enrolled for). A record of any type marked
+// SENSITIVITY_SEALED is guarded like an informant identity.
 Reach ReachOf(const Principal& principal, const hamlet::v1::Record& record, const UnitDirectory& units);
 
 // True if `principal` may pull or watch commune `commune` ("" = the whole

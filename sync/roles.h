@@ -14,6 +14,8 @@ inline Authority LifecycleAuthority(hamlet::v1::Role role) {
     case hamlet::v1::ROLE_COMMUNE_JUSTICE:
     case hamlet::v1::ROLE_TOWN_OFFICER:
     case hamlet::v1::ROLE_ADMIN:
+    // A lower-tier server carries moves made there by commune-level roles.
+    case hamlet::v1::ROLE_REPLICATION_NODE:
       return Authority::kCommune;
     default:
       return Authority::kTeam;
@@ -23,7 +25,9 @@ inline Authority LifecycleAuthority(hamlet::v1::Role role) {
 // Who may settle a conflict (DOMAIN.md: team leaders resolve conflicting
 // edits; commune-level roles supervise them).
 inline bool MayResolveConflicts(hamlet::v1::Role role) {
-  return role == hamlet::v1::ROLE_TEAM_LEADER || LifecycleAuthority(role) == Authority::kCommune;
+  return role == hamlet::v1::ROLE_TEAM_LEADER || role == hamlet::v1::ROLE_COMMUNE_POLICE ||
+         role == hamlet::v1::ROLE_COMMUNE_JUSTICE || role == hamlet::v1::ROLE_TOWN_OFFICER ||
+         role == hamlet::v1::ROLE_ADMIN;
 }
 
 }  // namespace hamlet::sync

@@ -31,7 +31,8 @@ struct FieldRule {
 // Built once per type from the descriptors and cached for the process;
 // thread-safe. A malformed declaration (a key_field that does not exist, a
 // lifecycle part without its lifecycle field) aborts at first use: it is a bug
-// in the .proto files, which tests/sync/schema_test.cc catches for every type.
+// in the .proto files, which SchemaTest (tests/sync/lifecycle_test.cc) catches
+// for every type.
 class BodySchema {
  public:
   static const BodySchema& For(const google::protobuf::Descriptor* body);

@@ -141,8 +141,9 @@ absl::StatusOr<FieldDevice::SyncReport> FieldDevice::Sync(hamlet::v1::SyncServic
   HAMLET_ASSIGN_OR_RETURN(token_, store_->GetToken());
   if (token_.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "device ", device_id(), " is not enrolled: an admin enrols it (hamlet-admin enroll --device_id=",
-        device_id(), " ...) and its token is saved with `hamlet-field set-token TOKEN`"));
+        "device ", device_id(), " is not enrolled: an admin enrols it (tools/hamlet-admin devices enroll "
+        "--device-id=", device_id(), " --person=... --role=... --unit=...) and its token is saved with "
+        "`hamlet-field set-token TOKEN --role=ROLE`"));
   }
   SyncReport report;
   HAMLET_RETURN_IF_ERROR(PushOutbox(stub, options, &report));

@@ -24,7 +24,8 @@ ABSL_FLAG(std::string, store, "./field-device", "Directory of this device's loca
 ABSL_FLAG(std::string, server, "127.0.0.1:7420", "Server address for `sync`.");
 ABSL_FLAG(std::string, tls_ca_file, "",
           "PEM CA to verify the server with; set it to talk TLS (the server runs with --tls_cert_file).");
-ABSL_FLAG(std::string, scope, "", "Commune code to pull on `sync`; empty for the whole town.");
+ABSL_FLAG(std::string, scope, "",
+          "Commune code to pull on `sync`; empty for everything this device may see.");
 ABSL_FLAG(std::string, unit, "", "Admin unit code of a new record (`create`).");
 ABSL_FLAG(std::string, author, "", "Person id of the author of a new record (`create`).");
 ABSL_FLAG(std::string, id, "", "Id of a new record (`create`); generated if empty.");
