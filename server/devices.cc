@@ -1,7 +1,6 @@
 #include "server/devices.h"
 
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -13,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/sha256.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
 #include "sync/validate.h"
@@ -24,12 +24,6 @@ using google::protobuf::util::TimeUtil;
 namespace {
 
 constexpr char kTokenPrefix[] = "hmt_";
-
-std::string Sha256(absl::string_view data) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
-  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
-}
 
 absl::StatusOr<std::string> NewToken() {
   unsigned char bytes[32];

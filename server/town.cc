@@ -2,13 +2,13 @@
 
 #include <map>
 #include <set>
-#include <openssl/sha.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/sha256.h"
 #include "sync/lifecycle.h"
 #include "sync/merge.h"
 #include "sync/roles.h"
@@ -41,22 +41,19 @@ std::string ContentHash(const hamlet::v1::PushRequest& request) {
       change.SerializeWithCachedSizes(&out);
     }
   }
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
-  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
+  return Sha256(bytes);
 }
 
 // A stable UUID for a reference record, so every server that seeds the same
 // unit gives it the same id: SHA-256 of the name, shaped as a version-8 UUID.
 std::string NameUuid(absl::string_view name) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(name.data()), name.size(), digest);
-  digest[6] = (digest[6] & 0x0f) | 0x80;
-  digest[8] = (digest[8] & 0x3f) | 0x80;
+  std::string digest = Sha256(name);
+  digest[6] = static_cast<char>((digest[6] & 0x0f) | 0x80);
+  digest[8] = static_cast<char>((digest[8] & 0x3f) | 0x80);
   std::string out;
   for (int i = 0; i < 16; ++i) {
     if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
-    absl::StrAppendFormat(&out, "%02x", digest[i]);
+    absl::StrAppendFormat(&out, "%02x", static_cast<uint8_t>(digest[i]));
   }
   return out;
 }
@@ -326,14 +323,7 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
                                                     "role; this device is enrolled as ",
                                                     hamlet::v1::Role_Name(caller.principal.role)));
   }
-  std::string hash;
-  {
-    std::string bytes;
-    request.SerializeToString(&bytes);
-    unsigned char digest[SHA256_DIGEST_LENGTH];
-    SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
-    hash.assign(reinterpret_cast<const char*>(digest), sizeof(digest));
-  }
+  const std::string hash = Sha256(request.SerializeAsString());
 
   absl::MutexLock push_lock(&push_mu_);
   HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,

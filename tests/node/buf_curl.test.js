@@ -17,18 +17,17 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, execFile } = require('node:child_process');
+const { execFile } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
-const HAMLETD = process.env.HAMLETD || '/work/main/build/server/hamletd';
+const { startServer, stopServer, guard } = require('./hamletd');
+
 const BUF = path.join(__dirname, 'node_modules/.bin/buf');
 const PROTO_ROOT = path.resolve(__dirname, '../../proto');
 
-const READY_TIMEOUT_MS = 20_000;
-const STOP_TIMEOUT_MS = 15_000; // hamletd's default --shutdown_grace is 10 s.
 const BUF_TIMEOUT_MS = 15_000;
 const SCRIPT_LIMIT_MS = 60_000;
 const SEEDED_UNITS = 249; // AdminUnit records hamletd seeds on first start.
@@ -63,87 +62,9 @@ service Health {
 // ---------------------------------------------------------------------------
 // Server lifecycle.
 
-let server = null; // { child, dir, address, adminAddress, adminToken, healthSchema, stderr: string[], exit() }
+let server = null; // See hamletd.js startServer, plus healthSchema; null until it is ready.
 
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function startServer() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hamlet-buf-test-'));
-  const readyFile = path.join(dir, 'ready');
-  const dataDir = path.join(dir, 'data');
-  const healthSchema = path.join(dir, 'health-schema');
-  fs.mkdirSync(path.join(healthSchema, 'grpc/health/v1'), { recursive: true });
-  fs.writeFileSync(path.join(healthSchema, 'grpc/health/v1/health.proto'), HEALTH_PROTO);
-  const child = spawn(
-    HAMLETD,
-    ['--listen=127.0.0.1:0', '--admin_listen=127.0.0.1:0', `--data_dir=${dataDir}`, `--ready_file=${readyFile}`],
-    { stdio: ['ignore', 'ignore', 'pipe'] }, // stdout repeats the admin token: not wanted in test logs.
-  );
-  const stderr = [];
-  child.stderr.on('data', (chunk) => stderr.push(chunk.toString()));
-  let exited = null;
-  child.on('exit', (code, signal) => (exited = { code, signal }));
-  child.on('error', (err) => (exited = { error: err }));
-  server = { child, dir, address: null, adminAddress: null, adminToken: null, healthSchema, stderr, exit: () => exited };
-
-  // Once the server accepts calls the ready file holds two lines: the device
-  // address, then the admin address. hamletd writes it whole and renames it into
-  // place; only two complete lines count all the same.
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    if (exited) {
-      throw new Error(`hamletd exited before it was ready: ${JSON.stringify(exited)}\n${stderr.join('')}`);
-    }
-    let text = '';
-    try {
-      text = fs.readFileSync(readyFile, 'utf8');
-    } catch {
-      // Not written yet.
-    }
-    const ready = /^(127\.0\.0\.1:\d+)\n(127\.0\.0\.1:\d+)\n$/.exec(text);
-    if (ready) {
-      [, server.address, server.adminAddress] = ready;
-      // The admin token hamletd enrolled on first start, one line.
-      const tokenText = fs.readFileSync(path.join(dataDir, 'admin.token'), 'utf8');
-      assert.match(tokenText, /^hmt_[A-Za-z0-9_-]+\n$/, 'admin.token must hold one token line');
-      server.adminToken = tokenText.trim();
-      return;
-    }
-    await sleep(50);
-  }
-  throw new Error(`hamletd wrote no ready file within ${READY_TIMEOUT_MS} ms\n${stderr.join('')}`);
-}
-
-// Sends SIGTERM and waits for the process to end (SIGKILL as a last resort).
-// Returns how it ended.
-async function stopServer() {
-  if (!server) return null;
-  const { child, dir } = server;
-  if (server.exit() === null) {
-    child.kill('SIGTERM');
-    const deadline = Date.now() + STOP_TIMEOUT_MS;
-    while (server.exit() === null && Date.now() < deadline) await sleep(50);
-    if (server.exit() === null) child.kill('SIGKILL');
-  }
-  const result = server.exit();
-  fs.rmSync(dir, { recursive: true, force: true });
-  return result;
-}
-
-// If the test runner dies for any reason, do not leave hamletd behind.
-process.on('exit', () => {
-  if (server && server.exit() === null) server.child.kill('SIGTERM');
-});
-
-// Bounds the whole script: whatever hangs, stop the server and fail.
-const watchdog = setTimeout(() => {
-  process.stderr.write(`buf_curl.test.js: still running after ${SCRIPT_LIMIT_MS} ms; giving up\n`);
-  if (server && server.exit() === null) server.child.kill('SIGTERM');
-  process.exit(1);
-}, SCRIPT_LIMIT_MS);
-watchdog.unref();
+guard('buf_curl.test.js', SCRIPT_LIMIT_MS);
 
 // ---------------------------------------------------------------------------
 // buf.
@@ -212,11 +133,15 @@ const WITH_SCHEMA = ['--schema', PROTO_ROOT, '--reflect=false'];
 const lines = (text) => text.split('\n').map((l) => l.trim()).filter((l) => l !== '');
 
 before(async () => {
-  await startServer();
+  server = await startServer({ prefix: 'hamlet-buf-test-' });
+  // The standard health.proto, as a --schema dir for the device listener.
+  server.healthSchema = path.join(server.dir, 'health-schema');
+  fs.mkdirSync(path.join(server.healthSchema, 'grpc/health/v1'), { recursive: true });
+  fs.writeFileSync(path.join(server.healthSchema, 'grpc/health/v1/health.proto'), HEALTH_PROTO);
 });
 
 after(async () => {
-  const ended = await stopServer();
+  const ended = await stopServer(server);
   // SIGTERM is the documented clean shutdown: the process must exit with 0.
   if (ended && server.address) {
     assert.deepEqual(ended, { code: 0, signal: null }, `hamletd did not stop cleanly\n${server.stderr.join('')}`);
