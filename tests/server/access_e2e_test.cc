@@ -9,6 +9,7 @@
 
 #include <map>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "hamlet/v1/admin.grpc.pb.h"
@@ -527,6 +528,25 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
     }
   }
   EXPECT_EQ(unexpected_ok, 0);
+}
+
+TEST_F(AccessE2eTest, AnExpiredTokenIsRefused) {
+  hamlet::testing::AdminClient admin(*server_);
+  hamlet::v1::EnrollDeviceRequest request;
+  request.set_device_id(Uuid(8, 1));
+  request.set_person_id("short-lived");
+  request.set_role(hamlet::v1::ROLE_MEMBER);
+  request.set_unit_code("07132");
+  request.mutable_ttl()->set_seconds(1);
+  hamlet::v1::EnrollDeviceResponse enrolled;
+  ASSERT_TRUE(admin.stub().EnrollDevice(admin.Context().get(), request, &enrolled).ok());
+  Device device(*server_, Uuid(8, 1), enrolled.token());
+  std::vector<Record> pulled;
+  ASSERT_TRUE(device.Pull("", &pulled).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  const grpc::Status expired = device.Pull("", &pulled);
+  EXPECT_EQ(expired.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(expired.error_message(), ::testing::HasSubstr("expired"));
 }
 
 TEST_F(AccessE2eTest, RevokedDeviceIsRefusedAtOnceAndABatchHidingAnotherCommuneWritesNothing) {
