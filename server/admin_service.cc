@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -78,6 +80,11 @@ grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const h
     return ToGrpc(absl::InvalidArgumentError("page_token is not one this server issued"), context);
   }
   const size_t max = PageSize(request->page_size());
+  // Open conflicts by unit, to count each device's (conflicts are few).
+  auto conflicted = town_->store().ListConflicted("", "", std::numeric_limits<size_t>::max());
+  if (!conflicted.ok()) return ToGrpc(conflicted.status(), context);
+  std::map<std::string, uint32_t> conflicts_by_unit;
+  for (const hamlet::v1::Record& record : *conflicted) ++conflicts_by_unit[record.unit_code()];
   for (hamlet::v1::Device& device : devices_->List()) {
     if (!request->page_token().empty() && device.device_id() <= request->page_token()) continue;
     if (static_cast<size_t>(response->devices_size()) == max) {
@@ -92,6 +99,11 @@ grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const h
       device.set_app_version(s.app_version());
       device.set_batches_applied(s.batches_applied());
       device.set_records_applied(s.records_applied());
+      device.set_pending_changes(s.pending_changes());
+    }
+    for (const std::string& unit : town_->UnitsWithin(device.unit_code())) {
+      auto count = conflicts_by_unit.find(unit);
+      if (count != conflicts_by_unit.end()) device.set_open_conflicts(device.open_conflicts() + count->second);
     }
     *response->add_devices() = std::move(device);
   }

@@ -208,7 +208,7 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
 }
 
 absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
-                                            const std::string& app_version, const std::string& content_hash,
+                                            const DeviceReport& report, const std::string& content_hash,
                                             Merged merged, const std::function<std::string(uint64_t)>& respond) {
   const int64_t now_ms = clock_.physical().NowMs();
   storage::PushCommit commit;
@@ -224,7 +224,8 @@ absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const 
   commit.device.set_device_id(device_id);
   commit.device.set_last_batch_id(batch_id);
   commit.device.set_last_seen_ms(now_ms);
-  if (!app_version.empty()) commit.device.set_app_version(app_version);
+  if (!report.app_version.empty()) commit.device.set_app_version(report.app_version);
+  commit.device.set_pending_changes(report.pending_changes);
   commit.device.set_batches_applied(commit.device.batches_applied() + 1);
   commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
   commit.clock = clock_.Last();
@@ -298,7 +299,8 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller, WriteCheck::kPerRecord));
   hamlet::v1::PushResponse response;
   response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
-  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.batch_id(), request.app_version(), hash,
+  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.batch_id(),
+                                      {request.app_version(), request.pending_changes()}, hash,
                                       std::move(merged), [&](uint64_t last_seq) {
                                         response.set_server_seq(last_seq);
                                         *response.mutable_server_time() =
@@ -392,7 +394,8 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   hamlet::v1::ResolveConflictResponse response;
   const bool changes = !merged.writes.empty();
   *response.mutable_record() = changes ? merged.writes.front().state : *record;
-  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.request_id(), "", hash, std::move(merged),
+  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.request_id(), DeviceReport(), hash,
+                                      std::move(merged),
                                       [&](uint64_t last_seq) {
                                         // One record written: it took the last sequence number.
                                         if (changes) response.mutable_record()->set_server_seq(last_seq);

@@ -116,8 +116,13 @@ class Town {
                              const Caller& caller) const;
   // Commits merged records with a receipt holding respond(last_seq).
   // REQUIRES: push_mu_ held.
+  // What a device says of itself with a push, kept for the admins.
+  struct DeviceReport {
+    std::string app_version;
+    uint32_t pending_changes = 0;
+  };
   absl::StatusOr<uint64_t> CommitMerged(const std::string& device_id, const std::string& batch_id,
-                                        const std::string& app_version, const std::string& content_hash,
+                                        const DeviceReport& report, const std::string& content_hash,
                                         Merged merged, const std::function<std::string(uint64_t)>& respond);
   absl::Status LoadUnits();
   absl::Status SeedUnits();

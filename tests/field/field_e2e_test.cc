@@ -269,11 +269,23 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
   WaitExit(pid);
   const int pushed_before_kill = Count(server_->Log(), pushed_line);
   ASSERT_LT(pushed_before_kill, kRecords / 5) << "the client finished before it could be interrupted";
+  // The admins see what the phone said it still held.
+  const auto pending_of = [&](const std::string& id) -> int64_t {
+    hamlet::testing::AdminClient admin(*server_);
+    hamlet::v1::ListDevicesResponse devices;
+    EXPECT_TRUE(admin.stub().ListDevices(admin.Context().get(), {}, &devices).ok());
+    for (const auto& d : devices.devices()) {
+      if (d.device_id() == id) return static_cast<int64_t>(d.pending_changes());
+    }
+    return -1;
+  };
+  EXPECT_GT(pending_of(device_id), 0);
 
   FieldRun resumed = Field(dir_, "phone-c", {"sync", ServerFlag(), "--batch_records=5"});
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_THAT(Field(dir_, "phone-c", {"status"}).output, HasSubstr("unsynced edits: 0"));
   EXPECT_THAT(server_->Log(), ::testing::Not(HasSubstr("ALREADY_EXISTS")));
+  EXPECT_EQ(pending_of(device_id), 0);
 
   // The server holds each record once. A pull in small pages, killed part-way,
   // resumes where it stopped.

@@ -173,6 +173,8 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     request.set_batch_id(pending->batch_id());
     request.set_app_version(options.app_version);
     for (storage::OutboxItem& item : items) *request.add_changes() = std::move(item.change);
+    HAMLET_ASSIGN_OR_RETURN(size_t outbox, store_->OutboxSize());
+    request.set_pending_changes(static_cast<uint32_t>(outbox - std::min<size_t>(outbox, items.size())));
     hamlet::v1::PushResponse response;
     CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
       return stub.Push(context, request, &response);
