@@ -133,7 +133,7 @@ absl::Status Town::SeedUnits() {
     unit.GetReflection()->ListFields(unit, &fields);
     const hamlet::v1::Stamp stamp = clock_.Now();
     for (const auto* field : fields) sync::SetFieldStamp(&record, field->number(), stamp);
-    commit.records.push_back({std::move(record), "", 0});
+    commit.records.push_back({std::move(record), "", 0, Record()});
   }
   commit.device.set_device_id(store_->server_id());
   commit.device.set_last_batch_id(commit.batch_id);

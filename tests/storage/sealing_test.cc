@@ -82,7 +82,7 @@ absl::StatusOr<uint64_t> CommitOne(TownStore& store, const hamlet::v1::Record& r
   PushCommit commit;
   commit.device_id = "d";
   commit.batch_id = r.id();
-  commit.records.push_back({r, "07132", 0});
+  commit.records.push_back({r, "07132", 0, hamlet::v1::Record()});
   return store.CommitPush(std::move(commit), [](uint64_t) { return BatchReceipt(); });
 }
 

@@ -36,7 +36,7 @@ class TownStoreTest : public ::testing::Test {
       auto existing = store_->GetRecord(record.id());
       EXPECT_TRUE(existing.ok());
       const uint64_t previous = existing->has_value() ? (*existing)->server_seq() : 0;
-      commit.records.push_back({record, commune, previous});
+      commit.records.push_back({record, commune, previous, existing->value_or(Record())});
     }
     commit.device.set_device_id("device-1");
     commit.clock = MakeStamp(5000, 0, "server");
