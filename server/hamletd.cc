@@ -202,7 +202,8 @@ int Run() {
   }
   std::string token_file = absl::GetFlag(FLAGS_admin_token_file);
   if (token_file.empty()) token_file = data_dir + "/admin.token";
-  const bool had_token_file = std::ifstream(token_file).good();
+  std::string previous_token;
+  std::getline(std::ifstream(token_file), previous_token);
   absl::StatusOr<std::string> admin_token = (*devices)->EnsureAdminToken(token_file, town_options.town_code);
   if (!admin_token.ok()) {
     LogLine(absl::StrCat("cannot set up the admin token: ", admin_token.status().ToString()));
@@ -268,7 +269,8 @@ int Run() {
       "   or:  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $(cat %s)\" \\\n"
       "          http://%s/hamlet.v1.AdminService/GetServerStats\n",
       town_options.town_code.c_str(), address.c_str(), admin_address.c_str(),
-      (had_token_file ? absl::StrCat("in ", token_file) : absl::StrCat(*admin_token, "  (new; kept in ", token_file, ")"))
+      (*admin_token == previous_token ? absl::StrCat("in ", token_file)
+                                      : absl::StrCat(*admin_token, "  (new; kept in ", token_file, ")"))
           .c_str(),
       admin_address.c_str(), token_file.c_str(), admin_address.c_str());
   if (absl::GetFlag(FLAGS_tls_cert_file).empty() && listen.rfind("127.", 0) != 0 && listen.rfind("[::1]", 0) != 0 &&

@@ -81,7 +81,7 @@ absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, cons
   // Sync health.
   const int64_t silent_ms = int64_t{request.silent_after_days() == 0 ? 7u : request.silent_after_days()} * 86400000;
   for (const hamlet::v1::Device& device : devices.List()) {
-    // Admins and replication nodes do not sync like phones; revoked devices are gone.
+    // Admins do not sync like phones; revoked devices are gone.
     if (device.has_revoke_time() || unit_set.count(device.unit_code()) == 0 ||
         device.role() == hamlet::v1::ROLE_ADMIN) {
       continue;

@@ -225,7 +225,7 @@ absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const 
   commit.device.set_last_batch_id(batch_id);
   commit.device.set_last_seen_ms(now_ms);
   if (!report.app_version.empty()) commit.device.set_app_version(report.app_version);
-  commit.device.set_pending_changes(report.pending_changes);
+  if (report.pending_changes.has_value()) commit.device.set_pending_changes(*report.pending_changes);
   commit.device.set_batches_applied(commit.device.batches_applied() + 1);
   commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
   commit.clock = clock_.Last();

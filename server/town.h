@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <vector>
 #include <memory>
 #include <string>
@@ -119,7 +120,8 @@ class Town {
   // What a device says of itself with a push, kept for the admins.
   struct DeviceReport {
     std::string app_version;
-    uint32_t pending_changes = 0;
+    // Unset when the call says nothing about the outbox (a resolution).
+    std::optional<uint32_t> pending_changes;
   };
   absl::StatusOr<uint64_t> CommitMerged(const std::string& device_id, const std::string& batch_id,
                                         const DeviceReport& report, const std::string& content_hash,
