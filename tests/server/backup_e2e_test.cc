@@ -149,7 +149,9 @@ TEST(BackupE2eTest, BackupShowsProgressAndARestoreStartsANewEpoch) {
                                              log);
     return hamlet::testing::WaitExit(pid);
   };
-  EXPECT_NE(restore(dir.Sub("data")), 0);
+  EXPECT_EQ(restore(dir.Sub("data")), 1);
+  EXPECT_THAT(hamlet::testing::ReadFile(dir.Sub("restore.log")),
+              ::testing::HasSubstr("is not empty; restore into a new one"));
   ASSERT_EQ(restore(dir.Sub("restored")), 0) << hamlet::testing::ReadFile(dir.Sub("restore.log"));
   EXPECT_THAT(hamlet::testing::ReadFile(dir.Sub("restore.log")), ::testing::HasSubstr("restoring: "));
   std::filesystem::copy_file(dir.Sub("data.key"), dir.Sub("restored.key"));
