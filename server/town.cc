@@ -15,6 +15,7 @@
 #include "sync/schema.h"
 #include "sync/stamp.h"
 #include "sync/status_macros.h"
+#include "sync/uuid.h"
 #include "sync/validate.h"
 
 namespace hamlet::server {
@@ -46,17 +47,7 @@ std::string ContentHash(const hamlet::v1::PushRequest& request) {
 
 // A stable UUID for a reference record, so every server that seeds the same
 // unit gives it the same id: SHA-256 of the name, shaped as a version-8 UUID.
-std::string NameUuid(absl::string_view name) {
-  std::string digest = Sha256(name);
-  digest[6] = static_cast<char>((digest[6] & 0x0f) | 0x80);
-  digest[8] = static_cast<char>((digest[8] & 0x3f) | 0x80);
-  std::string out;
-  for (int i = 0; i < 16; ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
-    absl::StrAppendFormat(&out, "%02x", static_cast<uint8_t>(digest[i]));
-  }
-  return out;
-}
+std::string NameUuid(absl::string_view name) { return sync::FormatUuid(Sha256(name), 8); }
 
 }  // namespace
 

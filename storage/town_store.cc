@@ -162,10 +162,13 @@ absl::StatusOr<std::map<std::string, std::map<std::string, int64_t>>> TownStore:
     for (it->Seek(start); it->Valid() && it->key().compare(end) < 0; it->Next()) {
       const absl::string_view key = internal::View(it->key());
       const std::string metric(key.substr(unit.size() + 1 + 4));
-      if (it->value().size() == 8) {
-        out[unit][metric] += static_cast<int64_t>(GetBigEndian64(internal::View(it->value())));
+      if (it->value().size() != 8) {
+        status = absl::DataLossError(absl::StrCat("report tally of unit ", unit, " is damaged"));
+        break;
       }
+      out[unit][metric] += static_cast<int64_t>(GetBigEndian64(internal::View(it->value())));
     }
+    if (!status.ok()) break;
     if (!it->status().ok()) {
       status = FromRocks(it->status(), "reading report tallies");
       break;
@@ -447,8 +450,14 @@ absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
     std::string value;
     rocksdb::Status got = db_->db->Get(rocksdb::ReadOptions(), tallies_, bytes, &value);
     if (!got.IsNotFound()) HAMLET_RETURN_IF_ERROR(FromRocks(got, "reading a report tally"));
-    const int64_t current = value.size() == 8 ? static_cast<int64_t>(GetBigEndian64(value)) : 0;
-    batch.Put(tallies_, bytes, SeqKey(static_cast<uint64_t>(current + n)));
+    if (!value.empty() && value.size() != 8) return absl::DataLossError("a stored report tally is damaged");
+    const int64_t count = (value.empty() ? 0 : static_cast<int64_t>(GetBigEndian64(value))) + n;
+    // A count back at zero is no count: its key goes.
+    if (count == 0) {
+      batch.Delete(tallies_, bytes);
+    } else {
+      batch.Put(tallies_, bytes, SeqKey(static_cast<uint64_t>(count)));
+    }
   }
   for (const RecordWrite& write : commit.records) {
     if (write.state.conflicts_size() > 0) {
