@@ -132,7 +132,70 @@ grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
     }
   }
   *response->mutable_start_time() = TimeUtil::MillisecondsToTimestamp(start_ms_);
-  response->set_town_code(town_->options().town_code);
+  response->set_town_code(town_->options().unit_code);
+  *response->mutable_replication() = ReplicationStatus();
+  return grpc::Status::OK;
+}
+
+hamlet::v1::ReplicationStatus AdminServiceImpl::ReplicationStatus() const {
+  if (replicator_ != nullptr) return replicator_->Status();
+  hamlet::v1::ReplicationStatus status;
+  status.set_state(hamlet::v1::REPLICATION_STATE_OFF);
+  status.set_last_seq(town_->store().last_seq());
+  return status;
+}
+
+grpc::Status AdminServiceImpl::GetReplicationStatus(grpc::ServerContext* context,
+                                                    const hamlet::v1::GetReplicationStatusRequest* /*request*/,
+                                                    hamlet::v1::GetReplicationStatusResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "GetReplicationStatus");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  *response->mutable_status() = ReplicationStatus();
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::PauseReplication(grpc::ServerContext* context,
+                                                const hamlet::v1::PauseReplicationRequest* request,
+                                                hamlet::v1::PauseReplicationResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "PauseReplication");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  if (request->reason().empty()) {
+    return ToGrpc(absl::InvalidArgumentError("reason is required (it goes to the audit log)"), context);
+  }
+  if (replicator_ == nullptr) {
+    return ToGrpc(absl::FailedPreconditionError("this server has no upstream (start it with --upstream)"), context);
+  }
+  absl::Status paused = replicator_->Pause();
+  if (paused.ok()) {
+    paused = town_->mutable_store()
+                 .AppendAudit(AuditOf(*admin, "pause_replication", replicator_->Status().upstream(),
+                                      request->reason(), absl::ToUnixMillis(absl::Now())))
+                 .status();
+  }
+  if (!paused.ok()) return ToGrpc(paused, context);
+  LogLine(absl::StrCat("replication paused: ", request->reason()));
+  *response->mutable_status() = ReplicationStatus();
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ResumeReplication(grpc::ServerContext* context,
+                                                 const hamlet::v1::ResumeReplicationRequest* /*request*/,
+                                                 hamlet::v1::ResumeReplicationResponse* response) {
+  absl::StatusOr<Caller> admin = AdminOf(context, "ResumeReplication");
+  if (!admin.ok()) return ToGrpc(admin.status(), context);
+  if (replicator_ == nullptr) {
+    return ToGrpc(absl::FailedPreconditionError("this server has no upstream (start it with --upstream)"), context);
+  }
+  absl::Status resumed = replicator_->Resume();
+  if (resumed.ok()) {
+    resumed = town_->mutable_store()
+                  .AppendAudit(AuditOf(*admin, "resume_replication", replicator_->Status().upstream(), "",
+                                       absl::ToUnixMillis(absl::Now())))
+                  .status();
+  }
+  if (!resumed.ok()) return ToGrpc(resumed, context);
+  LogLine("replication resumed");
+  *response->mutable_status() = ReplicationStatus();
   return grpc::Status::OK;
 }
 

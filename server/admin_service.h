@@ -3,6 +3,7 @@
 
 #include "hamlet/v1/admin.grpc.pb.h"
 #include "server/devices.h"
+#include "server/replicator.h"
 #include "server/town.h"
 
 namespace hamlet::server {
@@ -12,9 +13,10 @@ namespace hamlet::server {
 // server's log.
 class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
  public:
-  // All must outlive the service.
-  AdminServiceImpl(Town* town, DeviceRegistry* devices, int64_t start_ms)
-      : town_(town), devices_(devices), start_ms_(start_ms) {}
+  // All must outlive the service. `replicator` is null for a server without
+  // an upstream.
+  AdminServiceImpl(Town* town, DeviceRegistry* devices, Replicator* replicator, int64_t start_ms)
+      : town_(town), devices_(devices), replicator_(replicator), start_ms_(start_ms) {}
 
   grpc::Status EnrollDevice(grpc::ServerContext* context, const hamlet::v1::EnrollDeviceRequest* request,
                             hamlet::v1::EnrollDeviceResponse* response) override;
@@ -35,13 +37,24 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
                          hamlet::v1::GetReportResponse* response) override;
   grpc::Status CreateBackup(grpc::ServerContext* context, const hamlet::v1::CreateBackupRequest* request,
                             grpc::ServerWriter<hamlet::v1::CreateBackupResponse>* writer) override;
+  grpc::Status GetReplicationStatus(grpc::ServerContext* context,
+                                    const hamlet::v1::GetReplicationStatusRequest* request,
+                                    hamlet::v1::GetReplicationStatusResponse* response) override;
+  grpc::Status PauseReplication(grpc::ServerContext* context, const hamlet::v1::PauseReplicationRequest* request,
+                                hamlet::v1::PauseReplicationResponse* response) override;
+  grpc::Status ResumeReplication(grpc::ServerContext* context, const hamlet::v1::ResumeReplicationRequest* request,
+                                 hamlet::v1::ResumeReplicationResponse* response) override;
 
  private:
   // The admin behind the call; UNAUTHENTICATED or PERMISSION_DENIED otherwise.
   absl::StatusOr<Caller> AdminOf(grpc::ServerContext* context, absl::string_view action) const;
 
   Town* const town_;
+  // Where replication stands; REPLICATION_STATE_OFF without a replicator.
+  hamlet::v1::ReplicationStatus ReplicationStatus() const;
+
   DeviceRegistry* const devices_;
+  Replicator* const replicator_;
   const int64_t start_ms_;
 };
 

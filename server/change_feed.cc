@@ -4,9 +4,37 @@
 
 namespace hamlet::server {
 
+namespace {
+constexpr size_t kRememberedCommits = 4096;
+}  // namespace
+
 void ChangeFeed::Publish(uint64_t seq) {
+  const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
-  last_seq_ = std::max(last_seq_, seq);
+  if (seq <= last_seq_) return;
+  last_seq_ = seq;
+  if (commits_.size() >= kRememberedCommits) {
+    // Keep every other commit: a dropped commit's time is then read from the
+    // remembered one before it, which is earlier, so a lag is never understated.
+    std::deque<std::pair<uint64_t, absl::Time>> kept;
+    for (size_t i = 0; i < commits_.size(); i += 2) kept.push_back(commits_[i]);
+    commits_.swap(kept);
+    thinned_ = true;
+  }
+  commits_.emplace_back(seq, now);
+}
+
+absl::Time ChangeFeed::FirstCommitAfter(uint64_t seq) const {
+  absl::MutexLock lock(&mu_);
+  if (seq >= last_seq_) return absl::InfiniteFuture();
+  if (seq < first_seq_) return start_;
+  // The commit holding seq + 1 is the first remembered one at or above it,
+  // or (if thinned away) lies after the remembered one before that.
+  auto it = std::lower_bound(commits_.begin(), commits_.end(), seq + 1,
+                             [](const auto& commit, uint64_t s) { return commit.first < s; });
+  if (it == commits_.end()) return start_;
+  if (!thinned_ || it == commits_.begin()) return it->second;
+  return std::prev(it)->second;
 }
 
 uint64_t ChangeFeed::WaitAbove(uint64_t seen, absl::Duration timeout) {

@@ -2,6 +2,8 @@
 #define HAMLET_SERVER_CHANGE_FEED_H_
 
 #include <cstdint>
+#include <deque>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -9,13 +11,20 @@
 
 namespace hamlet::server {
 
-// Tells Watch streams that the store's last sequence number moved. Thread-safe.
+// Tells Watch streams (and the replicator) that the store's last sequence
+// number moved, and remembers roughly when each commit happened. Thread-safe.
 class ChangeFeed {
  public:
-  explicit ChangeFeed(uint64_t last_seq) : last_seq_(last_seq) {}
+  explicit ChangeFeed(uint64_t last_seq) : last_seq_(last_seq), start_(absl::Now()) {}
 
   // A commit reached `seq`.
   void Publish(uint64_t seq);
+
+  // When the first commit after `seq` happened: exact while fewer than 4096
+  // commits are remembered, coarser (never later) beyond; the time the feed
+  // was created for commits from before it. InfiniteFuture if nothing was
+  // committed after `seq`.
+  absl::Time FirstCommitAfter(uint64_t seq) const;
 
   // Blocks until the last sequence number is above `seen`, the feed is closed,
   // or `timeout` passes. Returns the last sequence number.
@@ -29,6 +38,11 @@ class ChangeFeed {
   mutable absl::Mutex mu_;
   uint64_t last_seq_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  const uint64_t first_seq_ = last_seq_;
+  const absl::Time start_;
+  // (seq, time) of commits in seq order; thinned to every other entry when full.
+  std::deque<std::pair<uint64_t, absl::Time>> commits_ ABSL_GUARDED_BY(mu_);
+  bool thinned_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace hamlet::server

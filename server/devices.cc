@@ -192,7 +192,7 @@ std::vector<hamlet::v1::Device> DeviceRegistry::List() const {
 }
 
 absl::StatusOr<std::string> DeviceRegistry::EnsureAdminToken(const std::string& token_file,
-                                                             const std::string& town_code) {
+                                                             const std::string& unit_code) {
   std::ifstream in(token_file);
   std::string token;
   std::getline(in, token);
@@ -203,7 +203,7 @@ absl::StatusOr<std::string> DeviceRegistry::EnsureAdminToken(const std::string& 
   hamlet::v1::EnrollDeviceRequest request;
   request.set_person_id("admin");
   request.set_role(hamlet::v1::ROLE_ADMIN);
-  request.set_unit_code(town_code);
+  request.set_unit_code(unit_code);
   request.mutable_ttl()->set_seconds(int64_t{10} * 365 * 24 * 3600);
   Caller server;
   server.principal.person_id = "hamletd";

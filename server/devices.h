@@ -60,7 +60,7 @@ class DeviceRegistry {
   // Makes sure an admin can reach the server: if `token_file` does not hold
   // a valid admin token, enrols a new admin device for the town and writes its
   // token there (mode 0600). Returns the token.
-  absl::StatusOr<std::string> EnsureAdminToken(const std::string& token_file, const std::string& town_code);
+  absl::StatusOr<std::string> EnsureAdminToken(const std::string& token_file, const std::string& unit_code);
 
  private:
   DeviceRegistry(storage::TownStore* store, const sync::PhysicalClock* clock) : store_(store), clock_(clock) {}

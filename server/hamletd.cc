@@ -1,4 +1,4 @@
-// hamletd: the Hamlet town server. main() only turns flags into options, opens
+// hamletd: the Hamlet server, town or province. main() only turns flags into options, opens
 // the store and runs the gRPC server until SIGTERM or SIGINT.
 
 #include <algorithm>
@@ -21,11 +21,14 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.pb.h"
 #include "server/admin_service.h"
 #include "server/devices.h"
 #include "server/log.h"
+#include "server/metrics.h"
+#include "server/replicator.h"
 #include "server/sync_service.h"
 #include "server/town.h"
 #include "storage/sealing.h"
@@ -48,7 +51,30 @@ ABSL_FLAG(std::string, tls_client_ca_file, "",
 ABSL_FLAG(std::string, admin_token_file, "",
           "File holding the admin token (default: <data_dir>/admin.token). Created with a new admin enrolment if it "
           "holds no valid token.");
-ABSL_FLAG(std::string, town_code, "206", "Admin unit code of the town this server serves.");
+ABSL_FLAG(std::string, tier, "town",
+          "town: serves the phones of one town and may replicate up (--upstream). province: receives what its "
+          "towns replicate and owns the admin units they take down.");
+ABSL_FLAG(std::string, town_code, "206", "Admin unit code of the town this server serves (--tier=town).");
+ABSL_FLAG(std::string, province_code, "22", "Admin unit code of the province this server serves (--tier=province).");
+ABSL_FLAG(std::string, upstream, "",
+          "host:port of the province server to replicate to (its device listener). Empty: no replication.");
+ABSL_FLAG(std::string, upstream_token_file, "",
+          "File holding this server's token at the upstream: an enrolment there as ROLE_REPLICATION_NODE for this "
+          "town, with this server's id (printed at start) as device id.");
+ABSL_FLAG(std::string, upstream_ca_file, "",
+          "PEM CA that signed the upstream's certificate; with it the upstream is reached over TLS.");
+ABSL_FLAG(std::string, upstream_cert_file, "",
+          "PEM client certificate for the upstream (mTLS), with --upstream_key_file and --upstream_ca_file.");
+ABSL_FLAG(std::string, upstream_key_file, "", "PEM private key for --upstream_cert_file.");
+ABSL_FLAG(absl::Duration, replication_poll, absl::Seconds(5),
+          "How often admin units are pulled from the upstream, and the longest wait between replication attempts "
+          "after a failure is six times this.");
+ABSL_FLAG(absl::Duration, replication_lag_alarm, absl::Minutes(10),
+          "Health service \"hamlet.replication\" reports NOT_SERVING while a change has waited longer than this "
+          "to reach the upstream, or replication is paused or failing.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:7422",
+          "Address of the Prometheus metrics endpoint (GET /metrics, plain HTTP). Keep it on loopback or behind "
+          "a firewall; empty turns it off. Port 0 picks a free port.");
 ABSL_FLAG(std::string, sealed_key_file, "",
           "File with the 256-bit key that seals informant identities at rest (32 raw bytes or 64 hex digits, e.g. "
           "from `openssl rand -hex 32 > key`). Without it the server refuses sealed records.");
@@ -67,8 +93,8 @@ ABSL_FLAG(absl::Duration, max_clock_skew, absl::Minutes(5),
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM, how long in-flight calls may take to finish before they are cancelled.");
 ABSL_FLAG(std::string, ready_file, "",
-          "If set, once the server is ready this file gets two lines: the device address and the admin address "
-          "actually listened on.");
+          "If set, once the server is ready this file gets three lines: the device address, the admin address and "
+          "the metrics address actually listened on (the last empty without metrics).");
 
 namespace {
 
@@ -128,6 +154,37 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> DeviceCredentials() {
   return grpc::SslServerCredentials(options);
 }
 
+absl::StatusOr<hamlet::server::ReplicatorOptions> ReplicationOptions(const std::string& upstream) {
+  hamlet::server::ReplicatorOptions options;
+  options.upstream = upstream;
+  const std::string token_file = absl::GetFlag(FLAGS_upstream_token_file);
+  if (token_file.empty()) return absl::InvalidArgumentError("--upstream needs --upstream_token_file");
+  std::getline(std::ifstream(token_file), options.token);
+  if (options.token.empty()) return absl::FailedPreconditionError(absl::StrCat("no token in ", token_file));
+  if (const std::string ca_file = absl::GetFlag(FLAGS_upstream_ca_file); !ca_file.empty()) {
+    grpc::SslCredentialsOptions tls;
+    auto ca = ReadPem(ca_file, "upstream CA");
+    if (!ca.ok()) return ca.status();
+    tls.pem_root_certs = *ca;
+    const std::string cert_file = absl::GetFlag(FLAGS_upstream_cert_file);
+    if (!cert_file.empty()) {
+      auto cert = ReadPem(cert_file, "client certificate");
+      if (!cert.ok()) return cert.status();
+      auto key = ReadPem(absl::GetFlag(FLAGS_upstream_key_file), "client key");
+      if (!key.ok()) return key.status();
+      tls.pem_cert_chain = *cert;
+      tls.pem_private_key = *key;
+    }
+    options.credentials = grpc::SslCredentials(tls);
+  } else if (!absl::GetFlag(FLAGS_upstream_cert_file).empty()) {
+    return absl::InvalidArgumentError("--upstream_cert_file needs --upstream_ca_file");
+  }
+  options.poll_interval = absl::GetFlag(FLAGS_replication_poll);
+  options.max_backoff = options.poll_interval * 6;
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  return options;
+}
+
 int Run() {
   hamlet::storage::TownStoreOptions store_options;
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
@@ -184,7 +241,14 @@ int Run() {
     LogLine(absl::StrCat("resealed ", *resealed, " records under the current key"));
   }
   hamlet::server::TownOptions town_options;
-  town_options.town_code = absl::GetFlag(FLAGS_town_code);
+  const std::string tier = absl::GetFlag(FLAGS_tier);
+  if (tier != "town" && tier != "province") {
+    LogLine(absl::StrCat("--tier must be town or province, not \"", tier, "\""));
+    return 1;
+  }
+  town_options.tier = tier == "province" ? hamlet::server::Tier::kProvince : hamlet::server::Tier::kTown;
+  town_options.unit_code =
+      tier == "province" ? absl::GetFlag(FLAGS_province_code) : absl::GetFlag(FLAGS_town_code);
   town_options.max_clock_skew = absl::GetFlag(FLAGS_max_clock_skew);
   town_options.max_batch_records = absl::GetFlag(FLAGS_max_batch_records);
   town_options.max_page_bytes = std::min(town_options.max_page_bytes, absl::GetFlag(FLAGS_max_message_bytes) / 2);
@@ -204,7 +268,7 @@ int Run() {
   if (token_file.empty()) token_file = data_dir + "/admin.token";
   std::string previous_token;
   std::getline(std::ifstream(token_file), previous_token);
-  absl::StatusOr<std::string> admin_token = (*devices)->EnsureAdminToken(token_file, town_options.town_code);
+  absl::StatusOr<std::string> admin_token = (*devices)->EnsureAdminToken(token_file, town_options.unit_code);
   if (!admin_token.ok()) {
     LogLine(absl::StrCat("cannot set up the admin token: ", admin_token.status().ToString()));
     return 1;
@@ -215,8 +279,33 @@ int Run() {
   (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::EnableDefaultHealthCheckService(true);
 
+  std::unique_ptr<hamlet::server::Replicator> replicator;
+  if (const std::string upstream = absl::GetFlag(FLAGS_upstream); !upstream.empty()) {
+    absl::StatusOr<hamlet::server::ReplicatorOptions> options = ReplicationOptions(upstream);
+    absl::StatusOr<std::unique_ptr<hamlet::server::Replicator>> started =
+        options.ok() ? hamlet::server::Replicator::Start(town->get(), *std::move(options))
+                     : absl::StatusOr<std::unique_ptr<hamlet::server::Replicator>>(options.status());
+    if (!started.ok()) {
+      LogLine(absl::StrCat("cannot replicate to ", upstream, ": ", started.status().ToString()));
+      return 1;
+    }
+    replicator = std::move(*started);
+  }
+
+  hamlet::server::Metrics metrics;
+  std::unique_ptr<hamlet::server::MetricsEndpoint> metrics_endpoint;
+  if (const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen); !metrics_listen.empty()) {
+    auto endpoint = hamlet::server::MetricsEndpoint::Start(
+        metrics_listen, [&metrics, &town, &replicator] { return metrics.Render(**town, replicator.get()); });
+    if (!endpoint.ok()) {
+      LogLine(endpoint.status().ToString());
+      return 1;
+    }
+    metrics_endpoint = std::move(*endpoint);
+  }
+
   // The device listener: sync and health, no reflection.
-  hamlet::server::SyncServiceImpl sync_service(town->get(), devices->get());
+  hamlet::server::SyncServiceImpl sync_service(town->get(), devices->get(), &metrics);
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
@@ -240,7 +329,7 @@ int Run() {
 
   // The admin listener: admin service, health and reflection.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  hamlet::server::AdminServiceImpl admin_service(town->get(), devices->get(),
+  hamlet::server::AdminServiceImpl admin_service(town->get(), devices->get(), replicator.get(),
                                                  hamlet::sync::SystemClock::Get()->NowMs());
   grpc::ServerBuilder admin_builder;
   int admin_port = 0;
@@ -257,18 +346,22 @@ int Run() {
 
   const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
   const std::string admin_address = absl::StrCat(admin_listen.substr(0, admin_listen.rfind(':')), ":", admin_port);
-  LogLine(absl::StrCat("town ", town_options.town_code, " serving devices on ", address, ", admin on ",
-                       admin_address, "; data in ", data_dir, " (server id ", (*town)->store().server_id(),
-                       ", epoch ", (*town)->store().epoch(), ", last seq ", (*town)->store().last_seq(), ")"));
+  const std::string metrics_address = metrics_endpoint ? metrics_endpoint->address() : "";
+  LogLine(absl::StrCat(tier, " ", town_options.unit_code, " serving devices on ", address, ", admin on ",
+                       admin_address, metrics_address.empty() ? "" : ", metrics on ", metrics_address, "; data in ",
+                       data_dir, " (server id ", (*town)->store().server_id(), ", epoch ", (*town)->store().epoch(),
+                       ", last seq ", (*town)->store().last_seq(), ")"));
   std::printf(
-      "hamletd is serving town %s\n"
+      "hamletd is serving %s %s\n"
       "  devices connect to  %s\n"
       "  admin service at    %s (with reflection)\n"
+      "  metrics at          %s\n"
       "  admin token         %s\n"
       "  try:  tools/hamlet-admin --server=%s stats\n"
       "   or:  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $(cat %s)\" \\\n"
       "          http://%s/hamlet.v1.AdminService/GetServerStats\n",
-      town_options.town_code.c_str(), address.c_str(), admin_address.c_str(),
+      tier.c_str(), town_options.unit_code.c_str(), address.c_str(), admin_address.c_str(),
+      metrics_address.empty() ? "off" : absl::StrCat("http://", metrics_address, "/metrics").c_str(),
       (*admin_token == previous_token ? absl::StrCat("in ", token_file)
                                       : absl::StrCat(*admin_token, "  (new; kept in ", token_file, ")"))
           .c_str(),
@@ -281,12 +374,23 @@ int Run() {
   std::fflush(stdout);
   if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
     // Written whole, then renamed, so a reader never sees half of it.
-    std::ofstream(ready + ".tmp") << address << "\n" << admin_address << "\n";
+    std::ofstream(ready + ".tmp") << address << "\n" << admin_address << "\n" << metrics_address << "\n";
     std::rename((ready + ".tmp").c_str(), ready.c_str());
   }
 
+  // Replication health, for load balancers and monitors that speak gRPC health.
+  constexpr char kReplicationHealth[] = "hamlet.replication";
+  absl::Notification stopping;
+  std::thread health([&] {
+    do {
+      const bool healthy = replicator == nullptr || replicator->Healthy(absl::GetFlag(FLAGS_replication_lag_alarm));
+      admin_server->GetHealthCheckService()->SetServingStatus(kReplicationHealth, healthy);
+      server->GetHealthCheckService()->SetServingStatus(kReplicationHealth, healthy);
+    } while (!stopping.WaitForNotificationWithTimeout(absl::Seconds(1)));
+  });
+
   // SIGTERM and SIGINT are blocked in every thread (see main) and taken here.
-  std::thread stopper([&server, &admin_server, &town] {
+  std::thread stopper([&server, &admin_server, &town, &stopping] {
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
@@ -296,6 +400,7 @@ int Run() {
     LogLine(absl::StrCat("received ", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                          "; finishing in-flight calls, then closing the database"));
     (*town)->feed().Close();
+    stopping.Notify();
     const auto deadline =
         std::chrono::system_clock::now() + absl::ToChronoMilliseconds(absl::GetFlag(FLAGS_shutdown_grace));
     admin_server->Shutdown(deadline);
@@ -304,8 +409,11 @@ int Run() {
   server->Wait();
   admin_server->Wait();
   stopper.join();
+  health.join();
   server.reset();
   admin_server.reset();
+  metrics_endpoint.reset();
+  replicator.reset();  // Ends after its call in flight, if any.
   devices->reset();
   const uint64_t last_seq = (*town)->store().last_seq();
   town->reset();  // Closes RocksDB.
@@ -317,7 +425,8 @@ int Run() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Hamlet town server: phones push and pull records over gRPC; data in RocksDB.\n"
+      "Hamlet server (a town, or with --tier=province a province): phones push and pull records over gRPC;\n"
+      "towns replicate up to their province (--upstream). Data in RocksDB.\n"
       "Usage: hamletd [--listen=127.0.0.1:7420] [--data_dir=./data] [flags]\n"
       "With no flags it serves town 206 on loopback with its data in ./data.");
   absl::ParseCommandLine(argc, argv);

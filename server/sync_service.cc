@@ -31,8 +31,13 @@ grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v
   absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
   absl::StatusOr<hamlet::v1::PushResponse> result =
       caller.ok() ? town_->Push(*request, *caller) : absl::StatusOr<hamlet::v1::PushResponse>(caller.status());
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  if (result.ok()) *response = std::move(*result);
+  const auto took = std::chrono::steady_clock::now() - start;
+  const double ms = std::chrono::duration<double, std::milli>(took).count();
+  metrics_->CountCall("Push", static_cast<grpc::StatusCode>(result.status().code()), absl::FromChrono(took));
+  if (result.ok()) {
+    *response = std::move(*result);
+    metrics_->CountRecordsApplied(response->applied_records());
+  }
   LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s",
                           request->device_id(), request->batch_id(), context->peer(), request->changes_size(),
                           result.ok() ? response->applied_records() : 0, result.ok() ? response->server_seq() : 0,
@@ -43,9 +48,12 @@ grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v
 
 grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v1::PullRequest* request,
                                    hamlet::v1::PullResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
   absl::StatusOr<hamlet::v1::PullResponse> result =
       caller.ok() ? town_->Pull(*request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
+  metrics_->CountCall("Pull", static_cast<grpc::StatusCode>(result.status().code()),
+                      absl::FromChrono(std::chrono::steady_clock::now() - start));
   if (!result.ok()) {
     LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request->device_id(),
                             request->scope_unit_code(), absl::StatusCodeToString(result.status().code()),
@@ -53,6 +61,7 @@ grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v
     return ToGrpc(result.status(), context);
   }
   *response = std::move(*result);
+  metrics_->CountRecordsPulled(static_cast<uint64_t>(response->records_size()));
   return grpc::Status::OK;
 }
 
@@ -63,6 +72,11 @@ grpc::Status SyncServiceImpl::Watch(grpc::ServerContext* context, const hamlet::
   absl::StatusOr<Town::WatchStart> start = town_->StartWatch(*request, *caller);
   if (!start.ok()) return ToGrpc(start.status(), context);
   uint64_t seen = start->seq;
+  metrics_->WatchOpened();
+  struct Closed {
+    Metrics* metrics;
+    ~Closed() { metrics->WatchClosed(); }
+  } closed{metrics_};
   // Wake at least once a second to notice a cancelled call, a shutdown or a
   // revoked token.
   while (!context->IsCancelled() && !town_->feed().closed()) {
@@ -85,10 +99,13 @@ grpc::Status SyncServiceImpl::Watch(grpc::ServerContext* context, const hamlet::
 grpc::Status SyncServiceImpl::ResolveConflict(grpc::ServerContext* context,
                                               const hamlet::v1::ResolveConflictRequest* request,
                                               hamlet::v1::ResolveConflictResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
   absl::StatusOr<hamlet::v1::ResolveConflictResponse> result =
       caller.ok() ? town_->ResolveConflict(*request, *caller)
                   : absl::StatusOr<hamlet::v1::ResolveConflictResponse>(caller.status());
+  metrics_->CountCall("ResolveConflict", static_cast<grpc::StatusCode>(result.status().code()),
+                      absl::FromChrono(std::chrono::steady_clock::now() - start));
   LogLine(absl::StrFormat("resolve device=%s request=%s record=%s field=%d resolver=%s result=%s%s%s",
                           request->device_id(), request->request_id(), request->record_id(), request->field(),
                           request->resolver(), absl::StatusCodeToString(result.status().code()),

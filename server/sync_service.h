@@ -3,6 +3,7 @@
 
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "server/devices.h"
+#include "server/metrics.h"
 #include "server/town.h"
 
 namespace hamlet::server {
@@ -12,8 +13,9 @@ namespace hamlet::server {
 // payloads of server/town.h as trailing metadata), and logs one line per push.
 class SyncServiceImpl final : public hamlet::v1::SyncService::Service {
  public:
-  // `town` and `devices` must outlive the service.
-  SyncServiceImpl(Town* town, const DeviceRegistry* devices) : town_(town), devices_(devices) {}
+  // `town`, `devices` and `metrics` must outlive the service.
+  SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics)
+      : town_(town), devices_(devices), metrics_(metrics) {}
 
   grpc::Status Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
                     hamlet::v1::PushResponse* response) override;
@@ -27,6 +29,7 @@ class SyncServiceImpl final : public hamlet::v1::SyncService::Service {
  private:
   Town* const town_;
   const DeviceRegistry* const devices_;
+  Metrics* const metrics_;
 };
 
 // absl::Status -> grpc::Status; copies the status's payloads into `context`'s

@@ -3,6 +3,7 @@
 #include <map>
 #include <set>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -49,6 +50,19 @@ std::string ContentHash(const hamlet::v1::PushRequest& request) {
 // unit gives it the same id: SHA-256 of the name, shaped as a version-8 UUID.
 std::string NameUuid(absl::string_view name) { return sync::FormatUuid(Sha256(name), 8); }
 
+// The scope of PullRequest.reference_only; not a unit code.
+constexpr char kReferenceScope[] = "*reference";
+
+// Every server seeds the reference admin units as the same records, stamps
+// included (2000-01-01, node "hamlet-reference"), so a town and its province
+// start out agreeing and any later edit by the province wins.
+constexpr int64_t kReferenceStampMs = 946684800000;
+constexpr char kReferenceNode[] = "hamlet-reference";
+
+hamlet::v1::UnitLevel ServedLevel(Tier tier) {
+  return tier == Tier::kProvince ? hamlet::v1::UNIT_LEVEL_PROVINCE : hamlet::v1::UNIT_LEVEL_DISTRICT;
+}
+
 }  // namespace
 
 Town::Town(std::unique_ptr<storage::TownStore> store, const sync::PhysicalClock* clock, const TownOptions& options)
@@ -70,20 +84,23 @@ absl::StatusOr<std::unique_ptr<Town>> Town::Create(std::unique_ptr<storage::Town
   }
   if (!seeded) {
     bool known = false;
-    for (const auto& unit : sync::QuangYenUnits()) {
-      known = known || (unit.code() == options.town_code && unit.level() == hamlet::v1::UNIT_LEVEL_DISTRICT);
+    for (const auto& unit : sync::ReferenceUnits()) {
+      known = known || (unit.code() == options.unit_code && unit.level() == ServedLevel(options.tier));
     }
     if (!known) {
-      return absl::FailedPreconditionError(absl::StrCat("--town_code=", options.town_code,
-                                                        " is not a district-level unit of the reference admin units this server seeds"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(options.unit_code, " is not a ",
+                       options.tier == Tier::kProvince ? "province" : "district-level unit (town)",
+                       " of the reference admin units this server seeds"));
     }
     HAMLET_RETURN_IF_ERROR(town->SeedUnits());
   }
   absl::MutexLock lock(&town->units_mu_);
-  const hamlet::v1::AdminUnit* unit = town->units_.Find(options.town_code);
-  if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_DISTRICT) {
+  const hamlet::v1::AdminUnit* unit = town->units_.Find(options.unit_code);
+  if (unit == nullptr || unit->level() != ServedLevel(options.tier)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "--town_code=", options.town_code, " is not a district-level unit in this server's admin units"));
+        options.unit_code, " is not a ", options.tier == Tier::kProvince ? "province" : "district-level unit (town)",
+        " in this server's admin units"));
   }
   return town;
 }
@@ -109,20 +126,21 @@ absl::Status Town::SeedUnits() {
   storage::PushCommit commit;
   commit.device_id = store_->server_id();
   commit.batch_id = "seed-admin-units";
-  const auto now = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
   absl::MutexLock lock(&units_mu_);
-  for (const hamlet::v1::AdminUnit& unit : sync::QuangYenUnits()) {
+  for (const hamlet::v1::AdminUnit& unit : sync::ReferenceUnits()) {
     units_.Put(unit);
     Record record;
     record.set_id(NameUuid(absl::StrCat("hamlet:admin-unit:", unit.code())));
-    record.set_unit_code(options_.town_code);
+    record.set_unit_code(sync::kReferenceProvinceCode);
     record.set_author("hamletd");
-    *record.mutable_create_time() = now;
+    *record.mutable_create_time() = TimeUtil::MillisecondsToTimestamp(kReferenceStampMs);
     record.set_sensitivity(hamlet::v1::SENSITIVITY_NORMAL);
     *record.mutable_admin_unit() = unit;
     std::vector<const google::protobuf::FieldDescriptor*> fields;
     unit.GetReflection()->ListFields(unit, &fields);
-    const hamlet::v1::Stamp stamp = clock_.Now();
+    hamlet::v1::Stamp stamp;
+    stamp.set_physical_ms(kReferenceStampMs);
+    stamp.set_node(kReferenceNode);
     for (const auto* field : fields) sync::SetFieldStamp(&record, field->number(), stamp);
     commit.records.push_back({std::move(record), "", 0, Record()});
   }
@@ -147,7 +165,7 @@ absl::Status Town::ValidatePushedChange(const Record& change, sync::ChangeOrigin
 }
 
 absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>& changes, const Caller& caller,
-                                                WriteCheck check) {
+                                                WriteCheck check, LifecycleCheck lifecycle) {
   // Each change is checked and merged into its record's state as left by the
   // changes before it in the batch.
   std::map<std::string, storage::RecordWrite> writes;
@@ -183,9 +201,10 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
       const bool stored_before = it->second.previous_seq != 0;
       HAMLET_RETURN_IF_ERROR(CheckWritable(*change, stored_before ? &state : nullptr, caller));
     }
-    HAMLET_RETURN_IF_ERROR(
-        sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.principal.role),
-                                  sync::Vantage::kServer));
+    if (lifecycle == LifecycleCheck::kMoves) {
+      HAMLET_RETURN_IF_ERROR(sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.principal.role),
+                                                       sync::Vantage::kServer));
+    }
     if (sync::MergeRecord(*change, &state)) changed.insert(change->id());
     for (const auto& fs : change->field_stamps()) clock_.Observe(fs.stamp());
     if (change->deleted()) clock_.Observe(change->deleted_stamp());
@@ -255,8 +274,15 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
                                                    " records; this one has ", request.changes_size(),
                                                    ". Split it into several batches"));
   }
+  // A lower-tier server sends merged states with their original stamps; it
+  // held them to the lifecycle rules when its devices pushed them, so they
+  // are merged as they are. The clock-skew limit still holds: a stamp ahead
+  // of this clock is refused until this clock catches up, and the replicator
+  // retries until then.
+  const bool replica = caller.principal.role == hamlet::v1::ROLE_REPLICATION_NODE;
   for (const Record& change : request.changes()) {
-    HAMLET_RETURN_IF_ERROR(ValidatePushedChange(change, sync::ChangeOrigin::kDevice));
+    HAMLET_RETURN_IF_ERROR(
+        ValidatePushedChange(change, replica ? sync::ChangeOrigin::kReplica : sync::ChangeOrigin::kDevice));
   }
   const int64_t now_ms = clock_.physical().NowMs();
   const int64_t limit_ms = now_ms + absl::ToInt64Milliseconds(options_.max_clock_skew);
@@ -287,7 +313,8 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   }
   std::vector<const Record*> changes;
   for (const Record& change : request.changes()) changes.push_back(&change);
-  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller, WriteCheck::kPerRecord));
+  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller, WriteCheck::kPerRecord,
+                                                      replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves));
   hamlet::v1::PushResponse response;
   response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
   HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.batch_id(),
@@ -300,6 +327,30 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
                                       })
                              .status());
   return response;
+}
+
+absl::StatusOr<size_t> Town::ApplyUpstreamUnits(const std::vector<Record>& records) {
+  std::vector<const Record*> units;
+  for (const Record& record : records) {
+    if (!record.has_admin_unit()) continue;
+    HAMLET_RETURN_IF_ERROR(ValidatePushedChange(record, sync::ChangeOrigin::kReplica));
+    units.push_back(&record);
+  }
+  if (units.empty()) return 0;
+  Caller upstream;
+  upstream.device_id = store_->server_id();
+  upstream.principal.role = hamlet::v1::ROLE_REPLICATION_NODE;
+  upstream.peer = "upstream";
+  absl::BitGen gen;
+  absl::MutexLock push_lock(&push_mu_);
+  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(units, upstream, WriteCheck::kAuthorityCheckedByCaller,
+                                                      LifecycleCheck::kNone));
+  const size_t changed = merged.writes.size();
+  if (changed == 0) return 0;
+  HAMLET_RETURN_IF_ERROR(CommitMerged(store_->server_id(), sync::NewUuid(gen), DeviceReport(), "", std::move(merged),
+                                      [](uint64_t) { return std::string(); })
+                             .status());
+  return changed;
 }
 
 absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
@@ -399,16 +450,25 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   return response;
 }
 
-absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_code, const Caller& caller) const {
+absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_code, bool reference_only,
+                                              const Caller& caller) const {
   absl::MutexLock lock(&units_mu_);
   std::string commune;
+  if (reference_only) {
+    // Admin units and town-level teams: records each reader's access rows
+    // filter like any other.
+    if (!scope_unit_code.empty()) {
+      return absl::InvalidArgumentError("reference_only pulls take no scope_unit_code");
+    }
+    return std::string(kReferenceScope);
+  }
   if (scope_unit_code.empty()) {
     if (!sync::SeesWholeServer(caller.principal.role)) commune = units_.CommuneOf(caller.principal.unit_code);
-  } else if (scope_unit_code != options_.town_code) {
+  } else if (scope_unit_code != options_.unit_code) {
     const hamlet::v1::AdminUnit* unit = units_.Find(scope_unit_code);
     if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_COMMUNE) {
       return absl::InvalidArgumentError(absl::StrCat("scope_unit_code \"", scope_unit_code,
-                                                     "\" is neither this server's town (", options_.town_code,
+                                                     "\" is neither this server's town (", options_.unit_code,
                                                      ") nor one of its communes"));
     }
     commune = scope_unit_code;
@@ -438,6 +498,7 @@ hamlet::v1::UnitLevel Town::UnitLevel(const std::string& code) const {
 }
 
 storage::ChangeScope Town::IndexScope(const std::string& commune) {
+  if (commune == kReferenceScope) return storage::ChangeScope::AboveCommune();
   return commune.empty() ? storage::ChangeScope::WholeServer() : storage::ChangeScope::Commune(commune);
 }
 
@@ -502,7 +563,8 @@ std::string Town::MakeCursor(const std::string& commune, uint64_t seq) const {
 
 absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullRequest& request, const Caller& caller) {
   HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
-  HAMLET_ASSIGN_OR_RETURN(std::string commune, ResolveScope(request.scope_unit_code(), caller));
+  HAMLET_ASSIGN_OR_RETURN(std::string commune,
+                          ResolveScope(request.scope_unit_code(), request.reference_only(), caller));
   HAMLET_ASSIGN_OR_RETURN(uint64_t after, CursorSeq(request.cursor(), commune));
   const int page_size = request.page_size() == 0
                             ? options_.default_page_size
@@ -543,7 +605,7 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
 
 absl::StatusOr<Town::WatchStart> Town::StartWatch(const hamlet::v1::WatchRequest& request, const Caller& caller) {
   HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
-  HAMLET_ASSIGN_OR_RETURN(std::string commune, ResolveScope(request.scope_unit_code(), caller));
+  HAMLET_ASSIGN_OR_RETURN(std::string commune, ResolveScope(request.scope_unit_code(), false, caller));
   HAMLET_ASSIGN_OR_RETURN(uint64_t seq, CursorSeq(request.cursor(), commune));
   return WatchStart{IndexScope(commune), seq};
 }

@@ -32,9 +32,16 @@ namespace hamlet::server {
 inline constexpr char kReasonKey[] = "hamlet-error-reason";
 inline constexpr char kServerTimeKey[] = "hamlet-server-time-ms";
 
+// Which tier a server is. A town serves the phones of its communes and
+// replicates up; a province receives what its towns replicate, serves its
+// officers, and owns the admin units it sends down. Both run the same code.
+enum class Tier { kTown, kProvince };
+
 struct TownOptions {
-  // Code of the town (district-level unit) this server serves. Default "206".
-  std::string town_code = "206";
+  Tier tier = Tier::kTown;
+  // Code of the unit this server serves: a district-level town, or for a
+  // province server the province. Default "206".
+  std::string unit_code = "206";
   // Stamps further ahead of the server's clock than this are refused.
   absl::Duration max_clock_skew = absl::Minutes(5);
   // Most records one push may carry.
@@ -81,6 +88,12 @@ class Town {
   // from another server or epoch).
   absl::StatusOr<hamlet::v1::PullResponse> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
 
+  // Merges admin units pulled from the upstream (the province owns them) as
+  // they are, stamps and all, and commits them. Other records are ignored.
+  // Idempotent: a state already held changes nothing. Returns how many
+  // records changed. INVALID_ARGUMENT for a malformed record.
+  absl::StatusOr<size_t> ApplyUpstreamUnits(const std::vector<hamlet::v1::Record>& records);
+
   // Checks a watch request; returns the scope and the sequence number to watch from.
   struct WatchStart {
     storage::ChangeScope scope;
@@ -107,10 +120,13 @@ class Town {
     std::vector<hamlet::v1::AuditEntry> audit;
   };
   enum class WriteCheck { kPerRecord, kAuthorityCheckedByCaller };
+  // Replicated states were held to the lifecycle rules where they were
+  // written; checking them again could only refuse what the origin accepted.
+  enum class LifecycleCheck { kMoves, kNone };
   absl::Status ValidatePushedChange(const hamlet::v1::Record& change, sync::ChangeOrigin origin) const;
   // REQUIRES: push_mu_ held.
   absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller,
-                                      WriteCheck check);
+                                      WriteCheck check, LifecycleCheck lifecycle = LifecycleCheck::kMoves);
   // PERMISSION_DENIED unless the caller may write `change` (onto `existing`,
   // or as a new record when it is null).
   absl::Status CheckWritable(const hamlet::v1::Record& change, const hamlet::v1::Record* existing,
@@ -129,9 +145,11 @@ class Town {
   absl::Status LoadUnits();
   absl::Status SeedUnits();
   // The commune a pull or watch of `scope_unit_code` reads ("" for the whole
-  // server), after checking the caller may read it. An empty scope means all
-  // the caller may see: the whole server for town-level roles, else its commune.
-  absl::StatusOr<std::string> ResolveScope(const std::string& scope_unit_code, const Caller& caller) const;
+  // server, kReferenceScope for reference data), after checking the caller may
+  // read it. An empty scope means all the caller may see: the whole server for
+  // town-level roles, else its commune.
+  absl::StatusOr<std::string> ResolveScope(const std::string& scope_unit_code, bool reference_only,
+                                           const Caller& caller) const;
   static storage::ChangeScope IndexScope(const std::string& commune);
   // Decodes and checks a cursor; 0 for an empty one.
   absl::StatusOr<uint64_t> CursorSeq(const std::string& bytes, const std::string& commune) const;

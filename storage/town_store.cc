@@ -40,6 +40,7 @@ using sync::PutBigEndian64;
 //     "last_seq"     -> be64
 //     "clock"        -> v1 Stamp
 //     "holds_sealed" -> "1" once a sealed record was written
+//     "replication"  -> v1 ReplicationState
 //   records          record_id -> v1 Record (current merged state), or for a
 //                    sealed record: 0x02 key_id:8 nonce:12 AES-256-GCM(Record) tag:16
 //                    with the record id as additional data (storage/sealing.h)
@@ -518,6 +519,30 @@ absl::StatusOr<uint64_t> TownStore::AppendAudit(hamlet::v1::AuditEntry entry) {
       FromRocks(db_->db->Put(write, audit_, SeqKey(audit_seq), EncodeValue(entry)), "writing audit log"));
   last_audit_seq_.store(audit_seq);
   return audit_seq;
+}
+
+absl::StatusOr<ReplicationState> TownStore::GetReplicationState() const {
+  ReplicationState state;
+  std::string value;
+  rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), meta_, "replication", &value);
+  if (s.IsNotFound()) return state;
+  HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading replication state"));
+  HAMLET_RETURN_IF_ERROR(DecodeValue(value, &state));
+  return state;
+}
+
+absl::Status TownStore::PutReplicationState(const ReplicationState& state) {
+  rocksdb::WriteOptions write;
+  write.sync = options_.sync_writes;
+  return FromRocks(db_->db->Put(write, meta_, "replication", EncodeValue(state)), "saving replication state");
+}
+
+absl::StatusOr<uint64_t> TownStore::CountChangesAfter(uint64_t after_seq) const {
+  uint64_t count = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), changes_));
+  for (it->Seek(SeqKey(after_seq + 1)); it->Valid(); it->Next()) ++count;
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting changes"));
+  return count;
 }
 
 absl::StatusOr<std::vector<hamlet::v1::AuditEntry>> TownStore::ListAudit(uint64_t after_seq, size_t max) const {

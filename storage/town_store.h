@@ -161,6 +161,13 @@ class TownStore {
   // Every enrolment, in device id order.
   absl::StatusOr<std::vector<Enrolment>> ListEnrolments() const;
 
+  // Replication to the upstream server: the saved state (empty if none was
+  // ever saved), and a synced save of it.
+  absl::StatusOr<ReplicationState> GetReplicationState() const;
+  absl::Status PutReplicationState(const ReplicationState& state);
+  // Records in the change index changed after `after_seq` (one key read each).
+  absl::StatusOr<uint64_t> CountChangesAfter(uint64_t after_seq) const;
+
   // Appends to the audit log (synced); returns the entry's sequence number.
   absl::StatusOr<uint64_t> AppendAudit(hamlet::v1::AuditEntry entry);
   // Up to `max` audit entries after `after_seq`, oldest first.

@@ -18,6 +18,7 @@ enum class Relation {
   kOwnUnit,          // The record's unit is the principal's unit or lies in it.
   kOwnUnitAuthored,  // kOwnUnit, and the principal wrote it.
   kReferredToPolice, // A mediation case of the own commune transferred to the police.
+  kWithinUnit,       // The record's unit lies anywhere below the principal's (a town, for its replicator).
 };
 
 struct Row {
@@ -37,7 +38,7 @@ constexpr Row kRows[] = {
     {Record::kMediationCase, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kOwnCommune, Reach::kRead},
     {Record::kMediationCase, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
     {Record::kMediationCase, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
-    {Record::kMediationCase, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    {Record::kMediationCase, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kWithinUnit, Reach::kWrite},
     // Tip: a member creates and reads their own; the leader reads the team's;
     // commune police read and write the commune's; town reads.
     {Record::kSecurityTip, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnitAuthored, Reach::kWrite},
@@ -46,7 +47,7 @@ constexpr Row kRows[] = {
     {Record::kSecurityTip, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kOwnCommune, Reach::kWrite},
     {Record::kSecurityTip, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
     {Record::kSecurityTip, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
-    {Record::kSecurityTip, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    {Record::kSecurityTip, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kWithinUnit, Reach::kWrite},
     // Informant identity: members create it and never see it again; commune
     // police read it (every read audited). Nobody else, never the province.
     {Record::kInformantIdentity, hamlet::v1::ROLE_MEMBER, Relation::kOwnUnitAuthored, Reach::kCreateOnly},
@@ -56,7 +57,7 @@ constexpr Row kRows[] = {
     {Record::kHouseholdRegistration, hamlet::v1::ROLE_TEAM_LEADER, Relation::kOwnUnit, Reach::kWrite},
     {Record::kHouseholdRegistration, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kOwnCommune, Reach::kRead},
     {Record::kHouseholdRegistration, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
-    {Record::kHouseholdRegistration, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    {Record::kHouseholdRegistration, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kWithinUnit, Reach::kWrite},
     // Teams: reference data everyone reads; leaders keep their own team,
     // commune officers their commune's, the town all.
     {Record::kTeam, hamlet::v1::ROLE_MEMBER, Relation::kAnyInServer, Reach::kRead},
@@ -68,7 +69,7 @@ constexpr Row kRows[] = {
     {Record::kTeam, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kAnyInServer, Reach::kRead},
     {Record::kTeam, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kWrite},
     {Record::kTeam, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
-    {Record::kTeam, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    {Record::kTeam, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kWithinUnit, Reach::kWrite},
     // Admin units: reference data everyone reads; admins and replication write.
     {Record::kAdminUnit, hamlet::v1::ROLE_MEMBER, Relation::kAnyInServer, Reach::kRead},
     {Record::kAdminUnit, hamlet::v1::ROLE_TEAM_LEADER, Relation::kAnyInServer, Reach::kRead},
@@ -77,7 +78,8 @@ constexpr Row kRows[] = {
     {Record::kAdminUnit, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
     {Record::kAdminUnit, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
     {Record::kAdminUnit, hamlet::v1::ROLE_ADMIN, Relation::kAnyInServer, Reach::kWrite},
-    {Record::kAdminUnit, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kWrite},
+    // A lower tier takes the admin units from the province; it never sends them up.
+    {Record::kAdminUnit, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kRead},
 };
 
 // The commune of a principal's unit; the unit itself above commune level.
@@ -101,6 +103,8 @@ bool Holds(Relation relation, const Principal& p, const Record& record, const Un
                             units.CommuneOf(record.unit_code()) == p.unit_code);
       return in_unit && (relation == Relation::kOwnUnit || record.author() == p.person_id);
     }
+    case Relation::kWithinUnit:
+      return units.IsWithin(record.unit_code(), p.unit_code);
     case Relation::kReferredToPolice:
       return Holds(Relation::kOwnCommune, p, record, units) && record.has_mediation_case() &&
              record.mediation_case().transferred_to() == hamlet::v1::TRANSFER_TARGET_COMMUNE_POLICE;
@@ -135,20 +139,23 @@ bool MayReadScope(const Principal& principal, const std::string& commune, const 
 
 namespace {
 
+// Personal data the province does not see: the parties of a mediation case
+// (names, ages, addresses) and the head of a registered household.
 void RedactBody(google::protobuf::Message* body) {
-  auto* mediation = dynamic_cast<hamlet::v1::MediationCase*>(body);
-  if (mediation == nullptr) return;
-  for (auto& party : *mediation->mutable_parties()) {
-    party.clear_name();
-    party.clear_age();
-    party.clear_address();
+  if (auto* mediation = dynamic_cast<hamlet::v1::MediationCase*>(body)) {
+    for (auto& party : *mediation->mutable_parties()) {
+      party.clear_name();
+      party.clear_age();
+      party.clear_address();
+    }
+  }
+  if (auto* household = dynamic_cast<hamlet::v1::HouseholdRegistration*>(body)) {
+    household->clear_household();
+    household->clear_head();
   }
 }
 
-}  // namespace
-
-void Redact(const Principal& principal, Record* record) {
-  if (principal.role != hamlet::v1::ROLE_PROVINCE_OFFICER) return;
+void RedactForProvince(Record* record) {
   if (auto* body = MutableRecordBody(record)) RedactBody(body);
   for (auto& conflict : *record->mutable_conflicts()) {
     for (auto& value : *conflict.mutable_values()) {
@@ -158,6 +165,21 @@ void Redact(const Principal& principal, Record* record) {
   for (auto& lost : *record->mutable_superseded()) {
     if (auto* body = MutableRecordBody(lost.mutable_value())) RedactBody(body);
   }
+}
+
+}  // namespace
+
+void Redact(const Principal& principal, Record* record) {
+  if (principal.role == hamlet::v1::ROLE_PROVINCE_OFFICER) RedactForProvince(record);
+}
+
+bool PrepareForProvince(Record* record) {
+  if (record->has_informant_identity() || record->sensitivity() == hamlet::v1::SENSITIVITY_SEALED ||
+      record->has_admin_unit()) {
+    return false;
+  }
+  RedactForProvince(record);
+  return true;
 }
 
 }  // namespace hamlet::sync

@@ -43,9 +43,17 @@ bool MayReadScope(const Principal& principal, const std::string& commune, const 
 bool SeesWholeServer(hamlet::v1::Role role);
 
 // Removes what `principal` may read of a record but not see: for the province,
-// the parties' personal data (names, ages, addresses) in the body, conflicts
-// and superseded values. REQUIRES: ReachOf(...) >= kRead.
+// the parties' personal data (names, ages, addresses) and a household's name
+// and head, in the body, conflicts and superseded values.
+// REQUIRES: ReachOf(...) >= kRead.
 void Redact(const Principal& principal, hamlet::v1::Record* record);
+
+// What of a town's record goes up to the province (DOMAIN.md): false for a
+// record that never leaves the town (informant identities and any record
+// marked SENSITIVITY_SEALED) and for admin units (the province owns them and
+// sends them down); otherwise redacts `record` as for a province officer and
+// returns true. The province thus never holds what its officers may not read.
+bool PrepareForProvince(hamlet::v1::Record* record);
 
 }  // namespace hamlet::sync
 

@@ -6,6 +6,7 @@
 namespace hamlet::sync {
 
 using hamlet::v1::AdminUnit;
+using hamlet::v1::UnitKind;
 
 void UnitDirectory::Put(const AdminUnit& unit) { units_[unit.code()] = unit; }
 
@@ -31,6 +32,17 @@ std::vector<std::string> UnitDirectory::Within(absl::string_view code) const {
   return out;
 }
 
+bool UnitDirectory::IsWithin(absl::string_view code, absl::string_view ancestor) const {
+  // Parent links form a tree; the bound guards against a cycle in bad data.
+  for (int depth = 0; depth < 8 && !code.empty(); ++depth) {
+    if (code == ancestor) return true;
+    const AdminUnit* unit = Find(code);
+    if (unit == nullptr) return false;
+    code = unit->parent_code();
+  }
+  return false;
+}
+
 std::string UnitDirectory::CommuneOf(absl::string_view code) const {
   const AdminUnit* unit = Find(code);
   if (unit == nullptr) return "";
@@ -39,59 +51,83 @@ std::string UnitDirectory::CommuneOf(absl::string_view code) const {
   return "";
 }
 
-std::vector<AdminUnit> QuangYenUnits() {
-  struct Commune {
-    const char* code;
-    const char* name;
-    bool ward;
-  };
-  static constexpr Commune kCommunes[] = {
-      {"07132", "Quảng Yên", true},  {"07135", "Đông Mai", true},   {"07138", "Minh Thành", true},
-      {"07150", "Cộng Hòa", true},   {"07159", "Tân An", true},     {"07162", "Yên Giang", true},
-      {"07165", "Nam Hòa", true},    {"07168", "Hà An", true},      {"07174", "Phong Hải", true},
-      {"07177", "Yên Hải", true},    {"07183", "Phong Cốc", true},  {"07144", "Sông Khoai", false},
-      {"07147", "Hiệp Hòa", false},  {"07153", "Tiền An", false},   {"07156", "Hoàng Tân", false},
-      {"07171", "Cẩm La", false},    {"07180", "Liên Hòa", false},  {"07186", "Liên Vị", false},
-      {"07189", "Tiền Phong", false},
-  };
+namespace {
+
+struct Commune {
+  const char* code;
+  const char* name;
+  UnitKind kind;
+};
+
+void AddTown(const AdminUnit& town, const std::vector<Commune>& communes, std::vector<AdminUnit>* units) {
+  units->push_back(town);
+  for (const Commune& c : communes) {
+    const bool ward = c.kind == hamlet::v1::UNIT_KIND_WARD;
+    AdminUnit commune;
+    commune.set_code(c.code);
+    commune.set_level(hamlet::v1::UNIT_LEVEL_COMMUNE);
+    commune.set_kind(c.kind);
+    commune.set_name(absl::StrCat(ward ? "Phường " : c.kind == hamlet::v1::UNIT_KIND_TOWNSHIP ? "Thị trấn " : "Xã ",
+                                  c.name));
+    commune.set_parent_code(town.code());
+    commune.set_valid_from(town.valid_from());
+    units->push_back(commune);
+    for (int k = 1; k <= 12; ++k) {
+      AdminUnit village;
+      village.set_code(absl::StrFormat("%s-K%02d", c.code, k));
+      village.set_level(hamlet::v1::UNIT_LEVEL_VILLAGE);
+      village.set_kind(ward ? hamlet::v1::UNIT_KIND_NEIGHBOURHOOD : hamlet::v1::UNIT_KIND_VILLAGE);
+      village.set_name(absl::StrCat("Khu ", k));
+      village.set_parent_code(c.code);
+      village.set_valid_from(town.valid_from());
+      units->push_back(village);
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<AdminUnit> ReferenceUnits() {
   std::vector<AdminUnit> units;
   AdminUnit province;
-  province.set_code("22");
+  province.set_code(kReferenceProvinceCode);
   province.set_level(hamlet::v1::UNIT_LEVEL_PROVINCE);
   province.set_kind(hamlet::v1::UNIT_KIND_PROVINCE);
   province.set_name("Quảng Ninh");
   province.set_valid_from("1963-10-30");
   units.push_back(province);
 
-  AdminUnit town;
-  town.set_code("206");
-  town.set_level(hamlet::v1::UNIT_LEVEL_DISTRICT);
-  town.set_kind(hamlet::v1::UNIT_KIND_TOWN);
-  town.set_name("Quảng Yên");
-  town.set_parent_code("22");
-  town.set_valid_from("2011-11-25");
-  units.push_back(town);
+  AdminUnit quang_yen;
+  quang_yen.set_code("206");
+  quang_yen.set_level(hamlet::v1::UNIT_LEVEL_DISTRICT);
+  quang_yen.set_kind(hamlet::v1::UNIT_KIND_TOWN);
+  quang_yen.set_name("Quảng Yên");
+  quang_yen.set_parent_code(kReferenceProvinceCode);
+  quang_yen.set_valid_from("2011-11-25");
+  constexpr auto kWard = hamlet::v1::UNIT_KIND_WARD;
+  constexpr auto kCommune = hamlet::v1::UNIT_KIND_COMMUNE;
+  AddTown(quang_yen,
+          {{"07132", "Quảng Yên", kWard},   {"07135", "Đông Mai", kWard},     {"07138", "Minh Thành", kWard},
+           {"07150", "Cộng Hòa", kWard},    {"07159", "Tân An", kWard},       {"07162", "Yên Giang", kWard},
+           {"07165", "Nam Hòa", kWard},     {"07168", "Hà An", kWard},        {"07174", "Phong Hải", kWard},
+           {"07177", "Yên Hải", kWard},     {"07183", "Phong Cốc", kWard},    {"07144", "Sông Khoai", kCommune},
+           {"07147", "Hiệp Hòa", kCommune}, {"07153", "Tiền An", kCommune},   {"07156", "Hoàng Tân", kCommune},
+           {"07171", "Cẩm La", kCommune},   {"07180", "Liên Hòa", kCommune},  {"07186", "Liên Vị", kCommune},
+           {"07189", "Tiền Phong", kCommune}},
+          &units);
 
-  for (const Commune& c : kCommunes) {
-    AdminUnit commune;
-    commune.set_code(c.code);
-    commune.set_level(hamlet::v1::UNIT_LEVEL_COMMUNE);
-    commune.set_kind(c.ward ? hamlet::v1::UNIT_KIND_WARD : hamlet::v1::UNIT_KIND_COMMUNE);
-    commune.set_name(absl::StrCat(c.ward ? "Phường " : "Xã ", c.name));
-    commune.set_parent_code("206");
-    commune.set_valid_from("2011-11-25");
-    units.push_back(commune);
-    for (int k = 1; k <= 12; ++k) {
-      AdminUnit village;
-      village.set_code(absl::StrFormat("%s-K%02d", c.code, k));
-      village.set_level(hamlet::v1::UNIT_LEVEL_VILLAGE);
-      village.set_kind(c.ward ? hamlet::v1::UNIT_KIND_NEIGHBOURHOOD : hamlet::v1::UNIT_KIND_VILLAGE);
-      village.set_name(absl::StrCat("Khu ", k));
-      village.set_parent_code(c.code);
-      village.set_valid_from("2011-11-25");
-      units.push_back(village);
-    }
-  }
+  AdminUnit co_to;
+  co_to.set_code("207");
+  co_to.set_level(hamlet::v1::UNIT_LEVEL_DISTRICT);
+  co_to.set_kind(hamlet::v1::UNIT_KIND_DISTRICT);
+  co_to.set_name("Cô Tô");
+  co_to.set_parent_code(kReferenceProvinceCode);
+  co_to.set_valid_from("1994-03-23");
+  AddTown(co_to,
+          {{"07192", "Cô Tô", hamlet::v1::UNIT_KIND_TOWNSHIP},
+           {"07195", "Đồng Tiến", kCommune},
+           {"07198", "Thanh Lân", kCommune}},
+          &units);
   return units;
 }
 

@@ -28,17 +28,27 @@ class UnitDirectory {
   // `code` and every unit below it, `code` first. Empty if unknown.
   std::vector<std::string> Within(absl::string_view code) const;
 
+  // True if unit `code` is `ancestor` or lies below it (following parents).
+  bool IsWithin(absl::string_view code, absl::string_view ancestor) const;
+
   size_t size() const { return units_.size(); }
 
  private:
   std::map<std::string, hamlet::v1::AdminUnit, std::less<>> units_;
 };
 
-// Quảng Yên's reference data (DOMAIN.md): province 22, town 206, its 19
-// communes and wards with their GSO codes, and generated villages
-// "Khu 1".."Khu 12" per commune with codes "<commune>-K01".."<commune>-K12"
-// (real village codes are not public).
-std::vector<hamlet::v1::AdminUnit> QuangYenUnits();
+// The reference admin units every server starts from (the province owns them
+// and sends its changes down): province 22 (Quảng Ninh); town 206 (Quảng Yên,
+// DOMAIN.md) with its 19 communes and wards; district 207 (Cô Tô) with its
+// three communes, as a second town for multi-town deployments and tests; and
+// generated villages "Khu 1".."Khu 12" per commune with codes
+// "<commune>-K01".."<commune>-K12" (real village codes are not public).
+// Units as they were before the July 2025 reform; its mergers are edits the
+// province makes (valid_to, successor_codes), not part of this seed.
+std::vector<hamlet::v1::AdminUnit> ReferenceUnits();
+
+// Code of the province at the top of ReferenceUnits().
+inline constexpr char kReferenceProvinceCode[] = "22";
 
 }  // namespace hamlet::sync
 

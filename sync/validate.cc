@@ -116,7 +116,7 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
       return absl::InvalidArgumentError(absl::StrCat(who, ": ", name, " elements cannot be removed"));
     }
     if (fs.has_supersedes() &&
-        (origin != ChangeOrigin::kResolution || rule->policy != hamlet::v1::MERGE_POLICY_LIFECYCLE)) {
+        (origin == ChangeOrigin::kDevice || rule->policy != hamlet::v1::MERGE_POLICY_LIFECYCLE)) {
       return absl::InvalidArgumentError(
           absl::StrCat(who, ": ", name, " stamp sets supersedes; only ResolveConflict settles conflicts"));
     }
@@ -174,9 +174,21 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
       }
     }
   }
-  if (change.conflicts_size() > 0 || change.superseded_size() > 0) {
+  if (origin != ChangeOrigin::kReplica && (change.conflicts_size() > 0 || change.superseded_size() > 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat(who, ": conflicts and superseded are kept by the server; leave them out of a change"));
+  }
+  for (const auto& conflict : change.conflicts()) {
+    for (const auto& value : conflict.values()) {
+      if (value.value().body_case() != change.body_case()) {
+        return absl::InvalidArgumentError(absl::StrCat(who, ": a conflicting value of another record type"));
+      }
+    }
+  }
+  for (const auto& lost : change.superseded()) {
+    if (lost.value().body_case() != change.body_case()) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": a superseded value of another record type"));
+    }
   }
   if (std::string unknown = FindUnknownEnum(*body, descriptor->name()); !unknown.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(

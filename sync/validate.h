@@ -13,8 +13,10 @@ namespace hamlet::sync {
 // True for a UUID written as 8-4-4-4-12 hex digits (either case).
 bool IsUuid(absl::string_view s);
 
-// Who made a change: devices may not settle conflicts; a resolution may.
-enum class ChangeOrigin { kDevice, kResolution };
+// Who made a change: devices may not settle conflicts; a resolution may; a
+// lower-tier server replicating its merged states sends them whole, with
+// their conflicts, superseded values and settled stamps.
+enum class ChangeOrigin { kDevice, kResolution, kReplica };
 
 // Checks one record change on its own. INVALID_ARGUMENT, naming the record and
 // the field, when: the id is not a UUID; the unit code is empty or not in
@@ -24,7 +26,8 @@ enum class ChangeOrigin { kDevice, kResolution };
 // stamped; a set element is in the body but not stamped as present, or stamped
 // as present and missing; an append-only element is removed; a lifecycle field
 // and the fields written with it are not stamped together with one stamp; a
-// device sets `supersedes`, conflicts or superseded values; an enum anywhere in
+// device sets `supersedes`, conflicts or superseded values (a replica may, when
+// every value in them has the record's body type); an enum anywhere in
 // the body has a value this server does not know; the record is deleted
 // without a deletion stamp.
 absl::Status ValidateChange(const hamlet::v1::Record& change, const UnitDirectory& units,

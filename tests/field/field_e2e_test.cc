@@ -139,7 +139,7 @@ TEST_F(FieldE2eTest, TwoDevicesEditOfflineSyncAndEndIdentical) {
   EXPECT_EQ(a.count(tip_id), 0u);
   ASSERT_EQ(b.count(tip_id), 1u);
   b.erase(tip_id);
-  EXPECT_EQ(a.size(), 249u + 2u);
+  EXPECT_EQ(a.size(), 289u + 2u);
   EXPECT_EQ(a, b);
   EXPECT_THAT(Field(dir_, "phone-a", {"show", case_id}).output,
               ::testing::AllOf(HasSubstr("MEDIATION_STATUS_ASSIGNED"), HasSubstr("Tranh chấp lối đi chung"),
@@ -305,7 +305,7 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
     s.erase(std::remove(s.begin(), s.end(), ','), s.end());
     return std::stoi(s);
   };
-  EXPECT_LT(number(m[2]), kRecords + 249) << "the resumed pull started over";
+  EXPECT_LT(number(m[2]), kRecords + 289) << "the resumed pull started over";
 
   int cases = 0;
   std::map<std::string, int> summaries;
@@ -327,7 +327,7 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
   request.set_page_size(1);
   hamlet::v1::PullResponse response;
   ASSERT_TRUE(stub->Pull(&context, request, &response).ok());
-  EXPECT_EQ(response.remaining() + response.records_size(), static_cast<uint64_t>(249 + kRecords));
+  EXPECT_EQ(response.remaining() + response.records_size(), static_cast<uint64_t>(289 + kRecords));
   EXPECT_EQ(response.records(0).server_seq(), 1u);
 }
 

@@ -30,7 +30,7 @@ const PROTO_ROOT = path.resolve(__dirname, '../../proto');
 
 const BUF_TIMEOUT_MS = 15_000;
 const SCRIPT_LIMIT_MS = 60_000;
-const SEEDED_UNITS = 249; // AdminUnit records hamletd seeds on first start.
+const SEEDED_UNITS = 289; // AdminUnit records hamletd seeds on first start.
 const TOWN_CODE = '206'; // hamletd's default --town_code.
 
 // The standard gRPC health service, for calling Health/Check on the device
@@ -154,12 +154,15 @@ after(async () => {
 const ADMIN_METHODS = [
   'hamlet.v1.AdminService/CreateBackup',
   'hamlet.v1.AdminService/EnrollDevice',
+  'hamlet.v1.AdminService/GetReplicationStatus',
   'hamlet.v1.AdminService/GetReport',
   'hamlet.v1.AdminService/GetServerStats',
   'hamlet.v1.AdminService/ListAuditEntries',
   'hamlet.v1.AdminService/ListConflicts',
   'hamlet.v1.AdminService/ListDevices',
+  'hamlet.v1.AdminService/PauseReplication',
   'hamlet.v1.AdminService/ResolveConflict',
+  'hamlet.v1.AdminService/ResumeReplication',
   'hamlet.v1.AdminService/RevokeDevice',
 ];
 

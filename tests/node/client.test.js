@@ -32,7 +32,7 @@ const SCRIPT_LIMIT_MS = 60_000;
 const SCOPE = '07132'; // A commune of the seeded town 206.
 const OTHER_COMMUNE = '07135'; // Another commune of town 206, outside this device's reach.
 const PERSON_ID = 'person-nodetest'; // The person the test device is enrolled for; also records' author.
-const SEEDED_UNITS = 249; // AdminUnit records hamletd seeds on first start.
+const SEEDED_UNITS = 289; // AdminUnit records hamletd seeds on first start.
 
 // MediationCase field numbers (records.proto); stamps name body fields by number.
 const FIELD = { summary: 5, status: 9, round: 10, outcome: 11 };

@@ -39,7 +39,7 @@ async function startServer({ prefix }) {
   const dataDir = path.join(dir, 'data');
   const child = spawn(
     HAMLETD,
-    ['--listen=127.0.0.1:0', '--admin_listen=127.0.0.1:0', `--data_dir=${dataDir}`, `--ready_file=${readyFile}`],
+    ['--listen=127.0.0.1:0', '--admin_listen=127.0.0.1:0', '--metrics_listen=127.0.0.1:0', `--data_dir=${dataDir}`, `--ready_file=${readyFile}`],
     { stdio: ['ignore', 'ignore', 'pipe'] }, // stdout repeats the admin token: not wanted in test logs.
   );
   const stderr = [];
@@ -60,9 +60,9 @@ async function startServer({ prefix }) {
 }
 
 async function waitReady(server, readyFile, dataDir) {
-  // Once the server accepts calls the ready file holds two lines: the device
-  // address, then the admin address. hamletd writes it whole and renames it into
-  // place; only two complete lines count all the same.
+  // Once the server accepts calls the ready file holds three lines: the device
+  // address, the admin address and the metrics address. hamletd writes it whole
+  // and renames it into place; only three complete lines count all the same.
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (server.exit()) {
@@ -74,7 +74,7 @@ async function waitReady(server, readyFile, dataDir) {
     } catch {
       // Not written yet.
     }
-    const ready = /^(127\.0\.0\.1:\d+)\n(127\.0\.0\.1:\d+)\n$/.exec(text);
+    const ready = /^(127\.0\.0\.1:\d+)\n(127\.0\.0\.1:\d+)\n127\.0\.0\.1:\d+\n$/.exec(text);
     if (ready) {
       [, server.address, server.adminAddress] = ready;
       // On first start hamletd enrols an admin device and writes its token to

@@ -349,7 +349,8 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       "hamlet.v1.AdminService.ListDevices",  "hamlet.v1.AdminService.GetServerStats",
       "hamlet.v1.AdminService.ListConflicts", "hamlet.v1.AdminService.ResolveConflict",
       "hamlet.v1.AdminService.ListAuditEntries", "hamlet.v1.AdminService.CreateBackup",
-      "hamlet.v1.AdminService.GetReport"};
+      "hamlet.v1.AdminService.GetReport", "hamlet.v1.AdminService.GetReplicationStatus",
+      "hamlet.v1.AdminService.PauseReplication", "hamlet.v1.AdminService.ResumeReplication"};
   for (const auto* service : {SyncServiceDescriptor(), AdminServiceDescriptor()}) {
     for (int i = 0; i < service->method_count(); ++i) {
       EXPECT_EQ(covered.count(service->method(i)->full_name()), 1u)
@@ -515,6 +516,17 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       report_request.set_to_date("2017-08-24");
       hamlet::v1::GetReportResponse report;
       expect_admin_only(device->admin().GetReport(device->Context().get(), report_request, &report), "GetReport");
+      hamlet::v1::GetReplicationStatusResponse replication;
+      expect_admin_only(device->admin().GetReplicationStatus(device->Context().get(), {}, &replication),
+                        "GetReplicationStatus");
+      hamlet::v1::PauseReplicationRequest pause;
+      pause.set_reason("takeover");
+      hamlet::v1::PauseReplicationResponse paused;
+      expect_admin_only(device->admin().PauseReplication(device->Context().get(), pause, &paused),
+                        "PauseReplication");
+      hamlet::v1::ResumeReplicationResponse resumed;
+      expect_admin_only(device->admin().ResumeReplication(device->Context().get(), {}, &resumed),
+                        "ResumeReplication");
       {
         hamlet::v1::CreateBackupRequest backup;
         backup.set_directory(dir_->Sub(absl::StrCat("backup-by-", hamlet::v1::Role_Name(role))));

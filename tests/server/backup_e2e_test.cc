@@ -137,7 +137,7 @@ TEST(BackupE2eTest, BackupShowsProgressAndARestoreStartsANewEpoch) {
   std::string cursor;
   size_t count = 0;
   ASSERT_TRUE(Pull(*server, token, &cursor, &count).ok());
-  EXPECT_EQ(count, 249u + 110u);  // The informant identity is not the replica's to read.
+  EXPECT_EQ(count, 289u + 110u);  // The informant identity is not the replica's to read.
   server->Kill();
 
   // Restore into a new data dir: refused over a non-empty one.
@@ -164,7 +164,7 @@ TEST(BackupE2eTest, BackupShowsProgressAndARestoreStartsANewEpoch) {
   EXPECT_EQ(reason, "CURSOR_INVALIDATED");
   cursor.clear();
   ASSERT_TRUE(Pull(*server, token, &cursor, &count).ok());
-  EXPECT_EQ(count, 249u + 100u) << "the restored store is the store as of the backup";
+  EXPECT_EQ(count, 289u + 100u) << "the restored store is the store as of the backup";
 }
 
 }  // namespace

@@ -146,8 +146,10 @@ TEST(ReportE2eTest, QuangYenSummaryComesBackFromTheRecords) {
   Pusher p(*server, admin.Enroll(kReplica, hamlet::v1::ROLE_REPLICATION_NODE, "206", "import"));
 
   std::vector<std::string> villages;
-  for (const auto& unit : sync::QuangYenUnits()) {
-    if (unit.level() == hamlet::v1::UNIT_LEVEL_VILLAGE) villages.push_back(unit.code());
+  sync::UnitDirectory units;
+  for (const auto& unit : sync::ReferenceUnits()) units.Put(unit);
+  for (const std::string& code : units.Within("206")) {
+    if (units.Find(code)->level() == hamlet::v1::UNIT_LEVEL_VILLAGE) villages.push_back(code);
   }
   // 572 mediations succeeded (and 60 did not), 2012–2017.
   for (int i = 0; i < 632; ++i) {

@@ -34,7 +34,7 @@ using hamlet::v1::Record;
 using ::testing::HasSubstr;
 
 constexpr char kDevice[] = "0b6e1f7a-3c2d-4e5f-8a9b-0c1d2e3f4a5b";
-constexpr int kSeededUnits = 249;
+constexpr int kSeededUnits = 289;
 
 std::string Uuid(int n) { return absl::StrFormat("00000000-0000-4000-8000-%012d", n); }
 int64_t NowMs() { return sync::SystemClock::Get()->NowMs(); }
@@ -330,7 +330,7 @@ TEST_F(SyncE2eTest, PullPagesCountDownAndCommuneScopeIsFiltered) {
     if (page.remaining() == 0) break;
   }
   EXPECT_EQ(cases, 10u);
-  // 249 town-level units + 10 cases, 4 a page: the count falls by 4 each page.
+  // 289 reference units + 10 cases, 4 a page: the count falls by 4 each page.
   EXPECT_EQ(remaining.front(), static_cast<uint64_t>(kSeededUnits + 10 - 4));
   for (size_t i = 1; i < remaining.size(); ++i) EXPECT_EQ(remaining[i], std::max<int64_t>(0, remaining[i - 1] - 4));
 }

@@ -11,6 +11,9 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
+
+#include "absl/strings/str_split.h"
 
 extern char** environ;
 
@@ -54,7 +57,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
   unlink(ready.c_str());
   server->data_dir_ = data_dir;
   std::vector<std::string> argv = {HAMLETD_PATH, "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0",
-                                   "--data_dir=" + data_dir, "--ready_file=" + ready};
+                                   "--metrics_listen=127.0.0.1:0", "--data_dir=" + data_dir, "--ready_file=" + ready};
   // Every test server seals informant identities, with a key next to its data
   // (kept across restarts), unless the test says otherwise.
   const bool key_given = std::any_of(flags.begin(), flags.end(), [](const std::string& f) {
@@ -76,12 +79,12 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
   if (server->pid_ < 0) return nullptr;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (std::chrono::steady_clock::now() < deadline) {
-    // Two lines: the device address, then the admin address.
-    const std::string addresses = ReadFile(ready);
-    const size_t newline = addresses.find('\n');
-    if (newline != std::string::npos && !addresses.empty() && addresses.back() == '\n') {
-      server->address_ = addresses.substr(0, newline);
-      server->admin_address_ = addresses.substr(newline + 1, addresses.size() - newline - 2);
+    // Three lines: the device, admin and metrics addresses.
+    const std::vector<std::string> lines = absl::StrSplit(ReadFile(ready), '\n');
+    if (lines.size() == 4 && lines[3].empty()) {
+      server->address_ = lines[0];
+      server->admin_address_ = lines[1];
+      server->metrics_address_ = lines[2];
       return server;
     }
     if (waitpid(server->pid_, nullptr, WNOHANG) == server->pid_) {

@@ -30,6 +30,8 @@ class ServerProcess {
   const std::string& address() const { return address_; }
   // The admin listener.
   const std::string& admin_address() const { return admin_address_; }
+  // The Prometheus endpoint (GET /metrics).
+  const std::string& metrics_address() const { return metrics_address_; }
   // The admin token the server wrote into its data dir.
   std::string admin_token() const;
   const std::string& log_path() const { return log_path_; }
@@ -44,6 +46,7 @@ class ServerProcess {
   pid_t pid_ = -1;
   std::string address_;
   std::string admin_address_;
+  std::string metrics_address_;
   std::string data_dir_;
   std::string log_path_;
 };

@@ -414,7 +414,7 @@ History RandomHistory(int max_changes, int min_changes = 1) {
   std::vector<hamlet::v1::FieldStamp> added;
   const int n = *rc::gen::inRange(min_changes, max_changes + 1);
   UnitDirectory units;
-  for (const auto& unit : QuangYenUnits()) units.Put(unit);
+  for (const auto& unit : ReferenceUnits()) units.Put(unit);
   for (int i = 0; i < n; ++i) {
     const int d = *rc::gen::inRange(0, devices);
     physical[d]->Advance(*rc::gen::inRange<int64_t>(0, 5'000));

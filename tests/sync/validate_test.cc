@@ -21,7 +21,7 @@ const absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
 class ValidateTest : public ::testing::Test {
  protected:
   ValidateTest() {
-    for (const auto& unit : QuangYenUnits()) units_.Put(unit);
+    for (const auto& unit : ReferenceUnits()) units_.Put(unit);
   }
   Record Valid() const { return NewCase(kId, "07132", MakeStamp(1000, 0, "dev")); }
   UnitDirectory units_;
@@ -181,13 +181,18 @@ TEST_F(ValidateTest, NewRecordNeedsAuthorAndCreateTime) {
 
 TEST(UnitDirectoryTest, QuangYenHasNineteenCommunesWithTwelveVillagesEach) {
   UnitDirectory units;
+  for (const auto& unit : ReferenceUnits()) units.Put(unit);
   int communes = 0;
-  for (const auto& unit : QuangYenUnits()) {
-    units.Put(unit);
-    if (unit.level() == hamlet::v1::UNIT_LEVEL_COMMUNE) ++communes;
+  for (const std::string& code : units.Within("206")) {
+    if (units.Find(code)->level() == hamlet::v1::UNIT_LEVEL_COMMUNE) ++communes;
   }
   EXPECT_EQ(communes, 19);
-  EXPECT_EQ(units.size(), 2u + 19u * 13u);
+  EXPECT_EQ(units.Within("206").size(), 1u + 19u * 13u);
+  EXPECT_EQ(units.Within("207").size(), 1u + 3u * 13u);
+  EXPECT_EQ(units.size(), 1u + (1u + 19u * 13u) + (1u + 3u * 13u));
+  EXPECT_TRUE(units.IsWithin("07132-K05", "22"));
+  EXPECT_TRUE(units.IsWithin("07195", "207"));
+  EXPECT_FALSE(units.IsWithin("07195", "206"));
   EXPECT_EQ(units.CommuneOf("07132-K05"), "07132");
   EXPECT_EQ(units.CommuneOf("07189"), "07189");
   EXPECT_EQ(units.CommuneOf("206"), "");

@@ -24,7 +24,7 @@ readonly SCRIPT_LIMIT=60 # seconds, the whole script
 readonly READY_LIMIT=20  # seconds for hamletd to write its ready file
 readonly STOP_LIMIT=15   # seconds for hamletd to exit on SIGTERM (--shutdown_grace is 10 s)
 readonly CALL_LIMIT=15   # seconds for one hamlet-admin run
-readonly SEEDED_UNITS=249 # AdminUnit records hamletd seeds on first start.
+readonly SEEDED_UNITS=289 # AdminUnit records hamletd seeds on first start.
 readonly TOWN_CODE=206    # hamletd's default --town_code.
 readonly UNIT=07132       # a commune of town 206.
 
@@ -178,14 +178,14 @@ EOF
 chmod +x "$dir/bin/grpcurl"
 export PATH=$dir/bin:$PATH
 
-"$HAMLETD" --listen=127.0.0.1:0 --admin_listen=127.0.0.1:0 --data_dir="$dir/data" \
+"$HAMLETD" --listen=127.0.0.1:0 --admin_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --data_dir="$dir/data" \
   --ready_file="$dir/ready" >/dev/null 2>"$dir/hamletd.log" & # stdout repeats the admin token.
 server_pid=$!
 started=$SECONDS
 
-# The ready file holds two complete lines, device then admin address, once the
+# The ready file holds three complete lines, device, admin and metrics address, once the
 # server accepts calls.
-ready_re=$'^127\\.0\\.0\\.1:[0-9]+\n(127\\.0\\.0\\.1:[0-9]+)\n$'
+ready_re=$'^127\\.0\\.0\\.1:[0-9]+\n(127\\.0\\.0\\.1:[0-9]+)\n127\\.0\\.0\\.1:[0-9]+\n$'
 admin_address=""
 deadline=$((SECONDS + READY_LIMIT))
 while ((SECONDS < deadline)) && kill -0 "$server_pid" 2>/dev/null; do

@@ -65,7 +65,7 @@ void CheckOk(const absl::Status& status, const std::string& what) {
 const sync::UnitDirectory& QuangYen() {
   static const sync::UnitDirectory* units = [] {
     auto* directory = new sync::UnitDirectory();
-    for (const auto& unit : sync::QuangYenUnits()) directory->Put(unit);
+    for (const auto& unit : sync::ReferenceUnits()) directory->Put(unit);
     return directory;
   }();
   return *units;

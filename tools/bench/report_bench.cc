@@ -141,8 +141,8 @@ const char* const kTipSummaries[] = {
 class SyntheticTown {
  public:
   SyntheticTown(const sync::UnitDirectory& units, uint64_t seed) : units_(units), rng_(seed) {
-    for (const auto& unit : sync::QuangYenUnits()) {
-      if (unit.level() != hamlet::v1::UNIT_LEVEL_VILLAGE) continue;
+    for (const auto& unit : sync::ReferenceUnits()) {
+      if (unit.level() != hamlet::v1::UNIT_LEVEL_VILLAGE || !units.IsWithin(unit.code(), "206")) continue;
       villages_.push_back(unit.code());
       devices_.push_back(sync::NewUuid(rng_));
       leaders_.push_back(sync::NewUuid(rng_));
@@ -777,9 +777,11 @@ int Main() {
 
   sync::UnitDirectory units;
   size_t villages = 0;
-  for (const auto& unit : sync::QuangYenUnits()) {
+  for (const auto& unit : sync::ReferenceUnits()) {
     units.Put(unit);
-    if (unit.level() == hamlet::v1::UNIT_LEVEL_VILLAGE) ++villages;
+  }
+  for (const std::string& code : units.Within(kTown)) {
+    if (units.Find(code)->level() == hamlet::v1::UNIT_LEVEL_VILLAGE) ++villages;
   }
   const std::vector<std::string> town_units = units.Within(kTown);
   const std::vector<std::string> commune_units = units.Within(kCommune);

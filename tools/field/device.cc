@@ -1,7 +1,5 @@
 #include "tools/field/device.h"
 
-#include <chrono>
-#include <thread>
 #include <unordered_map>
 
 #include "absl/random/random.h"
@@ -12,61 +10,12 @@
 #include "sync/roles.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
+#include "tools/field/protocol.h"
 
 namespace hamlet::field {
 
 using google::protobuf::util::TimeUtil;
 using hamlet::v1::Record;
-
-namespace {
-
-struct CallResult {
-  grpc::Status status;
-  std::string reason;  // hamlet-error-reason trailer, if any.
-};
-
-absl::Status FromGrpc(const grpc::Status& status, absl::string_view what) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(what, ": ", status.error_message()));
-}
-
-// The server looked at the batch and will never take it as it is.
-bool Refused(grpc::StatusCode code) {
-  return code == grpc::StatusCode::INVALID_ARGUMENT || code == grpc::StatusCode::FAILED_PRECONDITION ||
-         code == grpc::StatusCode::ALREADY_EXISTS || code == grpc::StatusCode::PERMISSION_DENIED;
-}
-
-bool Retryable(grpc::StatusCode code) {
-  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         code == grpc::StatusCode::RESOURCE_EXHAUSTED || code == grpc::StatusCode::ABORTED;
-}
-
-// Runs `call` with a fresh context until it succeeds, fails for good, or runs
-// out of attempts, sleeping with jittered exponential backoff in between.
-template <typename Call>
-CallResult CallWithRetry(const FieldDevice::SyncOptions& options, const std::string& token, Call call) {
-  absl::BitGen gen;
-  absl::Duration backoff = options.first_backoff;
-  CallResult result;
-  for (int attempt = 1;; ++attempt) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options.call_timeout));
-    if (!token.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-    result.status = call(&context);
-    result.reason.clear();
-    const auto& trailers = context.GetServerTrailingMetadata();
-    if (auto it = trailers.find("hamlet-error-reason"); it != trailers.end()) {
-      result.reason.assign(it->second.data(), it->second.size());
-    }
-    if (result.status.ok() || !Retryable(result.status.error_code()) || attempt >= options.max_attempts) {
-      return result;
-    }
-    std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff * absl::Uniform(gen, 0.5, 1.5)));
-    backoff = std::min(backoff * 2, options.max_backoff);
-  }
-}
-
-}  // namespace
 
 FieldDevice::FieldDevice(std::unique_ptr<storage::DeviceStore> store, const sync::PhysicalClock* clock)
     : store_(std::move(store)), clock_(clock, store_->device_id()) {}
@@ -176,7 +125,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     HAMLET_ASSIGN_OR_RETURN(size_t outbox, store_->OutboxSize());
     request.set_pending_changes(static_cast<uint32_t>(outbox - std::min<size_t>(outbox, items.size())));
     hamlet::v1::PushResponse response;
-    CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
+    CallResult result = CallWithRetry(options.retry, token_, [&](grpc::ClientContext* context) {
       return stub.Push(context, request, &response);
     });
     if (Refused(result.status.error_code()) && result.reason != "CLOCK_SKEW") {
@@ -219,7 +168,7 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     request.set_cursor(cursor);
     request.set_page_size(static_cast<uint32_t>(options.page_size));
     hamlet::v1::PullResponse response;
-    CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
+    CallResult result = CallWithRetry(options.retry, token_, [&](grpc::ClientContext* context) {
       return stub.Pull(context, request, &response);
     });
     if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && result.reason == "CURSOR_INVALIDATED" &&
@@ -275,7 +224,7 @@ absl::StatusOr<Record> FieldDevice::ResolveConflict(hamlet::v1::SyncService::Stu
   sync::MutableRecordBody(&holder)->CopyFrom(value);
   *request.mutable_value() = holder;
   hamlet::v1::ResolveConflictResponse response;
-  CallResult result = CallWithRetry(options, token_, [&](grpc::ClientContext* context) {
+  CallResult result = CallWithRetry(options.retry, token_, [&](grpc::ClientContext* context) {
     return stub.ResolveConflict(context, request, &response);
   });
   if (!result.status.ok()) return FromGrpc(result.status, "resolving conflict");

@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "storage/device_store.h"
+#include "tools/field/protocol.h"
 #include "sync/clock.h"
 #include "sync/merge.h"
 
@@ -63,12 +64,8 @@ class FieldDevice {
     std::string scope_unit_code;
     int batch_records = 200;
     int page_size = 500;
-    // Deadline of one call.
-    absl::Duration call_timeout = absl::Seconds(20);
-    // Attempts per call when the server is unreachable or overloaded.
-    int max_attempts = 8;
-    absl::Duration first_backoff = absl::Milliseconds(100);
-    absl::Duration max_backoff = absl::Seconds(5);
+    // Deadline, attempts and backoff of each call.
+    RetryPolicy retry;
     std::string app_version = "hamlet-field/0.1";
     // Told after each pulled page: records pulled so far in this sync, and that
     // plus what the server says remains.

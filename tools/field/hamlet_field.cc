@@ -159,7 +159,7 @@ std::unique_ptr<hamlet::v1::SyncService::Stub> Connect() {
 hamlet::field::FieldDevice::SyncOptions OptionsFromFlags() {
   hamlet::field::FieldDevice::SyncOptions options;
   options.scope_unit_code = absl::GetFlag(FLAGS_scope);
-  options.max_attempts = absl::GetFlag(FLAGS_attempts);
+  options.retry.max_attempts = absl::GetFlag(FLAGS_attempts);
   return options;
 }
 
