@@ -215,8 +215,9 @@ absl::Status Replicator::PullReference() {
       continue;
     }
     if (!result.status.ok()) return field::FromGrpc(result.status, absl::StrCat("pull from ", options_.upstream));
-    std::vector<Record> records(response.records().begin(), response.records().end());
-    HAMLET_ASSIGN_OR_RETURN(size_t changed, town_->ApplyUpstreamUnits(records));
+    std::vector<Record> records(std::make_move_iterator(response.mutable_records()->begin()),
+                                std::make_move_iterator(response.mutable_records()->end()));
+    HAMLET_ASSIGN_OR_RETURN(size_t changed, town_->ApplyUpstreamUnits(std::move(records)));
     if (changed > 0) LogLine(absl::StrCat("replication: ", changed, " admin units changed by ", options_.upstream));
     absl::MutexLock lock(&mu_);
     storage::ReplicationState next = state_;

@@ -329,10 +329,11 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   return response;
 }
 
-absl::StatusOr<size_t> Town::ApplyUpstreamUnits(const std::vector<Record>& records) {
+absl::StatusOr<size_t> Town::ApplyUpstreamUnits(std::vector<Record> records) {
   std::vector<const Record*> units;
-  for (const Record& record : records) {
+  for (Record& record : records) {
     if (!record.has_admin_unit()) continue;
+    record.clear_server_seq();  // The upstream's sequence, not ours.
     HAMLET_RETURN_IF_ERROR(ValidatePushedChange(record, sync::ChangeOrigin::kReplica));
     units.push_back(&record);
   }

@@ -92,7 +92,7 @@ class Town {
   // they are, stamps and all, and commits them. Other records are ignored.
   // Idempotent: a state already held changes nothing. Returns how many
   // records changed. INVALID_ARGUMENT for a malformed record.
-  absl::StatusOr<size_t> ApplyUpstreamUnits(const std::vector<hamlet::v1::Record>& records);
+  absl::StatusOr<size_t> ApplyUpstreamUnits(std::vector<hamlet::v1::Record> records);
 
   // Checks a watch request; returns the scope and the sequence number to watch from.
   struct WatchStart {

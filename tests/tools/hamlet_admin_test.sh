@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drives tools/hamlet-admin against a real hamletd through `buf curl` and checks
 # what the server answers: stats, enrolment, the device list, revocation, the
-# audit log, conflicts, refusals, --help, usage errors and --dry-run.
+# audit log, conflicts, replication on a server without an upstream, refusals,
+# --help, usage errors and --dry-run.
 #
 # Run: bash tests/tools/hamlet_admin_test.sh
 # The server binary is $HAMLETD (default /work/main/build/server/hamletd). The
@@ -211,10 +212,11 @@ admin_raw --help
 check "--help exits with 0" rc_is 0
 check "--help shows the raw grpcurl line" out_has "$ grpcurl -plaintext -H 'authorization: Bearer TOKEN'"
 for command in "devices list" "devices enroll" "devices revoke" "stats" "conflicts list" "conflicts resolve" \
-  "audit list" "services" "health"; do
+  "audit list" "replication status" "replication pause" "replication resume" "services" "health"; do
   check "--help describes '$command'" out_matches "^  $command( |$)"
 done
-for method in EnrollDevice RevokeDevice ListDevices GetServerStats ListConflicts ResolveConflict ListAuditEntries; do
+for method in EnrollDevice RevokeDevice ListDevices GetServerStats ListConflicts ResolveConflict ListAuditEntries \
+  GetReplicationStatus PauseReplication ResumeReplication; do
   check "--help shows the grpcurl line for $method" out_matches "^ +\\$ grpcurl -plaintext .* hamlet\\.v1\\.AdminService/$method\$"
 done
 help_text=$out
@@ -306,6 +308,26 @@ admin backup --dir="$dir/backup-1"
 check "a backup into an existing directory fails with failed_precondition" refused_with failed_precondition
 admin backup --dir=relative/path
 check "a relative backup directory is a usage error" rc_is 2
+
+# --- Replication: this server has no upstream (no --upstream), so it reports
+# OFF and refuses to pause or resume. The server checks the reason before the
+# upstream, so failed_precondition (not invalid_argument) also shows that
+# --reason reached it.
+admin replication status
+check "replication status exits with 0" rc_is 0
+check "replication status without an upstream is REPLICATION_STATE_OFF" \
+  equal "$(json_value state)" REPLICATION_STATE_OFF
+check "replication status shows lastSeq $SEEDED_UNITS" equal "$(json_value lastSeq)" "$SEEDED_UNITS"
+admin replication pause --reason=x
+check "replication pause without an upstream fails with failed_precondition" refused_with failed_precondition
+admin replication pause
+check "replication pause without --reason exits with 2 naming --reason" usage_error "--reason is required"
+admin replication resume
+check "replication resume without an upstream fails with failed_precondition" refused_with failed_precondition
+admin audit list
+audit_lacks() { rc_is 0 && lacks_object "\"action\": \"$1\""; }
+check "the refused pause left no audit entry" audit_lacks pause_replication
+check "the refused resume left no audit entry" audit_lacks resume_replication
 
 # --- Refusals by the server pass through.
 admin devices revoke --device-id=00000000-0000-4000-8000-000000000000 --reason=test
