@@ -142,6 +142,27 @@ TEST_F(ValidateTest, OnlyAResolutionMaySettleConflicts) {
   EXPECT_THAT(ValidateChange(with_conflict, units_), StatusIs(kInvalid, HasSubstr("kept by the server")));
 }
 
+TEST_F(ValidateTest, AReplicaCarriesWholeStatesOfItsOwnType) {
+  Record state = Valid();
+  hamlet::v1::FieldStamp lead = *FindFieldStamp(state, hamlet::v1::MediationCase::kStatusFieldNumber);
+  *lead.mutable_supersedes() = MakeStamp(999, 0, "x");
+  PutFieldStamp(&state, lead);
+  auto* value = state.add_conflicts()->add_values();
+  value->mutable_value()->mutable_mediation_case()->set_status(hamlet::v1::MEDIATION_STATUS_SUCCESSFUL);
+  state.add_superseded()->mutable_value()->mutable_mediation_case()->set_summary("older");
+  EXPECT_TRUE(ValidateChange(state, units_, ChangeOrigin::kReplica).ok());
+  EXPECT_THAT(ValidateChange(state, units_, ChangeOrigin::kDevice), StatusIs(kInvalid));
+
+  Record mixed = state;
+  mixed.mutable_superseded(0)->mutable_value()->mutable_security_tip()->set_summary("a tip");
+  EXPECT_THAT(ValidateChange(mixed, units_, ChangeOrigin::kReplica),
+              StatusIs(kInvalid, HasSubstr("superseded value of another record type")));
+  mixed = state;
+  mixed.mutable_conflicts(0)->mutable_values(0)->mutable_value()->mutable_team();
+  EXPECT_THAT(ValidateChange(mixed, units_, ChangeOrigin::kReplica),
+              StatusIs(kInvalid, HasSubstr("conflicting value of another record type")));
+}
+
 TEST_F(ValidateTest, RefusesDeletionWithoutStampAndOutputOnlyFields) {
   Record r = Valid();
   r.set_deleted(true);

@@ -1,0 +1,103 @@
+// The access rules that decide what crosses between tiers: what a town's
+// replication node may write at the province, and what leaves a town at all.
+// (Every role against every RPC is tested end to end in
+// tests/server/access_e2e_test.cc.)
+
+#include "sync/access.h"
+
+#include <gtest/gtest.h>
+
+#include "sync/merge.h"
+#include "tests/support/records.h"
+
+namespace hamlet::sync {
+namespace {
+
+using hamlet::testing::MakeStamp;
+using hamlet::testing::NewCase;
+using hamlet::v1::Record;
+
+constexpr char kId[] = "6f1c3a52-0d7e-4c1b-9a43-2b8f0e6d5c71";
+
+class AccessTest : public ::testing::Test {
+ protected:
+  AccessTest() {
+    for (const auto& unit : ReferenceUnits()) units_.Put(unit);
+  }
+  static Principal Replicator(const std::string& unit) { return {hamlet::v1::ROLE_REPLICATION_NODE, unit, "r"}; }
+  UnitDirectory units_;
+};
+
+TEST_F(AccessTest, AReplicationNodeWritesOnlyWithinItsOwnTown) {
+  const Record quang_yen_case = NewCase(kId, "07132-K01", MakeStamp(1000, 0, "dev"));
+  const Record co_to_case = NewCase(kId, "07195", MakeStamp(1000, 0, "dev"));
+  EXPECT_EQ(ReachOf(Replicator("206"), quang_yen_case, units_), Reach::kWrite);
+  EXPECT_EQ(ReachOf(Replicator("206"), co_to_case, units_), Reach::kNone);
+  EXPECT_EQ(ReachOf(Replicator("207"), co_to_case, units_), Reach::kWrite);
+  // A province-level node (an auditor's replica) reaches every town.
+  EXPECT_EQ(ReachOf(Replicator("22"), quang_yen_case, units_), Reach::kWrite);
+  EXPECT_EQ(ReachOf(Replicator("22"), co_to_case, units_), Reach::kWrite);
+}
+
+TEST_F(AccessTest, AReplicationNodeReadsAdminUnitsButNeverWritesThem) {
+  Record unit;
+  unit.set_id(kId);
+  unit.set_unit_code("22");
+  unit.mutable_admin_unit()->set_code("07138");
+  EXPECT_EQ(ReachOf(Replicator("206"), unit, units_), Reach::kRead);
+}
+
+TEST_F(AccessTest, SealedRecordsAndAdminUnitsNeverLeaveTheTown) {
+  Record informant = NewCase(kId, "07132", MakeStamp(1000, 0, "dev"));
+  informant.mutable_informant_identity()->set_name("Nguyễn Văn A");
+  EXPECT_FALSE(PrepareForProvince(&informant));
+  EXPECT_EQ(ReachOf(Replicator("206"), informant, units_), Reach::kNone) << "the province refuses one too";
+
+  Record sealed_case = NewCase(kId, "07132", MakeStamp(1000, 0, "dev"));
+  sealed_case.set_sensitivity(hamlet::v1::SENSITIVITY_SEALED);
+  EXPECT_FALSE(PrepareForProvince(&sealed_case));
+  EXPECT_EQ(ReachOf(Replicator("206"), sealed_case, units_), Reach::kNone);
+
+  Record unit;
+  unit.mutable_admin_unit()->set_code("07138");
+  EXPECT_FALSE(PrepareForProvince(&unit));
+}
+
+TEST_F(AccessTest, PersonalDataIsRedactedBeforeItLeavesAndStampsStay) {
+  Record c = NewCase(kId, "07132", MakeStamp(1000, 0, "dev"));
+  auto* party = c.mutable_mediation_case()->add_parties();
+  party->set_id("p1");
+  party->set_name("Trần Thị B");
+  party->set_age(52);
+  party->set_address("Khu 3");
+  party->set_role(hamlet::v1::PARTY_ROLE_REQUESTER);
+  auto* lost = c.add_superseded();
+  lost->mutable_value()->mutable_mediation_case()->add_parties()->set_name("Trần Thị B (cũ)");
+  const int stamps = c.field_stamps_size();
+  ASSERT_TRUE(PrepareForProvince(&c));
+  ASSERT_EQ(c.mediation_case().parties_size(), 1);
+  EXPECT_EQ(c.mediation_case().parties(0).id(), "p1") << "the party stays, so counts and roles do";
+  EXPECT_EQ(c.mediation_case().parties(0).role(), hamlet::v1::PARTY_ROLE_REQUESTER);
+  EXPECT_TRUE(c.mediation_case().parties(0).name().empty());
+  EXPECT_EQ(c.mediation_case().parties(0).age(), 0u);
+  EXPECT_TRUE(c.mediation_case().parties(0).address().empty());
+  EXPECT_TRUE(c.superseded(0).value().mediation_case().parties(0).name().empty());
+  EXPECT_EQ(c.field_stamps_size(), stamps);
+
+  Record house;
+  house.set_id(kId);
+  house.set_unit_code("07132-K01");
+  auto* h = house.mutable_household_registration();
+  h->set_household("Hộ ông C");
+  h->set_head("Lê Văn C");
+  h->set_village("07132-K01");
+  h->set_evaluation(hamlet::v1::HOUSEHOLD_EVALUATION_PASS);
+  ASSERT_TRUE(PrepareForProvince(&house));
+  EXPECT_TRUE(house.household_registration().household().empty());
+  EXPECT_TRUE(house.household_registration().head().empty());
+  EXPECT_EQ(house.household_registration().village(), "07132-K01");
+  EXPECT_EQ(house.household_registration().evaluation(), hamlet::v1::HOUSEHOLD_EVALUATION_PASS);
+}
+
+}  // namespace
+}  // namespace hamlet::sync
