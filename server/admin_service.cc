@@ -50,9 +50,10 @@ grpc::Status AdminServiceImpl::EnrollDevice(grpc::ServerContext* context,
                                             hamlet::v1::EnrollDeviceResponse* response) {
   absl::StatusOr<Caller> admin = AdminOf(context, "EnrollDevice");
   if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (!request->unit_code().empty() && !town_->KnowsUnit(request->unit_code())) {
-    return ToGrpc(absl::InvalidArgumentError(absl::StrCat("unit ", request->unit_code(),
-                                                          " does not exist on this server")),
+  if (!request->unit_code().empty() && !town_->ServesUnit(request->unit_code())) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+                      "unit ", request->unit_code(), " is not ", town_->options().unit_code,
+                      " or a unit within it; enrol the device at the server of its own town")),
                   context);
   }
   absl::StatusOr<hamlet::v1::EnrollDeviceResponse> result = devices_->Enroll(*request, *admin);
@@ -141,6 +142,7 @@ hamlet::v1::ReplicationStatus AdminServiceImpl::ReplicationStatus() const {
   if (replicator_ != nullptr) return replicator_->Status();
   hamlet::v1::ReplicationStatus status;
   status.set_state(hamlet::v1::REPLICATION_STATE_OFF);
+  status.set_device_id(town_->store().server_id());
   status.set_last_seq(town_->store().last_seq());
   return status;
 }

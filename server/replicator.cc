@@ -54,6 +54,7 @@ void Replicator::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  canceller_.Cancel();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -176,7 +177,7 @@ absl::Status Replicator::PushPage(bool* caught_up) {
     hamlet::v1::PushResponse response;
     field::CallResult result = field::CallWithRetry(options_.retry, options_.token, [&](grpc::ClientContext* context) {
       return stub_->Push(context, request, &response);
-    });
+    }, &canceller_);
     if (!result.status.ok()) {
       return field::FromGrpc(result.status, absl::StrCat("push of ", sent, " records to ", options_.upstream));
     }
@@ -205,11 +206,19 @@ absl::Status Replicator::PullReference() {
     hamlet::v1::PullResponse response;
     field::CallResult result = field::CallWithRetry(options_.retry, options_.token, [&](grpc::ClientContext* context) {
       return stub_->Pull(context, request, &response);
-    });
+    }, &canceller_);
     if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION &&
         result.reason == "CURSOR_INVALIDATED" && !restarted) {
-      // The upstream was restored or replaced: take its reference data again.
-      LogLine(absl::StrCat("replication: ", options_.upstream, " no longer knows our cursor; pulling admin units again"));
+      // The upstream was restored from a backup or replaced: it may have lost
+      // what it acknowledged since. Send everything again (merging what it
+      // still has changes nothing) and take its reference data again.
+      LogLine(absl::StrCat("replication: ", options_.upstream,
+                           " no longer knows our cursor (restored or replaced); sending everything again"));
+      absl::MutexLock lock(&mu_);
+      storage::ReplicationState next = state_;
+      next.set_acked_seq(0);
+      next.clear_down_cursor();
+      HAMLET_RETURN_IF_ERROR(SaveState(next));
       cursor.clear();
       restarted = true;
       continue;
@@ -220,9 +229,11 @@ absl::Status Replicator::PullReference() {
     HAMLET_ASSIGN_OR_RETURN(size_t changed, town_->ApplyUpstreamUnits(std::move(records)));
     if (changed > 0) LogLine(absl::StrCat("replication: ", changed, " admin units changed by ", options_.upstream));
     absl::MutexLock lock(&mu_);
-    storage::ReplicationState next = state_;
-    next.set_down_cursor(response.next_cursor());
-    HAMLET_RETURN_IF_ERROR(SaveState(next));
+    if (response.next_cursor() != state_.down_cursor()) {  // An idle upstream costs no write here.
+      storage::ReplicationState next = state_;
+      next.set_down_cursor(response.next_cursor());
+      HAMLET_RETURN_IF_ERROR(SaveState(next));
+    }
     cursor = response.next_cursor();
     units_received_ += changed;
     if (response.remaining() == 0) {

@@ -66,8 +66,7 @@ class Replicator {
   // Stops (see Stop).
   ~Replicator();
 
-  // Ends the thread after the call in flight, if any (at most one call
-  // deadline).
+  // Cancels the call in flight, if any, and ends the thread.
   void Stop();
 
   // Saved across restarts. `reason` goes to the log by the caller.
@@ -103,9 +102,7 @@ class Replicator {
   uint64_t records_sent_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t units_received_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_reference_pull_ms_ ABSL_GUARDED_BY(mu_) = 0;
-  // The batch id of the page being pushed, reused while its retries last.
-  std::string batch_id_;
-  uint64_t batch_through_seq_ = 0;
+  field::CallCanceller canceller_;
   std::thread thread_;
 };
 

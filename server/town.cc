@@ -156,6 +156,13 @@ absl::Status Town::SeedUnits() {
 absl::Status Town::ValidatePushedChange(const Record& change, sync::ChangeOrigin origin) const {
   absl::MutexLock lock(&units_mu_);
   HAMLET_RETURN_IF_ERROR(sync::ValidateChange(change, units_, origin));
+  // A town server keeps its own town's records; the admin units it knows of
+  // other towns are reference data, not places to file records.
+  if (!change.has_admin_unit() && !units_.IsWithin(change.unit_code(), options_.unit_code)) {
+    return absl::InvalidArgumentError(absl::StrCat("record ", change.id(), ": unit ", change.unit_code(),
+                                                   " is not in ", options_.unit_code,
+                                                   ", which this server serves; send it to that unit's server"));
+  }
   if (change.has_admin_unit() && !units_.CommuneOf(change.unit_code()).empty()) {
     return absl::InvalidArgumentError(absl::StrCat("record ", change.id(),
                                                    ": admin units are filed at the town or province, not in unit ",
@@ -356,6 +363,12 @@ absl::StatusOr<size_t> Town::ApplyUpstreamUnits(std::vector<Record> records) {
 
 absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
     const hamlet::v1::ResolveConflictRequest& request, const Caller& caller) {
+  if (options_.tier == Tier::kProvince) {
+    // The province holds copies; a resolution here would never reach the
+    // town, whose next state would bring the conflict back.
+    return absl::FailedPreconditionError(
+        "conflicts are resolved at the record's town server; the province's copy follows by replication");
+  }
   if (!sync::IsUuid(request.device_id())) return absl::InvalidArgumentError("device_id must be the device's UUID");
   if (!sync::IsUuid(request.request_id())) {
     return absl::InvalidArgumentError("request_id must be a UUID generated for this resolution");
@@ -485,6 +498,11 @@ absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_cod
 bool Town::KnowsUnit(const std::string& code) const {
   absl::MutexLock lock(&units_mu_);
   return units_.Find(code) != nullptr;
+}
+
+bool Town::ServesUnit(const std::string& code) const {
+  absl::MutexLock lock(&units_mu_);
+  return units_.IsWithin(code, options_.unit_code);
 }
 
 std::vector<std::string> Town::UnitsWithin(const std::string& code) const {

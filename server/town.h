@@ -105,6 +105,8 @@ class Town {
 
   ChangeFeed& feed() { return feed_; }
   bool KnowsUnit(const std::string& code) const;
+  // True for the unit this server serves and every unit below it.
+  bool ServesUnit(const std::string& code) const;
   // `code` and every unit below it (sync::UnitDirectory::Within).
   std::vector<std::string> UnitsWithin(const std::string& code) const;
   hamlet::v1::UnitLevel UnitLevel(const std::string& code) const;

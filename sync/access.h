@@ -52,7 +52,8 @@ void Redact(const Principal& principal, hamlet::v1::Record* record);
 // record that never leaves the town (informant identities and any record
 // marked SENSITIVITY_SEALED) and for admin units (the province owns them and
 // sends them down); otherwise redacts `record` as for a province officer and
-// returns true. The province thus never holds what its officers may not read.
+// returns true. The province thus never holds personal data its officers may
+// not read (it keeps household registrations, redacted, only for its counts).
 bool PrepareForProvince(hamlet::v1::Record* record);
 
 }  // namespace hamlet::sync

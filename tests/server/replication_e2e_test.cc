@@ -8,8 +8,10 @@
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -26,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "hamlet/v1/admin.grpc.pb.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "sync/access.h"
@@ -33,6 +36,7 @@
 #include "sync/clock.h"
 #include "sync/uuid.h"
 #include "tests/support/admin.h"
+#include "tests/support/records.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
 #include "tools/field/device.h"
@@ -126,6 +130,17 @@ std::map<std::string, Record> PullAll(const std::string& address, const std::str
     request.set_cursor(response.next_cursor());
     if (response.remaining() == 0) return records;
   }
+}
+
+// What the admin listener's health service says of "hamlet.replication".
+grpc::health::v1::HealthCheckResponse::ServingStatus ReplicationHealth(const Node& node) {
+  auto stub = grpc::health::v1::Health::NewStub(Channel(node.admin_address()));
+  grpc::ClientContext context;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("hamlet.replication");
+  grpc::health::v1::HealthCheckResponse response;
+  EXPECT_TRUE(stub->Check(&context, request, &response).ok());
+  return response.status();
 }
 
 hamlet::v1::ReplicationStatus ReplicationOf(const Node& node) {
@@ -586,6 +601,8 @@ TEST_F(ReplicationE2eTest, AProvinceDownForAWhileIsCaughtUpAndHealthSaysSo) {
   EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_FAILING) << status.DebugString();
   EXPECT_THAT(status.last_error(), ::testing::HasSubstr(province_->address()));
   EXPECT_GT(status.lag_records(), 0u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // Health is refreshed every second.
+  EXPECT_EQ(ReplicationHealth(*town), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
 
   ASSERT_TRUE(province_->EnsureUp()) << province_->Log();
   deadline = absl::Now() + absl::Seconds(60);
@@ -598,6 +615,205 @@ TEST_F(ReplicationE2eTest, AProvinceDownForAWhileIsCaughtUpAndHealthSaysSo) {
   EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_RUNNING);
   EXPECT_GT(status.records_sent(), 0u);
   EXPECT_THAT(town->Log(), ::testing::HasSubstr("reachable again"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  EXPECT_EQ(ReplicationHealth(*town), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+// A province restored from a backup has lost what it acknowledged after the
+// backup; the town notices (its cursor is refused) and sends everything again.
+TEST_F(ReplicationE2eTest, AProvinceRestoredFromBackupIsSentEverythingAgain) {
+  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
+  ASSERT_TRUE(province_->up()) << province_->Log();
+  std::unique_ptr<Node> town = StartTown("quang-yen", "206");
+  ASSERT_TRUE(town && town->up());
+  Phone phone = NewPhone(*town, hamlet::v1::ROLE_MEMBER, "07132-K01", "hgv-1");
+  const std::string reader_id = "00000000-0000-4000-8000-000000000022";
+  const std::string reader_token =
+      AdminClient(province_->process()).Enroll(reader_id, hamlet::v1::ROLE_REPLICATION_NODE, "22", "auditor-22");
+  const auto caught_up = [&] {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    hamlet::v1::ReplicationStatus status;
+    do {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      status = ReplicationOf(*town);
+    } while ((status.lag_records() > 0 || status.state() != hamlet::v1::REPLICATION_STATE_RUNNING) &&
+             absl::Now() < deadline);
+    return status.lag_records() == 0;
+  };
+  std::vector<std::string> sealed;
+  std::set<std::string> ids;
+  for (const std::string& id : RecordADay(phone, 1, &sealed)) ids.insert(id);
+  ASSERT_TRUE(Sync(phone, absl::Seconds(20)));
+  ASSERT_TRUE(caught_up());
+
+  const std::string backup = dir_.Sub("province-backup");
+  {
+    AdminClient admin(province_->process());
+    hamlet::v1::CreateBackupRequest request;
+    request.set_directory(backup);
+    auto context = admin.Context();  // Must outlive the stream.
+    auto reader = admin.stub().CreateBackup(context.get(), request);
+    hamlet::v1::CreateBackupResponse progress;
+    while (reader->Read(&progress)) {
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  for (const std::string& id : RecordADay(phone, 2, &sealed)) ids.insert(id);
+  ASSERT_TRUE(Sync(phone, absl::Seconds(20)));
+  ASSERT_TRUE(caught_up());
+
+  // The province's disk is lost; it comes back from the backup.
+  province_->Kill();
+  std::filesystem::rename(province_->data_dir(), dir_.Sub("province-lost"));
+  const pid_t restore = hamlet::testing::Spawn(
+      {HAMLETD_PATH, "--tier=province", "--restore_from=" + backup, "--data_dir=" + province_->data_dir()},
+      dir_.Sub("restore.log"));
+  ASSERT_EQ(hamlet::testing::WaitExit(restore), 0) << ReadFile(dir_.Sub("restore.log"));
+  ASSERT_TRUE(province_->EnsureUp()) << province_->Log();
+
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  std::set<std::string> at_province;
+  while (absl::Now() < deadline) {
+    at_province.clear();
+    for (const auto& [id, record] : PullAll(province_->address(), reader_id, reader_token)) {
+      if (!record.has_admin_unit()) at_province.insert(id);
+    }
+    if (at_province == ids) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(at_province, ids);
+  EXPECT_THAT(town->Log(), ::testing::HasSubstr("sending everything again"));
+}
+
+// A town server files only its own town's records and enrols only its own
+// people; the province's copies are settled at their towns.
+TEST_F(ReplicationE2eTest, EachServerKeepsToItsOwnUnits) {
+  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
+  ASSERT_TRUE(province_->up()) << province_->Log();
+  std::unique_ptr<Node> town = StartTown("quang-yen", "206");
+  ASSERT_TRUE(town && town->up());
+  {
+    AdminClient admin(town->process());
+    hamlet::v1::EnrollDeviceRequest request;
+    request.set_person_id("hgv-ct");
+    request.set_role(hamlet::v1::ROLE_MEMBER);
+    request.set_unit_code("07192");  // Cô Tô's, not Quảng Yên's.
+    hamlet::v1::EnrollDeviceResponse response;
+    const grpc::Status status = admin.stub().EnrollDevice(admin.Context().get(), request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), ::testing::HasSubstr("not 206 or a unit within it"));
+  }
+  // A town officer may write teams anywhere in the town, but not in another town.
+  const std::string officer = "00000000-0000-4000-8000-0000000000a1";
+  const std::string token = AdminClient(town->process()).Enroll(officer, hamlet::v1::ROLE_TOWN_OFFICER, "206", "o");
+  hamlet::v1::Stamp stamp;
+  stamp.set_physical_ms(absl::ToUnixMillis(absl::Now()));
+  stamp.set_node(officer);
+  absl::BitGen gen;
+  hamlet::v1::PushRequest push;
+  push.set_device_id(officer);
+  push.set_batch_id(sync::NewUuid(gen));
+  *push.add_changes() = hamlet::testing::NewCase(sync::NewUuid(gen), "07192", stamp);
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer " + token);
+  hamlet::v1::PushResponse pushed;
+  const grpc::Status status = hamlet::v1::SyncService::NewStub(Channel(town->address()))->Push(&context, push, &pushed);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("unit 07192 is not in 206"));
+
+  // At the province, a conflict is not settled on the copy.
+  AdminClient admin(province_->process());
+  hamlet::v1::AdminServiceResolveConflictResponse resolved;
+  const grpc::Status resolve = admin.stub().ResolveConflict(admin.Context().get(), {}, &resolved);
+  EXPECT_EQ(resolve.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(resolve.error_message(), ::testing::HasSubstr("resolved at the record's town server"));
+}
+
+// Not a test: the replication-lag figures of docs/BENCHMARKS.md. Devices push
+// batches of new cases to a town as fast as the town takes them, for
+// HAMLET_LAG_SECONDS (default 30); the town's replication lag is sampled
+// every 250 ms. Run with --gtest_also_run_disabled_tests.
+TEST_F(ReplicationE2eTest, DISABLED_LagUnderSustainedPushLoad) {
+  const char* env_seconds = std::getenv("HAMLET_LAG_SECONDS");
+  const int seconds = env_seconds != nullptr ? std::atoi(env_seconds) : 30;
+  constexpr int kPushers = 8;
+  constexpr int kBatch = 50;
+  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
+  ASSERT_TRUE(province_->up()) << province_->Log();
+  std::unique_ptr<Node> town = StartTown("quang-yen", "206");
+  ASSERT_TRUE(town && town->up());
+  std::vector<std::pair<std::string, std::string>> devices;  // id, token
+  {
+    AdminClient admin(town->process());
+    for (int i = 0; i < kPushers; ++i) {
+      const std::string id = absl::StrFormat("00000000-0000-4000-8000-%012d", i + 1);
+      devices.emplace_back(id, admin.Enroll(id, hamlet::v1::ROLE_MEMBER, "07132", absl::StrCat("hgv-", i)));
+    }
+  }
+  std::atomic<bool> loading{true};
+  std::atomic<uint64_t> pushed_records{0}, failed{0};
+  std::vector<std::thread> pushers;
+  for (const auto& [id, token] : devices) {
+    pushers.emplace_back([&, id = id, token = token] {
+      auto stub = hamlet::v1::SyncService::NewStub(Channel(town->address()));
+      absl::BitGen gen;
+      while (loading) {
+        hamlet::v1::PushRequest request;
+        request.set_device_id(id);
+        request.set_batch_id(sync::NewUuid(gen));
+        for (int r = 0; r < kBatch; ++r) {
+          hamlet::v1::Stamp stamp;
+          stamp.set_physical_ms(absl::ToUnixMillis(absl::Now()));
+          stamp.set_logical(static_cast<uint32_t>(r));
+          stamp.set_node(id);
+          Record c = hamlet::testing::NewCase(sync::NewUuid(gen), "07132-K01", stamp,
+                                              std::string(900, 'x'));  // About 1 KB a record.
+          c.set_author(id);
+          *request.add_changes() = std::move(c);
+        }
+        grpc::ClientContext context;
+        context.AddMetadata("authorization", "Bearer " + token);
+        hamlet::v1::PushResponse response;
+        if (stub->Push(&context, request, &response).ok()) {
+          pushed_records += kBatch;
+        } else {
+          ++failed;
+        }
+      }
+    });
+  }
+  std::vector<double> lag_seconds;
+  uint64_t max_lag_records = 0;
+  const absl::Time start = absl::Now();
+  while (absl::Now() - start < absl::Seconds(seconds)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    const hamlet::v1::ReplicationStatus status = ReplicationOf(*town);
+    lag_seconds.push_back(status.lag_seconds());
+    max_lag_records = std::max(max_lag_records, status.lag_records());
+  }
+  loading = false;
+  for (auto& t : pushers) t.join();
+  const double load_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  const absl::Time drain_start = absl::Now();
+  hamlet::v1::ReplicationStatus status;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    status = ReplicationOf(*town);
+  } while (status.lag_records() > 0 && absl::Now() - drain_start < absl::Minutes(5));
+  const double drain = absl::ToDoubleSeconds(absl::Now() - drain_start);
+  EXPECT_EQ(status.lag_records(), 0u);
+  EXPECT_EQ(failed.load(), 0u);
+  std::sort(lag_seconds.begin(), lag_seconds.end());
+  const auto at = [&](double q) { return lag_seconds[static_cast<size_t>(q * (lag_seconds.size() - 1))]; };
+  std::cout << absl::StrFormat(
+      "[ lag      ] %d pushers x %d records (~1 KB) for %.0f s: %.0f records/s pushed to the town (%llu in all)\n"
+      "[ lag      ] replication lag, sampled every 250 ms: p50 %.2f s, p90 %.2f s, max %.2f s; "
+      "at most %llu records behind\n"
+      "[ lag      ] caught up %.2f s after the load stopped (%llu records sent up)\n",
+      kPushers, kBatch, load_seconds, pushed_records / load_seconds,
+      static_cast<unsigned long long>(pushed_records.load()), at(0.5), at(0.9), lag_seconds.back(),
+      static_cast<unsigned long long>(max_lag_records), drain,
+      static_cast<unsigned long long>(status.records_sent()));
 }
 
 // The metrics endpoint speaks the Prometheus text format, as promtool checks.

@@ -24,8 +24,26 @@ absl::Status FromGrpc(const grpc::Status& status, absl::string_view what) {
                       absl::StrCat(what, ": ", status.error_message()));
 }
 
+void CallCanceller::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  if (current_ != nullptr) current_->TryCancel();
+}
+
+bool CallCanceller::Begin(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  current_ = context;
+  return true;
+}
+
+void CallCanceller::End() {
+  absl::MutexLock lock(&mu_);
+  current_ = nullptr;
+}
+
 CallResult CallWithRetry(const RetryPolicy& policy, const std::string& token,
-                         const std::function<grpc::Status(grpc::ClientContext*)>& call) {
+                         const std::function<grpc::Status(grpc::ClientContext*)>& call, CallCanceller* canceller) {
   absl::BitGen gen;
   absl::Duration backoff = policy.first_backoff;
   CallResult result;
@@ -33,7 +51,13 @@ CallResult CallWithRetry(const RetryPolicy& policy, const std::string& token,
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(policy.call_timeout));
     if (!token.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+    if (canceller != nullptr && !canceller->Begin(&context)) {
+      result.status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+      result.reason.clear();
+      return result;
+    }
     result.status = call(&context);
+    if (canceller != nullptr) canceller->End();
     result.reason.clear();
     const auto& trailers = context.GetServerTrailingMetadata();
     if (auto it = trailers.find("hamlet-error-reason"); it != trailers.end()) {

@@ -6,8 +6,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace hamlet::field {
@@ -38,11 +40,28 @@ bool Refused(grpc::StatusCode code);
 bool Retryable(grpc::StatusCode code);
 absl::Status FromGrpc(const grpc::Status& status, absl::string_view what);
 
+// Lets another thread end a CallWithRetry early: the attempt in flight is
+// cancelled and no other is made. Thread-safe.
+class CallCanceller {
+ public:
+  void Cancel();
+  // For CallWithRetry: registers the attempt's context; false once cancelled.
+  bool Begin(grpc::ClientContext* context);
+  void End();
+
+ private:
+  absl::Mutex mu_;
+  grpc::ClientContext* current_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 // Runs `call` with a fresh context (deadline, and `token` as a bearer token
-// unless empty) until it succeeds, fails for good, or runs out of attempts,
-// sleeping with jittered exponential backoff in between.
+// unless empty) until it succeeds, fails for good, runs out of attempts or is
+// cancelled (CANCELLED), sleeping with jittered exponential backoff in
+// between.
 CallResult CallWithRetry(const RetryPolicy& policy, const std::string& token,
-                         const std::function<grpc::Status(grpc::ClientContext*)>& call);
+                         const std::function<grpc::Status(grpc::ClientContext*)>& call,
+                         CallCanceller* canceller = nullptr);
 
 }  // namespace hamlet::field
 
