@@ -30,8 +30,8 @@ struct ReplicatorOptions {
   // ROLE_REPLICATION_NODE for its unit, under this server's id as device id.
   std::string token;
   // Records per push (at most the upstream's batch limit) and a soft byte cap.
-  int batch_records = 200;
-  int batch_bytes = 1 << 20;
+  int batch_records = 500;
+  int batch_bytes = 2 << 20;
   // How often admin units are pulled from the upstream, and the longest wait
   // between attempts after a failure.
   absl::Duration poll_interval = absl::Seconds(5);

@@ -730,12 +730,15 @@ TEST_F(ReplicationE2eTest, EachServerKeepsToItsOwnUnits) {
 }
 
 // Not a test: the replication-lag figures of docs/BENCHMARKS.md. Devices push
-// batches of new cases to a town as fast as the town takes them, for
-// HAMLET_LAG_SECONDS (default 30); the town's replication lag is sampled
-// every 250 ms. Run with --gtest_also_run_disabled_tests.
+// batches of new cases to a town for HAMLET_LAG_SECONDS (default 30), as fast
+// as the town takes them or at HAMLET_LAG_RATE records/s in all; the town's
+// replication lag is sampled every 250 ms. Run with
+// --gtest_also_run_disabled_tests.
 TEST_F(ReplicationE2eTest, DISABLED_LagUnderSustainedPushLoad) {
   const char* env_seconds = std::getenv("HAMLET_LAG_SECONDS");
   const int seconds = env_seconds != nullptr ? std::atoi(env_seconds) : 30;
+  const char* env_rate = std::getenv("HAMLET_LAG_RATE");
+  const double rate = env_rate != nullptr ? std::atof(env_rate) : 0;
   constexpr int kPushers = 8;
   constexpr int kBatch = 50;
   province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
@@ -757,7 +760,14 @@ TEST_F(ReplicationE2eTest, DISABLED_LagUnderSustainedPushLoad) {
     pushers.emplace_back([&, id = id, token = token] {
       auto stub = hamlet::v1::SyncService::NewStub(Channel(town->address()));
       absl::BitGen gen;
+      // Each pusher's share of the rate, as the time one batch may take.
+      const absl::Duration period = rate > 0 ? absl::Seconds(kPushers * kBatch / rate) : absl::ZeroDuration();
+      absl::Time next = absl::Now();
       while (loading) {
+        if (period > absl::ZeroDuration()) {
+          absl::SleepFor(next - absl::Now());
+          next += period;
+        }
         hamlet::v1::PushRequest request;
         request.set_device_id(id);
         request.set_batch_id(sync::NewUuid(gen));
