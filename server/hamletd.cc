@@ -413,7 +413,7 @@ int Run() {
   server.reset();
   admin_server.reset();
   metrics_endpoint.reset();
-  replicator.reset();  // Ends after its call in flight, if any.
+  replicator.reset();  // Cancels its call in flight, if any.
   devices->reset();
   const uint64_t last_seq = (*town)->store().last_seq();
   town->reset();  // Closes RocksDB.

@@ -48,6 +48,8 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   records_ = gauge("hamlet_records", "Records held (estimated by RocksDB for large stores).");
   last_seq_ = gauge("hamlet_last_seq", "Sequence number of the latest change.");
   open_conflicts_ = gauge("hamlet_open_conflicts", "Records with an open conflict.");
+  wal_syncs_ = gauge("hamlet_wal_syncs",
+                     "Write-ahead log syncs since start; with concurrent pushes, fewer than pushes (group commit).");
   replication_up_ = gauge("hamlet_replication_up",
                           "1 while replication to the upstream runs, 0 when failing or paused, -1 without upstream.");
   replication_lag_records_ =
@@ -77,6 +79,7 @@ void Metrics::WatchClosed() { connected_->Decrement(); }
 std::string Metrics::Render(const Town& town, const Replicator* replicator) {
   records_->Set(static_cast<double>(town.store().EstimateRecords()));
   last_seq_->Set(static_cast<double>(town.store().last_seq()));
+  wal_syncs_->Set(static_cast<double>(town.store().wal_syncs()));
   if (absl::StatusOr<uint64_t> conflicts = town.store().CountConflicted(); conflicts.ok()) {
     open_conflicts_->Set(static_cast<double>(*conflicts));
   }

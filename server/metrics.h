@@ -62,6 +62,7 @@ class Metrics {
   prometheus::Gauge* records_;
   prometheus::Gauge* last_seq_;
   prometheus::Gauge* open_conflicts_;
+  prometheus::Gauge* wal_syncs_;
   prometheus::Gauge* replication_up_;
   prometheus::Gauge* replication_lag_records_;
   prometheus::Gauge* replication_lag_seconds_;

@@ -224,7 +224,13 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
   return merged;
 }
 
-absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
+absl::Status Town::FinishCommit(const storage::TownStore::Applied& applied) {
+  HAMLET_RETURN_IF_ERROR(store_->WaitDurable(applied.write));
+  feed_.Publish(applied.last_seq);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<storage::TownStore::Applied> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
                                             const DeviceReport& report, const std::string& content_hash,
                                             Merged merged, const std::function<std::string(uint64_t)>& respond) {
   const int64_t now_ms = clock_.physical().NowMs();
@@ -247,7 +253,7 @@ absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const 
   commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
   commit.clock = clock_.Last();
   commit.audit = std::move(merged.audit);
-  HAMLET_ASSIGN_OR_RETURN(uint64_t seq, store_->CommitPush(std::move(commit), [&](uint64_t last_seq) {
+  HAMLET_ASSIGN_OR_RETURN(storage::TownStore::Applied applied, store_->ApplyPush(std::move(commit), [&](uint64_t last_seq) {
     storage::BatchReceipt receipt;
     receipt.set_content_hash(content_hash);
     receipt.set_response(respond(last_seq));
@@ -264,8 +270,7 @@ absl::StatusOr<uint64_t> Town::CommitMerged(const std::string& device_id, const 
       }
     }
   }
-  feed_.Publish(seq);
-  return seq;
+  return applied;
 }
 
 absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request, const Caller& caller) {
@@ -305,34 +310,40 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   }
   const std::string hash = ContentHash(request);
 
-  absl::MutexLock push_lock(&push_mu_);
-  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
-                          store_->GetBatchReceipt(request.device_id(), request.batch_id()));
-  if (receipt.has_value()) {
-    if (receipt->content_hash() != hash) {
-      return absl::AlreadyExistsError(absl::StrCat("batch ", request.batch_id(),
-                                                   " was already applied with different content; "
-                                                   "a new batch needs a new batch_id"));
-    }
-    hamlet::v1::PushResponse response;
-    if (!response.ParseFromString(receipt->response())) return absl::DataLossError("stored push response is damaged");
-    return response;
-  }
-  std::vector<const Record*> changes;
-  for (const Record& change : request.changes()) changes.push_back(&change);
-  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller, WriteCheck::kPerRecord,
-                                                      replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves));
   hamlet::v1::PushResponse response;
-  response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
-  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.batch_id(),
-                                      {request.app_version(), request.pending_changes()}, hash,
-                                      std::move(merged), [&](uint64_t last_seq) {
-                                        response.set_server_seq(last_seq);
-                                        *response.mutable_server_time() =
-                                            TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
-                                        return response.SerializeAsString();
-                                      })
-                             .status());
+  // Under push_mu_: a retried batch is answered from its receipt; a new one is
+  // merged and applied. The sync comes after, outside the lock.
+  const auto apply = [&]() -> absl::StatusOr<storage::TownStore::Applied> {
+    absl::MutexLock push_lock(&push_mu_);
+    HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
+                            store_->GetBatchReceipt(request.device_id(), request.batch_id()));
+    if (receipt.has_value()) {
+      if (receipt->content_hash() != hash) {
+        return absl::AlreadyExistsError(absl::StrCat("batch ", request.batch_id(),
+                                                     " was already applied with different content; "
+                                                     "a new batch needs a new batch_id"));
+      }
+      if (!response.ParseFromString(receipt->response())) {
+        return absl::DataLossError("stored push response is damaged");
+      }
+      // The first attempt may still be on its way to disk: answer once it is.
+      return storage::TownStore::Applied{0, store_->LastWrite()};
+    }
+    std::vector<const Record*> changes;
+    for (const Record& change : request.changes()) changes.push_back(&change);
+    HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller, WriteCheck::kPerRecord,
+                                                        replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves));
+    response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
+    return CommitMerged(request.device_id(), request.batch_id(), {request.app_version(), request.pending_changes()},
+                        hash, std::move(merged), [&](uint64_t last_seq) {
+                          response.set_server_seq(last_seq);
+                          *response.mutable_server_time() =
+                              TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+                          return response.SerializeAsString();
+                        });
+  };
+  HAMLET_ASSIGN_OR_RETURN(storage::TownStore::Applied applied, apply());
+  HAMLET_RETURN_IF_ERROR(FinishCommit(applied));
   return response;
 }
 
@@ -350,14 +361,18 @@ absl::StatusOr<size_t> Town::ApplyUpstreamUnits(std::vector<Record> records) {
   upstream.principal.role = hamlet::v1::ROLE_REPLICATION_NODE;
   upstream.peer = "upstream";
   absl::BitGen gen;
-  absl::MutexLock push_lock(&push_mu_);
-  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(units, upstream, WriteCheck::kAuthorityCheckedByCaller,
-                                                      LifecycleCheck::kNone));
-  const size_t changed = merged.writes.size();
-  if (changed == 0) return 0;
-  HAMLET_RETURN_IF_ERROR(CommitMerged(store_->server_id(), sync::NewUuid(gen), DeviceReport(), "", std::move(merged),
-                                      [](uint64_t) { return std::string(); })
-                             .status());
+  size_t changed;
+  storage::TownStore::Applied applied;
+  {
+    absl::MutexLock push_lock(&push_mu_);
+    HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(units, upstream, WriteCheck::kAuthorityCheckedByCaller,
+                                                        LifecycleCheck::kNone));
+    changed = merged.writes.size();
+    if (changed == 0) return 0;
+    HAMLET_ASSIGN_OR_RETURN(applied, CommitMerged(store_->server_id(), sync::NewUuid(gen), DeviceReport(), "",
+                                                  std::move(merged), [](uint64_t) { return std::string(); }));
+  }
+  HAMLET_RETURN_IF_ERROR(FinishCommit(applied));
   return changed;
 }
 
@@ -383,6 +398,7 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   }
   const std::string hash = Sha256(request.SerializeAsString());
 
+  // Resolutions are rare: this one syncs while holding push_mu_.
   absl::MutexLock push_lock(&push_mu_);
   HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
                           store_->GetBatchReceipt(request.device_id(), request.request_id()));
@@ -397,6 +413,7 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
     if (!response.ParseFromString(receipt->response())) return absl::DataLossError("stored response is damaged");
     HAMLET_ASSIGN_OR_RETURN(std::optional<Record> current, store_->GetRecord(request.record_id()));
     if (current.has_value()) *response.mutable_record() = std::move(*current);
+    HAMLET_RETURN_IF_ERROR(store_->WaitDurable(store_->LastWrite()));
     return response;
   }
   HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, store_->GetRecord(request.record_id()));
@@ -450,17 +467,17 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   hamlet::v1::ResolveConflictResponse response;
   const bool changes = !merged.writes.empty();
   *response.mutable_record() = changes ? merged.writes.front().state : *record;
-  HAMLET_RETURN_IF_ERROR(CommitMerged(request.device_id(), request.request_id(), DeviceReport(), hash,
-                                      std::move(merged),
-                                      [&](uint64_t last_seq) {
-                                        // One record written: it took the last sequence number.
-                                        if (changes) response.mutable_record()->set_server_seq(last_seq);
-                                        hamlet::v1::ResolveConflictResponse receipt;
-                                        receipt.mutable_record()->set_id(response.record().id());
-                                        receipt.mutable_record()->set_server_seq(response.record().server_seq());
-                                        return receipt.SerializeAsString();
-                                      })
-                             .status());
+  HAMLET_ASSIGN_OR_RETURN(storage::TownStore::Applied applied,
+                          CommitMerged(request.device_id(), request.request_id(), DeviceReport(), hash,
+                                       std::move(merged), [&](uint64_t last_seq) {
+                                         // One record written: it took the last sequence number.
+                                         if (changes) response.mutable_record()->set_server_seq(last_seq);
+                                         hamlet::v1::ResolveConflictResponse receipt;
+                                         receipt.mutable_record()->set_id(response.record().id());
+                                         receipt.mutable_record()->set_server_seq(response.record().server_seq());
+                                         return receipt.SerializeAsString();
+                                       }));
+  HAMLET_RETURN_IF_ERROR(FinishCommit(applied));
   return response;
 }
 

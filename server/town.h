@@ -135,13 +135,17 @@ class Town {
                              const Caller& caller) const;
   // Commits merged records with a receipt holding respond(last_seq).
   // REQUIRES: push_mu_ held.
+  // Waits until `write` is durable, then tells watchers about `last_seq`.
+  absl::Status FinishCommit(const storage::TownStore::Applied& applied);
   // What a device says of itself with a push, kept for the admins.
   struct DeviceReport {
     std::string app_version;
     // Unset when the call says nothing about the outbox (a resolution).
     std::optional<uint32_t> pending_changes;
   };
-  absl::StatusOr<uint64_t> CommitMerged(const std::string& device_id, const std::string& batch_id,
+  // Applies the commit (storage::TownStore::ApplyPush); the caller waits for
+  // it to be durable after releasing push_mu_, then publishes it.
+  absl::StatusOr<storage::TownStore::Applied> CommitMerged(const std::string& device_id, const std::string& batch_id,
                                         const DeviceReport& report, const std::string& content_hash,
                                         Merged merged, const std::function<std::string(uint64_t)>& respond);
   absl::Status LoadUnits();
@@ -163,8 +167,9 @@ class Town {
   sync::HybridClock clock_;
   ChangeFeed feed_;
 
-  // Held from reading the records a push touches until its commit, so that no
-  // other push's merge is lost in between.
+  // Held from reading the records a push touches until its commit is applied,
+  // so that no other push's merge is lost in between; released before the
+  // commit is synced, so that concurrent pushes share one sync.
   absl::Mutex push_mu_;
   mutable absl::Mutex units_mu_;
   sync::UnitDirectory units_ ABSL_GUARDED_BY(units_mu_);

@@ -81,12 +81,6 @@ std::string BatchKey(const std::string& device_id, const std::string& batch_id) 
   return absl::StrCat(device_id, std::string(1, '\0'), batch_id);
 }
 
-rocksdb::WriteOptions WriteOptionsFor(const TownStoreOptions& options) {
-  rocksdb::WriteOptions write;
-  write.sync = options.sync_writes;
-  return write;
-}
-
 constexpr uint8_t kSealedFormatV1 = 2;
 
 constexpr char kTalliesVersion[] = "1";
@@ -379,6 +373,13 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
       FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "last_seq", &value), "reading last sequence number"));
   if (value.size() != 8) return absl::DataLossError("stored last_seq is damaged");
   store->last_seq_ = GetBigEndian64(value);
+  // Whatever the log held is on disk now: opening replays it into tables.
+  HAMLET_RETURN_IF_ERROR(FromRocks(db->SyncWAL(), "syncing the write-ahead log"));
+  store->durable_seq_ = store->last_seq_.load();
+  {
+    absl::MutexLock lock(&store->sync_mu_);
+    store->written_seq_ = store->last_seq_.load();
+  }
   if (options.sealer == nullptr &&
       !db->Get(rocksdb::ReadOptions(), store->meta_, "holds_sealed", &value).IsNotFound()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -428,6 +429,50 @@ absl::StatusOr<std::optional<DeviceState>> TownStore::GetDevice(const std::strin
 
 absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
                                                const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
+  HAMLET_ASSIGN_OR_RETURN(Applied applied, ApplyPush(std::move(commit), make_receipt));
+  HAMLET_RETURN_IF_ERROR(WaitDurable(applied.write));
+  return applied.last_seq;
+}
+
+uint64_t TownStore::LastWrite() const {
+  absl::MutexLock lock(&sync_mu_);
+  return written_;
+}
+
+absl::Status TownStore::WaitDurable(uint64_t write) {
+  absl::MutexLock lock(&sync_mu_);
+  while (true) {
+    if (!sync_error_.ok()) return sync_error_;
+    if (durable_ >= write) return absl::OkStatus();
+    if (syncing_) {
+      // The sync in flight may have started before this write: wait for it,
+      // then look again.
+      const auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) { return !syncing_; };
+      sync_mu_.Await(absl::Condition(&done));
+      continue;
+    }
+    syncing_ = true;
+    const uint64_t target = written_;
+    const uint64_t target_seq = written_seq_;
+    rocksdb::Status synced = rocksdb::Status::OK();
+    if (options_.sync_writes) {
+      sync_mu_.Unlock();
+      synced = db_->db->SyncWAL();
+      wal_syncs_.fetch_add(1);
+      sync_mu_.Lock();
+    }
+    syncing_ = false;
+    if (!synced.ok()) {
+      sync_error_ = FromRocks(synced, "syncing the write-ahead log");
+      return sync_error_;
+    }
+    durable_ = std::max(durable_, target);
+    durable_seq_.store(std::max(durable_seq_.load(), target_seq));
+  }
+}
+
+absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
+    PushCommit commit, const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
   absl::MutexLock lock(&commit_mu_);
   uint64_t seq = last_seq_.load();
   rocksdb::WriteBatch batch;
@@ -477,10 +522,13 @@ absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
   batch.Put(meta_, "clock", EncodeValue(commit.clock));
   batch.Put(devices_, commit.device_id, EncodeValue(commit.device));
   batch.Put(batches_, BatchKey(commit.device_id, commit.batch_id), EncodeValue(make_receipt(seq)));
-  HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(WriteOptionsFor(options_), &batch), "committing push"));
+  // Not synced here: WaitDurable syncs once for every write before it.
+  HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(rocksdb::WriteOptions(), &batch), "committing push"));
   last_audit_seq_.store(audit_seq);
   last_seq_.store(seq);
-  return seq;
+  absl::MutexLock sync_lock(&sync_mu_);
+  written_seq_ = seq;
+  return Applied{seq, ++written_};
 }
 
 absl::Status TownStore::PutEnrolment(const Enrolment& enrolment, hamlet::v1::AuditEntry audit) {
@@ -587,9 +635,10 @@ uint64_t TownStore::EstimateRecords() const {
 
 absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
                                                   size_t max_bytes, CountRemaining count) const {
-  // Reading last_seq before taking the snapshot means the snapshot holds every
-  // change up to it: commits publish last_seq only after their write.
-  const uint64_t last_seq = last_seq_.load();
+  // Only durable changes are read, so a page never holds what a crash could
+  // take back. Reading durable_seq before taking the snapshot means the
+  // snapshot holds every change up to it.
+  const uint64_t last_seq = durable_seq_.load();
   const rocksdb::Snapshot* snapshot = db_->db->GetSnapshot();
   struct Releaser {
     rocksdb::DB* db;

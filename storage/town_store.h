@@ -146,12 +146,38 @@ class TownStore {
   // Writes a push: records (each getting the next sequence number, old index
   // entries removed so the index holds each record once), the receipt made by
   // `make_receipt` from the last sequence number, and the device state, in one
-  // WriteBatch, synced per TownStoreOptions. Nothing is written on error.
-  // Returns the last sequence number assigned.
+  // WriteBatch. Nothing is written on error. Reads see the write at once, but
+  // it is durable only once WaitDurable(write) returns OK: a caller that
+  // acknowledges it must wait (group commit: concurrent pushes apply one after
+  // another under the caller's lock, then share one WAL sync outside it).
+  // Pulls (ReadChanges) see only durable changes.
+  struct Applied {
+    // The last sequence number assigned (the store's last_seq if none was).
+    uint64_t last_seq = 0;
+    // The write's place among all writes, for WaitDurable.
+    uint64_t write = 0;
+  };
   // REQUIRES: each record id appears at most once in `commit.records`, and
   // `commune` and `previous_seq` are what the stored record was indexed under.
   // A record never changes unit; if a village moved to another commune, its
   // records would keep an index entry in the old bucket until rewritten.
+  absl::StatusOr<Applied> ApplyPush(PushCommit commit,
+                                    const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
+
+  // Blocks until write `write` and every one before it are synced to disk; a
+  // single WAL sync serves every writer waiting at the time. Returns the
+  // sync's error if it failed; from then on no write is ever reported durable
+  // (the server must be restarted). Immediate when sync_writes is off.
+  absl::Status WaitDurable(uint64_t write);
+  // The latest write applied, for a caller that found the effect of a write
+  // it did not wait for (a retried batch's receipt).
+  uint64_t LastWrite() const;
+  // Sequence number up to which every change is durable.
+  uint64_t durable_seq() const { return durable_seq_.load(); }
+  // WAL syncs made by WaitDurable since the store was opened.
+  uint64_t wal_syncs() const { return wal_syncs_.load(); }
+
+  // ApplyPush, then WaitDurable. Returns the last sequence number assigned.
   absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
                                       const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
 
@@ -240,6 +266,17 @@ class TownStore {
   hamlet::v1::Stamp persisted_clock_;
   absl::Mutex commit_mu_;
   std::atomic<uint64_t> last_seq_{0};
+
+  // Group commit. Writes are numbered as they are applied; a sync of the WAL
+  // makes every write applied before it durable.
+  mutable absl::Mutex sync_mu_;
+  uint64_t written_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  uint64_t written_seq_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  uint64_t durable_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
+  absl::Status sync_error_ ABSL_GUARDED_BY(sync_mu_);
+  std::atomic<uint64_t> durable_seq_{0};
+  std::atomic<uint64_t> wal_syncs_{0};
 };
 
 }  // namespace hamlet::storage
