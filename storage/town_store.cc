@@ -522,7 +522,7 @@ absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
   batch.Put(meta_, "clock", EncodeValue(commit.clock));
   batch.Put(devices_, commit.device_id, EncodeValue(commit.device));
   batch.Put(batches_, BatchKey(commit.device_id, commit.batch_id), EncodeValue(make_receipt(seq)));
-  // Not synced here: WaitDurable syncs once for every write before it.
+  // Not synced here: WaitDurable syncs once for every write applied before it.
   HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(rocksdb::WriteOptions(), &batch), "committing push"));
   last_audit_seq_.store(audit_seq);
   last_seq_.store(seq);
