@@ -8,9 +8,13 @@ namespace {
 constexpr size_t kRememberedCommits = 4096;
 }  // namespace
 
-void ChangeFeed::Publish(uint64_t seq) {
+void ChangeFeed::Publish(uint64_t seq, const std::vector<std::string>& communes) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
+  for (const std::string& commune : communes) {
+    uint64_t& latest = latest_by_commune_[commune];
+    latest = std::max(latest, seq);
+  }
   if (seq <= last_seq_) return;
   last_seq_ = seq;
   if (commits_.size() >= kRememberedCommits) {
@@ -22,6 +26,21 @@ void ChangeFeed::Publish(uint64_t seq) {
     thinned_ = true;
   }
   commits_.emplace_back(seq, now);
+}
+
+uint64_t ChangeFeed::LatestIn(const storage::ChangeScope& scope) const {
+  absl::MutexLock lock(&mu_);
+  if (scope.whole_server()) return last_seq_;
+  uint64_t latest = first_seq_;
+  for (const std::string& bucket : scope.buckets()) {
+    if (auto it = latest_by_commune_.find(bucket); it != latest_by_commune_.end()) latest = std::max(latest, it->second);
+  }
+  return latest;
+}
+
+uint64_t ChangeFeed::last_seq() const {
+  absl::MutexLock lock(&mu_);
+  return last_seq_;
 }
 
 absl::Time ChangeFeed::FirstCommitAfter(uint64_t seq) const {

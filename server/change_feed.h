@@ -3,11 +3,15 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "storage/town_store.h"
 
 namespace hamlet::server {
 
@@ -17,8 +21,15 @@ class ChangeFeed {
  public:
   explicit ChangeFeed(uint64_t last_seq) : last_seq_(last_seq), start_(absl::Now()) {}
 
-  // A commit reached `seq`.
-  void Publish(uint64_t seq);
+  // A durable commit reached `seq`, changing records of `communes` ("" for
+  // records above commune level).
+  void Publish(uint64_t seq, const std::vector<std::string>& communes);
+
+  // The latest change published in `scope` (the last sequence number when
+  // the feed was created, for every scope, until one is published there), so
+  // a watcher knows without reading the store.
+  uint64_t LatestIn(const storage::ChangeScope& scope) const;
+  uint64_t last_seq() const;
 
   // When the first commit after `seq` happened: exact while fewer than 4096
   // commits are remembered, coarser (never later) beyond; the time the feed
@@ -37,6 +48,7 @@ class ChangeFeed {
  private:
   mutable absl::Mutex mu_;
   uint64_t last_seq_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t, std::less<>> latest_by_commune_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   const uint64_t first_seq_ = last_seq_;
   const absl::Time start_;

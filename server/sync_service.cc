@@ -8,7 +8,7 @@
 
 namespace hamlet::server {
 
-grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContext* context) {
+grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContextBase* context) {
   if (status.ok()) return grpc::Status::OK;
   status.ForEachPayload([context](absl::string_view key, const absl::Cord& value) {
     context->AddTrailingMetadata(std::string(key), std::string(value));
@@ -16,7 +16,7 @@ grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContext* context) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::ServerContext& context) {
+absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::ServerContextBase& context) {
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
   const absl::string_view value =
@@ -65,35 +65,127 @@ grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v
   return grpc::Status::OK;
 }
 
-grpc::Status SyncServiceImpl::Watch(grpc::ServerContext* context, const hamlet::v1::WatchRequest* request,
-                                    grpc::ServerWriter<hamlet::v1::WatchResponse>* writer) {
-  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
-  if (!caller.ok()) return ToGrpc(caller.status(), context);
-  absl::StatusOr<Town::WatchStart> start = town_->StartWatch(*request, *caller);
-  if (!start.ok()) return ToGrpc(start.status(), context);
-  uint64_t seen = start->seq;
-  metrics_->WatchOpened();
-  struct Closed {
-    Metrics* metrics;
-    ~Closed() { metrics->WatchClosed(); }
-  } closed{metrics_};
-  // Wake at least once a second to notice a cancelled call, a shutdown or a
-  // revoked token.
-  while (!context->IsCancelled() && !town_->feed().closed()) {
-    const uint64_t last = town_->feed().WaitAbove(seen, absl::Seconds(1));
-    if (absl::StatusOr<Caller> still = Authenticate(*devices_, *context); !still.ok()) {
-      return ToGrpc(still.status(), context);
-    }
-    if (last <= seen) continue;
-    absl::StatusOr<bool> has_changes = town_->HasChangesAfter(start->scope, seen);
-    if (!has_changes.ok()) return ToGrpc(has_changes.status(), context);
-    seen = last;
-    if (!*has_changes) continue;
-    hamlet::v1::WatchResponse message;
-    message.set_server_seq(last);
-    if (!writer->Write(message)) break;
+// One Watch stream. Lives from Watch() until OnDone(), which deletes it; the
+// dispatcher reaches it only while it is registered.
+class WatchReactor final : public grpc::ServerWriteReactor<hamlet::v1::WatchResponse> {
+ public:
+  WatchReactor(SyncServiceImpl* service, grpc::CallbackServerContext* context, storage::ChangeScope scope,
+               uint64_t seen)
+      : service_(service), context_(context), scope_(std::move(scope)), seen_(seen) {
+    service_->metrics_->WatchOpened();
   }
-  return grpc::Status::OK;
+
+  // From the dispatcher: ends the stream if the server is closing or the
+  // token no longer works, else tells the device about changes in its scope
+  // after the last one it was told about.
+  void Poll(bool check_token, bool closing) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    if (closing) return FinishLocked(grpc::Status::OK);
+    if (check_token) {
+      if (absl::StatusOr<Caller> still = Authenticate(*service_->devices_, *context_); !still.ok()) {
+        return FinishLocked(ToGrpc(still.status(), context_));
+      }
+    }
+    if (writing_) return;
+    const uint64_t latest = service_->town_->feed().LatestIn(scope_);
+    if (latest <= seen_) return;
+    seen_ = latest;
+    message_.set_server_seq(latest);
+    writing_ = true;
+    StartWrite(&message_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) FinishLocked(grpc::Status::OK);  // The device went away.
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(grpc::Status::CANCELLED);
+  }
+  void OnDone() override {
+    service_->Unregister(this);
+    service_->metrics_->WatchClosed();
+    delete this;
+  }
+
+ private:
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  SyncServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  const storage::ChangeScope scope_;
+  absl::Mutex mu_;
+  uint64_t seen_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  hamlet::v1::WatchResponse message_;  // Kept until its write is done.
+};
+
+namespace {
+
+// A Watch refused at the start.
+class RefusedWatch final : public grpc::ServerWriteReactor<hamlet::v1::WatchResponse> {
+ public:
+  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+SyncServiceImpl::SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics)
+    : town_(town), devices_(devices), metrics_(metrics), dispatcher_([this] { Dispatch(); }) {}
+
+SyncServiceImpl::~SyncServiceImpl() {
+  {
+    absl::MutexLock lock(&watchers_mu_);
+    stopping_ = true;
+  }
+  dispatcher_.join();
+}
+
+grpc::ServerWriteReactor<hamlet::v1::WatchResponse>* SyncServiceImpl::Watch(grpc::CallbackServerContext* context,
+                                                                            const hamlet::v1::WatchRequest* request) {
+  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  if (!caller.ok()) return new RefusedWatch(ToGrpc(caller.status(), context));
+  absl::StatusOr<Town::WatchStart> start = town_->StartWatch(*request, *caller);
+  if (!start.ok()) return new RefusedWatch(ToGrpc(start.status(), context));
+  auto* watcher = new WatchReactor(this, context, start->scope, start->seq);
+  absl::MutexLock lock(&watchers_mu_);
+  watchers_.insert(watcher);
+  // Changes may already be waiting: tell it at once.
+  watcher->Poll(/*check_token=*/false, /*closing=*/false);
+  return watcher;
+}
+
+void SyncServiceImpl::Unregister(WatchReactor* watcher) {
+  absl::MutexLock lock(&watchers_mu_);
+  watchers_.erase(watcher);
+}
+
+void SyncServiceImpl::Dispatch() {
+  uint64_t dispatched = 0;
+  absl::Time tokens_checked = absl::Now();
+  while (true) {
+    // Wakes on each commit, and at least once a second for the tokens.
+    const bool closing = town_->feed().closed();
+    if (closing) {
+      absl::SleepFor(absl::Milliseconds(100));
+    } else {
+      dispatched = town_->feed().WaitAbove(dispatched, absl::Seconds(1));
+    }
+    const bool check_tokens = absl::Now() - tokens_checked >= absl::Seconds(1);
+    if (check_tokens) tokens_checked = absl::Now();
+    absl::MutexLock lock(&watchers_mu_);
+    if (stopping_) return;
+    for (WatchReactor* watcher : watchers_) watcher->Poll(check_tokens, closing);
+  }
 }
 
 grpc::Status SyncServiceImpl::ResolveConflict(grpc::ServerContext* context,

@@ -1,6 +1,11 @@
 #ifndef HAMLET_SERVER_SYNC_SERVICE_H_
 #define HAMLET_SERVER_SYNC_SERVICE_H_
 
+#include <set>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "server/devices.h"
 #include "server/metrics.h"
@@ -8,36 +13,54 @@
 
 namespace hamlet::server {
 
+class WatchReactor;
+
 // The gRPC face of a Town for devices: authenticates each call by its bearer
 // token, maps requests to Town calls and absl::Status to gRPC status (with the
 // payloads of server/town.h as trailing metadata), and logs one line per push.
-class SyncServiceImpl final : public hamlet::v1::SyncService::Service {
+//
+// Push, Pull and ResolveConflict are synchronous handlers. Watch streams stay
+// open for as long as a phone is connected, so they hold no thread: they are
+// callback reactors, and one dispatcher thread tells them all about new
+// changes (and re-checks their tokens once a second).
+class SyncServiceImpl final
+    : public hamlet::v1::SyncService::WithCallbackMethod_Watch<hamlet::v1::SyncService::Service> {
  public:
-  // `town`, `devices` and `metrics` must outlive the service.
-  SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics)
-      : town_(town), devices_(devices), metrics_(metrics) {}
+  // `town`, `devices` and `metrics` must outlive the service. Starts the
+  // Watch dispatcher.
+  SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics);
+  // Stops the dispatcher. REQUIRES: the server using the service is shut down.
+  ~SyncServiceImpl() override;
 
   grpc::Status Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
                     hamlet::v1::PushResponse* response) override;
   grpc::Status Pull(grpc::ServerContext* context, const hamlet::v1::PullRequest* request,
                     hamlet::v1::PullResponse* response) override;
-  grpc::Status Watch(grpc::ServerContext* context, const hamlet::v1::WatchRequest* request,
-                     grpc::ServerWriter<hamlet::v1::WatchResponse>* writer) override;
+  grpc::ServerWriteReactor<hamlet::v1::WatchResponse>* Watch(grpc::CallbackServerContext* context,
+                                                            const hamlet::v1::WatchRequest* request) override;
   grpc::Status ResolveConflict(grpc::ServerContext* context, const hamlet::v1::ResolveConflictRequest* request,
                                hamlet::v1::ResolveConflictResponse* response) override;
 
  private:
+  friend class WatchReactor;
+  void Dispatch();
+  void Unregister(WatchReactor* watcher);
+
   Town* const town_;
   const DeviceRegistry* const devices_;
   Metrics* const metrics_;
+  absl::Mutex watchers_mu_;
+  std::set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mu_);
+  bool stopping_ ABSL_GUARDED_BY(watchers_mu_) = false;
+  std::thread dispatcher_;
 };
 
 // absl::Status -> grpc::Status; copies the status's payloads into `context`'s
 // trailing metadata.
-grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContext* context);
+grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContextBase* context);
 
 // The caller of a call, from its `authorization` metadata.
-absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::ServerContext& context);
+absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::ServerContextBase& context);
 
 }  // namespace hamlet::server
 

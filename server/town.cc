@@ -149,7 +149,7 @@ absl::Status Town::SeedUnits() {
   commit.clock = clock_.Last();
   HAMLET_ASSIGN_OR_RETURN(uint64_t seq,
                           store_->CommitPush(std::move(commit), [](uint64_t) { return storage::BatchReceipt(); }));
-  feed_.Publish(seq);
+  feed_.Publish(seq, {""});
   return absl::OkStatus();
 }
 
@@ -224,13 +224,13 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
   return merged;
 }
 
-absl::Status Town::FinishCommit(const storage::TownStore::Applied& applied) {
-  HAMLET_RETURN_IF_ERROR(store_->WaitDurable(applied.write));
-  feed_.Publish(applied.last_seq);
+absl::Status Town::FinishCommit(const Committed& committed) {
+  HAMLET_RETURN_IF_ERROR(store_->WaitDurable(committed.applied.write));
+  feed_.Publish(committed.applied.last_seq, committed.communes);
   return absl::OkStatus();
 }
 
-absl::StatusOr<storage::TownStore::Applied> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
+absl::StatusOr<Town::Committed> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
                                             const DeviceReport& report, const std::string& content_hash,
                                             Merged merged, const std::function<std::string(uint64_t)>& respond) {
   const int64_t now_ms = clock_.physical().NowMs();
@@ -238,8 +238,10 @@ absl::StatusOr<storage::TownStore::Applied> Town::CommitMerged(const std::string
   commit.device_id = device_id;
   commit.batch_id = batch_id;
   std::vector<Record> units;
+  Committed committed;
   for (storage::RecordWrite& write : merged.writes) {
     if (write.state.has_admin_unit()) units.push_back(write.state);
+    committed.communes.push_back(write.commune);
     commit.records.push_back(std::move(write));
   }
   HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> device, store_->GetDevice(device_id));
@@ -253,7 +255,7 @@ absl::StatusOr<storage::TownStore::Applied> Town::CommitMerged(const std::string
   commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
   commit.clock = clock_.Last();
   commit.audit = std::move(merged.audit);
-  HAMLET_ASSIGN_OR_RETURN(storage::TownStore::Applied applied, store_->ApplyPush(std::move(commit), [&](uint64_t last_seq) {
+  HAMLET_ASSIGN_OR_RETURN(committed.applied, store_->ApplyPush(std::move(commit), [&](uint64_t last_seq) {
     storage::BatchReceipt receipt;
     receipt.set_content_hash(content_hash);
     receipt.set_response(respond(last_seq));
@@ -270,7 +272,7 @@ absl::StatusOr<storage::TownStore::Applied> Town::CommitMerged(const std::string
       }
     }
   }
-  return applied;
+  return committed;
 }
 
 absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request, const Caller& caller) {
@@ -313,7 +315,7 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   hamlet::v1::PushResponse response;
   // Under push_mu_: a retried batch is answered from its receipt; a new one is
   // merged and applied. The sync comes after, outside the lock.
-  const auto apply = [&]() -> absl::StatusOr<storage::TownStore::Applied> {
+  const auto apply = [&]() -> absl::StatusOr<Committed> {
     absl::MutexLock push_lock(&push_mu_);
     HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
                             store_->GetBatchReceipt(request.device_id(), request.batch_id()));
@@ -327,7 +329,7 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
         return absl::DataLossError("stored push response is damaged");
       }
       // The first attempt may still be on its way to disk: answer once it is.
-      return storage::TownStore::Applied{0, store_->LastWrite()};
+      return Committed{storage::TownStore::Applied{0, store_->LastWrite()}, {}};
     }
     std::vector<const Record*> changes;
     for (const Record& change : request.changes()) changes.push_back(&change);
@@ -342,8 +344,8 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
                           return response.SerializeAsString();
                         });
   };
-  HAMLET_ASSIGN_OR_RETURN(storage::TownStore::Applied applied, apply());
-  HAMLET_RETURN_IF_ERROR(FinishCommit(applied));
+  HAMLET_ASSIGN_OR_RETURN(Committed committed, apply());
+  HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
   return response;
 }
 
@@ -362,17 +364,17 @@ absl::StatusOr<size_t> Town::ApplyUpstreamUnits(std::vector<Record> records) {
   upstream.peer = "upstream";
   absl::BitGen gen;
   size_t changed;
-  storage::TownStore::Applied applied;
+  Committed committed;
   {
     absl::MutexLock push_lock(&push_mu_);
     HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(units, upstream, WriteCheck::kAuthorityCheckedByCaller,
                                                         LifecycleCheck::kNone));
     changed = merged.writes.size();
     if (changed == 0) return 0;
-    HAMLET_ASSIGN_OR_RETURN(applied, CommitMerged(store_->server_id(), sync::NewUuid(gen), DeviceReport(), "",
-                                                  std::move(merged), [](uint64_t) { return std::string(); }));
+    HAMLET_ASSIGN_OR_RETURN(committed, CommitMerged(store_->server_id(), sync::NewUuid(gen), DeviceReport(), "",
+                                                    std::move(merged), [](uint64_t) { return std::string(); }));
   }
-  HAMLET_RETURN_IF_ERROR(FinishCommit(applied));
+  HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
   return changed;
 }
 
@@ -467,7 +469,7 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   hamlet::v1::ResolveConflictResponse response;
   const bool changes = !merged.writes.empty();
   *response.mutable_record() = changes ? merged.writes.front().state : *record;
-  HAMLET_ASSIGN_OR_RETURN(storage::TownStore::Applied applied,
+  HAMLET_ASSIGN_OR_RETURN(Committed committed,
                           CommitMerged(request.device_id(), request.request_id(), DeviceReport(), hash,
                                        std::move(merged), [&](uint64_t last_seq) {
                                          // One record written: it took the last sequence number.
@@ -477,7 +479,7 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
                                          receipt.mutable_record()->set_server_seq(response.record().server_seq());
                                          return receipt.SerializeAsString();
                                        }));
-  HAMLET_RETURN_IF_ERROR(FinishCommit(applied));
+  HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
   return response;
 }
 
@@ -644,12 +646,6 @@ absl::StatusOr<Town::WatchStart> Town::StartWatch(const hamlet::v1::WatchRequest
   HAMLET_ASSIGN_OR_RETURN(std::string commune, ResolveScope(request.scope_unit_code(), false, caller));
   HAMLET_ASSIGN_OR_RETURN(uint64_t seq, CursorSeq(request.cursor(), commune));
   return WatchStart{IndexScope(commune), seq};
-}
-
-absl::StatusOr<bool> Town::HasChangesAfter(const storage::ChangeScope& scope, uint64_t seq) const {
-  HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page,
-                          store_->ReadChanges(scope, seq, 1, 1, storage::CountRemaining::kNo));
-  return !page.records.empty();
 }
 
 }  // namespace hamlet::server

@@ -100,8 +100,6 @@ class Town {
     uint64_t seq;
   };
   absl::StatusOr<WatchStart> StartWatch(const hamlet::v1::WatchRequest& request, const Caller& caller);
-  // True if `scope` has changes after `seq`.
-  absl::StatusOr<bool> HasChangesAfter(const storage::ChangeScope& scope, uint64_t seq) const;
 
   ChangeFeed& feed() { return feed_; }
   bool KnowsUnit(const std::string& code) const;
@@ -133,21 +131,26 @@ class Town {
   // or as a new record when it is null).
   absl::Status CheckWritable(const hamlet::v1::Record& change, const hamlet::v1::Record* existing,
                              const Caller& caller) const;
-  // Commits merged records with a receipt holding respond(last_seq).
-  // REQUIRES: push_mu_ held.
-  // Waits until `write` is durable, then tells watchers about `last_seq`.
-  absl::Status FinishCommit(const storage::TownStore::Applied& applied);
   // What a device says of itself with a push, kept for the admins.
   struct DeviceReport {
     std::string app_version;
     // Unset when the call says nothing about the outbox (a resolution).
     std::optional<uint32_t> pending_changes;
   };
-  // Applies the commit (storage::TownStore::ApplyPush); the caller waits for
-  // it to be durable after releasing push_mu_, then publishes it.
-  absl::StatusOr<storage::TownStore::Applied> CommitMerged(const std::string& device_id, const std::string& batch_id,
+  // An applied commit, and the communes whose records it changed.
+  struct Committed {
+    storage::TownStore::Applied applied;
+    std::vector<std::string> communes;
+  };
+  // Commits merged records with a receipt holding respond(last_seq): applies
+  // them (storage::TownStore::ApplyPush); the caller waits for them to be
+  // durable after releasing push_mu_ (FinishCommit).
+  // REQUIRES: push_mu_ held.
+  absl::StatusOr<Committed> CommitMerged(const std::string& device_id, const std::string& batch_id,
                                         const DeviceReport& report, const std::string& content_hash,
                                         Merged merged, const std::function<std::string(uint64_t)>& respond);
+  // Waits until a commit is durable, then tells watchers about it.
+  absl::Status FinishCommit(const Committed& committed);
   absl::Status LoadUnits();
   absl::Status SeedUnits();
   // The commune a pull or watch of `scope_unit_code` reads ("" for the whole
