@@ -305,7 +305,8 @@ int Run() {
   }
 
   // The device listener: sync and health, no reflection.
-  hamlet::server::SyncServiceImpl sync_service(town->get(), devices->get(), &metrics);
+  // Its Watch dispatcher reads the town: it is stopped before the town closes.
+  auto sync_service = std::make_unique<hamlet::server::SyncServiceImpl>(town->get(), devices->get(), &metrics);
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
@@ -318,10 +319,10 @@ int Run() {
   builder.AddListeningPort(listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
-  builder.RegisterService(&sync_service);
+  builder.RegisterService(sync_service.get());
   builder.SetOption(std::make_unique<WithoutReflection>());
-  // Each sync call holds a thread (a push waits for its sync, a Watch for
-  // changes). gRPC ends a thread that finds more than MAX_POLLERS others idle
+  // Each synchronous call holds a thread (a push waits for its sync). gRPC
+  // ends a thread that finds more than MAX_POLLERS others idle
   // and starts one when none is; its default of 2 makes many devices churn
   // threads: 64 devices pushing one record each went from 2,355 to 2,900
   // records/s with this (tools/hamlet-bench --only_push=64,1).
@@ -419,6 +420,7 @@ int Run() {
   server.reset();
   admin_server.reset();
   metrics_endpoint.reset();
+  sync_service.reset();
   replicator.reset();  // Cancels its call in flight, if any.
   devices->reset();
   const uint64_t last_seq = (*town)->store().last_seq();

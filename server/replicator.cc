@@ -71,19 +71,13 @@ absl::Status Replicator::SaveState(const storage::ReplicationState& state) {
   return absl::OkStatus();
 }
 
-absl::Status Replicator::Pause() {
-  absl::MutexLock lock(&mu_);
-  storage::ReplicationState next = state_;
-  next.set_paused(true);
-  HAMLET_RETURN_IF_ERROR(SaveState(next));
-  woken_ = true;
-  return absl::OkStatus();
-}
+absl::Status Replicator::Pause() { return SetPaused(true); }
+absl::Status Replicator::Resume() { return SetPaused(false); }
 
-absl::Status Replicator::Resume() {
+absl::Status Replicator::SetPaused(bool paused) {
   absl::MutexLock lock(&mu_);
   storage::ReplicationState next = state_;
-  next.set_paused(false);
+  next.set_paused(paused);
   HAMLET_RETURN_IF_ERROR(SaveState(next));
   woken_ = true;
   return absl::OkStatus();

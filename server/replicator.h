@@ -86,6 +86,7 @@ class Replicator {
   absl::Status PushPage(bool* caught_up);
   absl::Status PullReference();
   absl::Status SaveState(const storage::ReplicationState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SetPaused(bool paused);
   // Waits up to `timeout` for a stop, a resume or a pause.
   void Sleep(absl::Duration timeout);
 

@@ -51,6 +51,9 @@ using sync::PutBigEndian64;
 //   enrolments       device_id -> v1 Enrolment
 //   audit            be64(audit_seq) -> v1 AuditEntry
 //   conflicted       record_id -> commune      records with an open conflict
+//   index_counts     (0xff | u8(len) commune) be64(seq / 4096) -> be64 count of
+//                    change index entries in that block ("index_counts" in meta
+//                    says they are complete)
 //   tallies          unit 0x00 be32(YYYYMM) metric -> be64(int64 count)   report sums
 //                    (sync/report.h); "tallies" in meta says they are complete
 //
@@ -61,7 +64,7 @@ constexpr char kFormat[] = "1";
 const std::vector<std::string>& FamilyNames() {
   static const auto* names = new std::vector<std::string>{
       "default", "records", "changes", "commune_changes", "devices", "batches", "enrolments", "audit", "conflicted",
-      "tallies"};
+      "tallies", "index_counts"};
   return *names;
 }
 
@@ -75,6 +78,34 @@ std::string BucketPrefix(const std::string& commune) {
   std::string prefix(1, static_cast<char>(commune.size()));
   prefix.append(commune);
   return prefix;
+}
+
+// Index entries are counted per block of kCountBlock sequence numbers, so a
+// pull counts what remains after its page by scanning at most two blocks and
+// summing the counts of the blocks between (docs/STORAGE.md).
+constexpr uint64_t kCountBlock = 4096;
+constexpr char kIndexCountsVersion[] = "1";
+// The counts of the whole-server index; commune buckets use BucketPrefix.
+const std::string& WholeCountPrefix() {
+  static const auto* prefix = new std::string(1, '\xff');
+  return *prefix;
+}
+std::string CountKey(const std::string& prefix, uint64_t seq) { return prefix + SeqKey(seq / kCountBlock); }
+
+// Adds `n` to the count under `key` in `batch`, reading it from `db`.
+absl::Status AddToCount(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* counts, const std::string& key, int64_t n,
+                        rocksdb::WriteBatch* batch) {
+  std::string value;
+  rocksdb::Status got = db->Get(rocksdb::ReadOptions(), counts, key, &value);
+  if (!got.IsNotFound()) HAMLET_RETURN_IF_ERROR(FromRocks(got, "reading an index count"));
+  if (!value.empty() && value.size() != 8) return absl::DataLossError("a stored index count is damaged");
+  const int64_t count = (value.empty() ? 0 : static_cast<int64_t>(GetBigEndian64(value))) + n;
+  if (count == 0) {
+    batch->Delete(counts, key);
+  } else {
+    batch->Put(counts, key, SeqKey(static_cast<uint64_t>(count)));
+  }
+  return absl::OkStatus();
 }
 
 std::string BatchKey(const std::string& device_id, const std::string& batch_id) {
@@ -123,6 +154,29 @@ absl::Status TownStore::DecodeRecord(absl::string_view value, const std::string&
   }
   if (!record->ParseFromString(*plain)) return absl::DataLossError(absl::StrCat("sealed record ", id, " is damaged"));
   return absl::OkStatus();
+}
+
+absl::Status TownStore::RebuildIndexCounts() {
+  std::map<std::string, uint64_t> counts;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), changes_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    ++counts[CountKey(WholeCountPrefix(), GetBigEndian64(internal::View(it->key())))];
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting the change index"));
+  it.reset(db_->db->NewIterator(rocksdb::ReadOptions(), commune_changes_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const absl::string_view key = internal::View(it->key());
+    const size_t prefix = 1 + static_cast<uint8_t>(key[0]);
+    ++counts[CountKey(std::string(key.substr(0, prefix)), GetBigEndian64(key.substr(prefix, 8)))];
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting the commune change index"));
+  rocksdb::WriteBatch batch;
+  batch.DeleteRange(index_counts_, std::string(), std::string(2, '\xff'));
+  for (const auto& [key, n] : counts) batch.Put(index_counts_, key, SeqKey(n));
+  batch.Put(meta_, "index_counts", kIndexCountsVersion);
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  return FromRocks(db_->db->Write(write, &batch), "writing index counts");
 }
 
 absl::Status TownStore::RebuildTallies() {
@@ -332,6 +386,7 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   store->audit_ = families[7];
   store->conflicted_ = families[8];
   store->tallies_ = families[9];
+  store->index_counts_ = families[10];
   rocksdb::DB* db = store->db_->db.get();
 
   {
@@ -353,6 +408,7 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
     batch.Put(store->meta_, "epoch", SeqKey(store->epoch_));
     batch.Put(store->meta_, "last_seq", SeqKey(0));
     batch.Put(store->meta_, "tallies", kTalliesVersion);
+    batch.Put(store->meta_, "index_counts", kIndexCountsVersion);
     rocksdb::WriteOptions write;
     write.sync = true;
     HAMLET_RETURN_IF_ERROR(FromRocks(db->Write(write, &batch), "creating store"));
@@ -387,6 +443,10 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   }
   if (db->Get(rocksdb::ReadOptions(), store->meta_, "tallies", &value).IsNotFound() || value != kTalliesVersion) {
     HAMLET_RETURN_IF_ERROR(store->RebuildTallies());
+  }
+  if (db->Get(rocksdb::ReadOptions(), store->meta_, "index_counts", &value).IsNotFound() ||
+      value != kIndexCountsVersion) {
+    HAMLET_RETURN_IF_ERROR(store->RebuildIndexCounts());
   }
   s = db->Get(rocksdb::ReadOptions(), store->meta_, "clock", &value);
   if (!s.IsNotFound()) {
@@ -488,6 +548,18 @@ absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
     batch.Put(records_, write.state.id(), encoded);
     batch.Put(changes_, SeqKey(seq), write.state.id());
     batch.Put(commune_changes_, BucketPrefix(write.commune) + SeqKey(seq), write.state.id());
+  }
+  std::map<std::string, int64_t> count_delta;
+  for (const RecordWrite& write : commit.records) {
+    if (write.previous_seq != 0) {
+      --count_delta[CountKey(WholeCountPrefix(), write.previous_seq)];
+      --count_delta[CountKey(BucketPrefix(write.commune), write.previous_seq)];
+    }
+    ++count_delta[CountKey(WholeCountPrefix(), write.state.server_seq())];
+    ++count_delta[CountKey(BucketPrefix(write.commune), write.state.server_seq())];
+  }
+  for (const auto& [key, n] : count_delta) {
+    if (n != 0) HAMLET_RETURN_IF_ERROR(AddToCount(db_->db.get(), index_counts_, key, n, &batch));
   }
   sync::Tallies delta;
   for (const RecordWrite& write : commit.records) sync::AddTallyDelta(write.previous, write.state, &delta);
@@ -668,8 +740,8 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     b.it->Seek(b.prefix + SeqKey(after_seq + 1));
     HAMLET_RETURN_IF_ERROR(FromRocks(b.it->status(), "reading change index"));
   }
-  // Entries above last_seq belong to a commit still publishing; the next read
-  // sees them, and a cursor never gets ahead of last_seq.
+  // Entries above the durable sequence number belong to commits not yet
+  // synced; a later read sees them, and a cursor never gets ahead of them.
   const auto in_range = [last_seq](const Bucket& b) { return b.Valid() && b.Seq() <= last_seq; };
   const auto next_bucket = [&buckets, &in_range]() -> Bucket* {
     Bucket* best = nullptr;
@@ -702,8 +774,28 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     page.through_seq = std::max(after_seq, last_seq);
   }
   if (count == CountRemaining::kNo) return page;
+  // What remains: the rest of the page's block and of the last block by
+  // scanning, the blocks between from their counts.
+  const uint64_t first_full = page.through_seq / kCountBlock + 1;
+  const uint64_t last_block = last_seq / kCountBlock;
+  std::unique_ptr<rocksdb::Iterator> counts(db_->db->NewIterator(read, index_counts_));
   for (Bucket& bucket : buckets) {
-    for (; in_range(bucket); bucket.it->Next()) ++page.remaining;
+    const auto scan_through = [&](uint64_t limit) {
+      for (; in_range(bucket) && bucket.Seq() <= limit; bucket.it->Next()) ++page.remaining;
+    };
+    scan_through(std::min(last_seq, first_full * kCountBlock - 1));
+    if (last_block >= first_full) {
+      const std::string prefix = scope.whole_server() ? WholeCountPrefix() : bucket.prefix;
+      const std::string end = prefix + SeqKey(last_block);
+      for (counts->Seek(prefix + SeqKey(first_full)); counts->Valid() && counts->key().compare(end) < 0;
+           counts->Next()) {
+        if (counts->value().size() != 8) return absl::DataLossError("a stored index count is damaged");
+        page.remaining += GetBigEndian64(internal::View(counts->value()));
+      }
+      HAMLET_RETURN_IF_ERROR(FromRocks(counts->status(), "reading index counts"));
+      bucket.it->Seek(bucket.prefix + SeqKey(last_block * kCountBlock));
+      scan_through(last_seq);
+    }
     HAMLET_RETURN_IF_ERROR(FromRocks(bucket.it->status(), "counting change index"));
   }
   return page;

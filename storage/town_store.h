@@ -245,6 +245,9 @@ class TownStore {
   // Recomputes every tally from the records (for a store written before
   // tallies existed). REQUIRES: nothing else uses the store yet.
   absl::Status RebuildTallies();
+  // Recounts the change index by blocks (for a store written before the
+  // counts existed). REQUIRES: nothing else uses the store yet.
+  absl::Status RebuildIndexCounts();
 
   std::unique_ptr<internal::OpenedDb> db_;
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;
@@ -257,6 +260,7 @@ class TownStore {
   rocksdb::ColumnFamilyHandle* audit_ = nullptr;
   rocksdb::ColumnFamilyHandle* conflicted_ = nullptr;
   rocksdb::ColumnFamilyHandle* tallies_ = nullptr;
+  rocksdb::ColumnFamilyHandle* index_counts_ = nullptr;
   std::atomic<uint64_t> last_audit_seq_{0};
   absl::Mutex audit_mu_;
   TownStoreOptions options_;

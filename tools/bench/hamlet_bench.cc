@@ -63,6 +63,8 @@ ABSL_FLAG(bool, pouchdb, true, "Also measure pouchdb-server (installed with npm 
 ABSL_FLAG(std::string, only_push, "",
           "D,B: start hamletd, run only the push of D devices x batches of B for 20 s and print its pid first "
           "(for a profiler to attach to).");
+ABSL_FLAG(int64_t, only_pull, 0,
+          "N: start hamletd, store about N records, and time only one device's catch-up pull of them.");
 ABSL_FLAG(std::string, pouchdb_install_dir, "",
           "Where pouchdb-server is installed (default: build/pouchdb next to this program's build dir).");
 
@@ -227,6 +229,25 @@ class Hamletd {
     return {response.device_id(), response.token(), unit};
   }
 
+  // Milliseconds for the town's report over 2026 (median of 5).
+  double ReportMs() {
+    std::vector<double> times;
+    for (int i = 0; i < 5; ++i) {
+      hamlet::v1::GetReportRequest request;
+      request.set_unit_code("206");
+      request.set_from_date("2026-01-01");
+      request.set_to_date("2026-12-31");
+      grpc::ClientContext context;
+      context.AddMetadata("authorization", "Bearer " + token_);
+      hamlet::v1::GetReportResponse response;
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!admin_->GetReport(&context, request, &response).ok()) Fail("report failed");
+      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(times.begin(), times.end());
+    return times[2];
+  }
+
  private:
   std::string dir_;
   pid_t pid_ = -1;
@@ -244,6 +265,34 @@ struct Throughput {
   uint64_t failures = 0;
 };
 
+// A push run's figures from each client's latencies and the counts.
+Throughput Summarize(const std::vector<std::vector<double>>& latencies, uint64_t records, uint64_t bytes,
+                     uint64_t failures, absl::Time start) {
+  Throughput out;
+  std::vector<double> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  out.records = records;
+  out.records_per_s = static_cast<double>(records) / absl::ToDoubleSeconds(absl::Now() - start);
+  out.p50_ms = At(all, 0.5);
+  out.p99_ms = At(all, 0.99);
+  out.bytes_per_record = records == 0 ? 0 : static_cast<double>(bytes) / static_cast<double>(records);
+  out.failures = failures;
+  return out;
+}
+
+// A push of `batch` new cases from `device`.
+hamlet::v1::PushRequest NewBatch(absl::BitGen& gen, const Device& device, int batch) {
+  hamlet::v1::PushRequest request;
+  request.set_device_id(device.id);
+  request.set_batch_id(sync::NewUuid(gen));
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  for (int r = 0; r < batch; ++r) {
+    *request.add_changes() = NewCase(gen, device.unit, device.id, now_ms, static_cast<uint32_t>(r));
+  }
+  return request;
+}
+
 // `devices.size()` devices push batches of `batch` new cases for `duration`.
 Throughput PushLoad(const std::string& address, const std::vector<Device>& devices, int batch,
                     absl::Duration duration) {
@@ -257,13 +306,7 @@ Throughput PushLoad(const std::string& address, const std::vector<Device>& devic
       auto stub = hamlet::v1::SyncService::NewStub(OwnChannel(address, static_cast<int>(d)));
       absl::BitGen gen;
       while (absl::Now() < end) {
-        hamlet::v1::PushRequest request;
-        request.set_device_id(devices[d].id);
-        request.set_batch_id(sync::NewUuid(gen));
-        const int64_t now_ms = absl::ToUnixMillis(absl::Now());
-        for (int r = 0; r < batch; ++r) {
-          *request.add_changes() = NewCase(gen, devices[d].unit, devices[d].id, now_ms, static_cast<uint32_t>(r));
-        }
+        const hamlet::v1::PushRequest request = NewBatch(gen, devices[d], batch);
         grpc::ClientContext context;
         context.AddMetadata("authorization", "Bearer " + devices[d].token);
         hamlet::v1::PushResponse response;
@@ -281,18 +324,7 @@ Throughput PushLoad(const std::string& address, const std::vector<Device>& devic
     });
   }
   for (auto& t : threads) t.join();
-  Throughput out;
-  std::vector<double> all;
-  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  out.records = records;
-  out.records_per_s = static_cast<double>(records) / seconds;
-  out.p50_ms = At(all, 0.5);
-  out.p99_ms = At(all, 0.99);
-  out.bytes_per_record = records == 0 ? 0 : static_cast<double>(bytes) / static_cast<double>(records);
-  out.failures = failures;
-  return out;
+  return Summarize(latencies, records, bytes, failures, start);
 }
 
 // Pushes new cases until the store holds about `target` records.
@@ -304,13 +336,7 @@ void Fill(const std::string& address, const std::vector<Device>& devices, uint64
       auto stub = hamlet::v1::SyncService::NewStub(OwnChannel(address, 1000 + static_cast<int>(d)));
       absl::BitGen gen;
       while (count.fetch_add(500) < target) {
-        hamlet::v1::PushRequest request;
-        request.set_device_id(devices[d].id);
-        request.set_batch_id(sync::NewUuid(gen));
-        const int64_t now_ms = absl::ToUnixMillis(absl::Now());
-        for (int r = 0; r < 500; ++r) {
-          *request.add_changes() = NewCase(gen, devices[d].unit, devices[d].id, now_ms, static_cast<uint32_t>(r));
-        }
+        const hamlet::v1::PushRequest request = NewBatch(gen, devices[d], 500);
         grpc::ClientContext context;
         context.AddMetadata("authorization", "Bearer " + devices[d].token);
         hamlet::v1::PushResponse response;
@@ -596,18 +622,7 @@ class Pouch {
       });
     }
     for (auto& t : threads) t.join();
-    Throughput out;
-    std::vector<double> all;
-    for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-    std::sort(all.begin(), all.end());
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-    out.records = records;
-    out.records_per_s = static_cast<double>(records) / seconds;
-    out.p50_ms = At(all, 0.5);
-    out.p99_ms = At(all, 0.99);
-    out.bytes_per_record = records == 0 ? 0 : static_cast<double>(bytes) / static_cast<double>(records);
-    out.failures = failures;
-    return out;
+    return Summarize(latencies, records, bytes, failures, start);
   }
 
   void Fill(uint64_t* stored, uint64_t target) {
@@ -700,6 +715,21 @@ int Run() {
     return 0;
   }
 
+  if (const int64_t n = absl::GetFlag(FLAGS_only_pull); n > 0) {
+    Hamletd server(hamletd, work + "/hamlet");
+    std::vector<Device> fillers;
+    for (int i = 0; i < 16; ++i) {
+      fillers.push_back(server.Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
+    }
+    uint64_t stored = 289;
+    Fill(server.address(), fillers, &stored, static_cast<uint64_t>(n));
+    const PullResult one = CatchUp(server.address(), server.Enroll(hamlet::v1::ROLE_TOWN_OFFICER, "206"), 1);
+    std::printf("catch-up of %llu records: %.2f s, %.0f records/s, %.1f us a record\n",
+                static_cast<unsigned long long>(one.records), one.seconds, one.records_per_s,
+                1e6 * one.seconds / static_cast<double>(one.records));
+    return 0;
+  }
+
   // The limits of this machine.
   const size_t raw_records = full ? 20000 : 2000;
   auto raw = [&](size_t batch, size_t threads) {
@@ -746,33 +776,90 @@ int Run() {
   const double noop = NoOpRate(server.address(), server.Enroll(hamlet::v1::ROLE_MEMBER, "07144-K01"), 4, run);
   std::printf("no-op RPC (caught-up pull, auth and logging on): %.0f calls/s (4 threads)\n", noop);
 
-  // Catch-up pulls as the store grows; push cost at each size.
+  // Catch-up pulls as the store grows, and push cost at each size, on a
+  // fresh server (the push runs above left hundreds of thousands of records).
+  std::unique_ptr<Hamletd> grown;
+  std::string pull_address = server.address();
+  Device reader = officer;
+  if (full) {
+    grown = std::make_unique<Hamletd>(hamletd, work + "/grown");
+    devices.clear();
+    for (int i = 0; i < 64; ++i) {
+      devices.push_back(grown->Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
+    }
+    reader = grown->Enroll(hamlet::v1::ROLE_TOWN_OFFICER, "206");
+    pull_address = grown->address();
+    stored = 289;
+  }
   const std::vector<uint64_t> sizes = full ? std::vector<uint64_t>{10000, 100000, 1000000}
-                                           : std::vector<uint64_t>{std::max<uint64_t>(stored, 10000)};
+                                           : std::vector<uint64_t>{stored};
   std::printf("\nHamlet catch-up pull from an empty cursor (one device; ten at once):\n");
-  std::printf("  %9s %10s %12s %10s %12s %14s %16s\n", "stored", "1: s", "records/s", "bytes/rec", "10: s",
-              "echo same s", "push 64x50 rec/s");
+  std::printf("  %9s %10s %12s %10s %12s %14s %16s %10s\n", "stored", "1: s", "records/s", "bytes/rec", "10: s",
+              "echo same s", "push 64x50 rec/s", "report ms");
   std::map<uint64_t, PullResult> pulls;
   std::map<uint64_t, double> push_at;
   std::vector<Device> fillers(devices.begin(), devices.begin() + 16);
   std::vector<Device> sixty_four(devices.begin(), devices.begin() + std::min<size_t>(64, devices.size()));
   for (uint64_t size : sizes) {
-    Fill(server.address(), fillers, &stored, size);
-    PullResult one = CatchUp(server.address(), officer, 1);
-    PullResult ten = CatchUp(server.address(), officer, 10);
+    Fill(pull_address, fillers, &stored, size);
+    PullResult one = CatchUp(pull_address, reader, 1);
+    PullResult ten = CatchUp(pull_address, reader, 10);
     const double echo_s = echo.StreamSeconds(one.payload_bytes, 1 << 20);
-    const double push = PushLoad(server.address(), sixty_four, 50, run).records_per_s;
+    const double push = PushLoad(pull_address, sixty_four, 50, run).records_per_s;
+    const double report_ms = (grown ? *grown : server).ReportMs();
     stored += static_cast<uint64_t>(push * absl::ToDoubleSeconds(run));
     pulls[size] = one;
     push_at[size] = push;
-    std::printf("  %9llu %10.2f %12.0f %10.0f %12.2f %14.2f %16.0f\n", static_cast<unsigned long long>(one.records),
-                one.seconds, one.records_per_s, one.bytes_per_record, ten.seconds, echo_s, push);
+    std::printf("  %9llu %10.2f %12.0f %10.0f %12.2f %14.2f %16.0f %10.1f\n",
+                static_cast<unsigned long long>(one.records), one.seconds, one.records_per_s, one.bytes_per_record,
+                ten.seconds, echo_s, push, report_ms);
     if (size == (full ? 100000u : sizes.front())) {
       targets.Check(absl::StrFormat("catch-up pull of %llu records vs bare gRPC stream of the same bytes",
                                     static_cast<unsigned long long>(one.records)),
                     echo_s / one.seconds, 0.5);
     }
     std::fflush(stdout);
+  }
+  // Mixed, on a server of its own: 64 devices push batches of 10 while 4
+  // devices stay in sync by pulling each new change, and 1,000 Watch streams
+  // are open.
+  {
+    Hamletd mixed_server(hamletd, work + "/mixed");
+    std::vector<Device> pushers;
+    for (int i = 0; i < 64; ++i) {
+      pushers.push_back(mixed_server.Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
+    }
+    const Device watcher = mixed_server.Enroll(hamlet::v1::ROLE_MEMBER, "07132-K01");
+    std::atomic<bool> mixing{true};
+    std::atomic<uint64_t> pulled{0};
+    const absl::Time mix_start = absl::Now();
+    std::vector<std::thread> pullers;
+    for (int p = 0; p < 4; ++p) {
+      const Device puller = mixed_server.Enroll(hamlet::v1::ROLE_MEMBER, "07132-K01");
+      pullers.emplace_back([&, puller, p] {
+        auto stub = hamlet::v1::SyncService::NewStub(OwnChannel(mixed_server.address(), 13000 + p));
+        hamlet::v1::PullRequest request;
+        request.set_device_id(puller.id);
+        while (mixing) {
+          grpc::ClientContext context;
+          context.AddMetadata("authorization", "Bearer " + puller.token);
+          hamlet::v1::PullResponse response;
+          if (!stub->Pull(&context, request, &response).ok()) Fail("mixed pull failed");
+          pulled += static_cast<uint64_t>(response.records_size());
+          request.set_cursor(response.next_cursor());
+          if (response.remaining() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+      });
+    }
+    std::thread watches([&] { IdleWatchRssMib(mixed_server, watcher, 1000); });
+    const Throughput mixed = PushLoad(mixed_server.address(), pushers, 10, run);
+    watches.join();
+    mixing = false;
+    for (auto& t : pullers) t.join();
+    const double mix_seconds = absl::ToDoubleSeconds(absl::Now() - mix_start);
+    std::printf("mixed (64 devices pushing batches of 10; 4 devices pulling as changes land; 1,000 Watch streams "
+                "open): push %.0f records/s, p99 %.1f ms; pulled %.0f records/s in all\n",
+                mixed.records_per_s, mixed.p99_ms, static_cast<double>(pulled) / mix_seconds);
   }
   std::printf("server RSS: peak %.0f MiB after the push runs\n", push_rss.peak_mib);
   // Idle Watch streams on a server of their own, so nothing else is counted.
