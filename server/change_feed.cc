@@ -15,6 +15,7 @@ void ChangeFeed::Publish(uint64_t seq, const std::vector<std::string>& communes)
     uint64_t& latest = latest_by_commune_[commune];
     latest = std::max(latest, seq);
   }
+  if (!communes.empty()) ++publications_;
   if (seq <= last_seq_) return;
   last_seq_ = seq;
   if (commits_.size() >= kRememberedCommits) {
@@ -61,6 +62,13 @@ uint64_t ChangeFeed::WaitAbove(uint64_t seen, absl::Duration timeout) {
   const auto moved = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || last_seq_ > seen; };
   mu_.AwaitWithTimeout(absl::Condition(&moved), timeout);
   return last_seq_;
+}
+
+uint64_t ChangeFeed::WaitForPublication(uint64_t seen, absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  const auto moved = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || publications_ > seen; };
+  mu_.AwaitWithTimeout(absl::Condition(&moved), timeout);
+  return publications_;
 }
 
 void ChangeFeed::Close() {

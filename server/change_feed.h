@@ -40,6 +40,10 @@ class ChangeFeed {
   // Blocks until the last sequence number is above `seen`, the feed is closed,
   // or `timeout` passes. Returns the last sequence number.
   uint64_t WaitAbove(uint64_t seen, absl::Duration timeout);
+  // Blocks until more than `seen` publications were made (commits may publish
+  // out of order, so a commune can move while the last sequence number does
+  // not), the feed is closed, or `timeout` passes. Returns the count.
+  uint64_t WaitForPublication(uint64_t seen, absl::Duration timeout);
 
   // Wakes every waiter for good (server shutdown).
   void Close();
@@ -50,6 +54,7 @@ class ChangeFeed {
   uint64_t last_seq_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t, std::less<>> latest_by_commune_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t publications_ ABSL_GUARDED_BY(mu_) = 0;
   const uint64_t first_seq_ = last_seq_;
   const absl::Time start_;
   // (seq, time) of commits in seq order; thinned to every other entry when full.

@@ -178,7 +178,7 @@ void SyncServiceImpl::Dispatch() {
     if (closing) {
       absl::SleepFor(absl::Milliseconds(100));
     } else {
-      dispatched = town_->feed().WaitAbove(dispatched, absl::Seconds(1));
+      dispatched = town_->feed().WaitForPublication(dispatched, absl::Seconds(1));
     }
     const bool check_tokens = absl::Now() - tokens_checked >= absl::Seconds(1);
     if (check_tokens) tokens_checked = absl::Now();

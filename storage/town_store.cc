@@ -100,7 +100,9 @@ absl::Status AddToCount(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* counts, co
   if (!got.IsNotFound()) HAMLET_RETURN_IF_ERROR(FromRocks(got, "reading an index count"));
   if (!value.empty() && value.size() != 8) return absl::DataLossError("a stored index count is damaged");
   const int64_t count = (value.empty() ? 0 : static_cast<int64_t>(GetBigEndian64(value))) + n;
-  if (count == 0) {
+  // Below zero only if a record's commune changed under it (a village moved):
+  // its old entry stays in the old bucket (town_store.h, ApplyPush).
+  if (count <= 0) {
     batch->Delete(counts, key);
   } else {
     batch->Put(counts, key, SeqKey(static_cast<uint64_t>(count)));
@@ -499,6 +501,11 @@ uint64_t TownStore::LastWrite() const {
   return written_;
 }
 
+absl::Status TownStore::sync_error() const {
+  absl::MutexLock lock(&sync_mu_);
+  return sync_error_;
+}
+
 absl::Status TownStore::WaitDurable(uint64_t write) {
   absl::MutexLock lock(&sync_mu_);
   while (true) {
@@ -528,12 +535,14 @@ absl::Status TownStore::WaitDurable(uint64_t write) {
     }
     durable_ = std::max(durable_, target);
     durable_seq_.store(std::max(durable_seq_.load(), target_seq));
+    unsynced_moves_.erase(unsynced_moves_.begin(), unsynced_moves_.upper_bound(target_seq));
   }
 }
 
 absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
     PushCommit commit, const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
   absl::MutexLock lock(&commit_mu_);
+  HAMLET_RETURN_IF_ERROR(sync_error());
   uint64_t seq = last_seq_.load();
   rocksdb::WriteBatch batch;
   for (RecordWrite& write : commit.records) {
@@ -594,8 +603,22 @@ absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
   batch.Put(meta_, "clock", EncodeValue(commit.clock));
   batch.Put(devices_, commit.device_id, EncodeValue(commit.device));
   batch.Put(batches_, BatchKey(commit.device_id, commit.batch_id), EncodeValue(make_receipt(seq)));
+  uint64_t lowest_moved = UINT64_MAX;
+  for (const RecordWrite& write : commit.records) {
+    if (write.previous_seq != 0) lowest_moved = std::min(lowest_moved, write.previous_seq);
+  }
+  if (lowest_moved != UINT64_MAX) {
+    // Registered before the write, so a pull whose snapshot holds it sees it.
+    absl::MutexLock sync_lock(&sync_mu_);
+    unsynced_moves_[seq] = lowest_moved;
+  }
   // Not synced here: WaitDurable syncs once for every write applied before it.
-  HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(rocksdb::WriteOptions(), &batch), "committing push"));
+  if (absl::Status written = FromRocks(db_->db->Write(rocksdb::WriteOptions(), &batch), "committing push");
+      !written.ok()) {
+    absl::MutexLock sync_lock(&sync_mu_);
+    unsynced_moves_.erase(seq);
+    return written;
+  }
   last_audit_seq_.store(audit_seq);
   last_seq_.store(seq);
   absl::MutexLock sync_lock(&sync_mu_);
@@ -710,8 +733,14 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
   // Only durable changes are read, so a page never holds what a crash could
   // take back. Reading durable_seq before taking the snapshot means the
   // snapshot holds every change up to it.
-  const uint64_t last_seq = durable_seq_.load();
+  uint64_t last_seq = durable_seq_.load();
   const rocksdb::Snapshot* snapshot = db_->db->GetSnapshot();
+  {
+    // A write in the snapshot that moved a record is not durable yet: stop
+    // below the record's old entry, which the snapshot no longer holds.
+    absl::MutexLock lock(&sync_mu_);
+    for (const auto& [write_seq, lowest_moved] : unsynced_moves_) last_seq = std::min(last_seq, lowest_moved - 1);
+  }
   struct Releaser {
     rocksdb::DB* db;
     const rocksdb::Snapshot* snapshot;

@@ -176,6 +176,9 @@ class TownStore {
   uint64_t durable_seq() const { return durable_seq_.load(); }
   // WAL syncs made by WaitDurable since the store was opened.
   uint64_t wal_syncs() const { return wal_syncs_.load(); }
+  // OK, or the error of a failed WAL sync, after which the store takes no
+  // more writes and must be reopened.
+  absl::Status sync_error() const;
 
   // ApplyPush, then WaitDurable. Returns the last sequence number assigned.
   absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
@@ -279,6 +282,11 @@ class TownStore {
   uint64_t durable_ ABSL_GUARDED_BY(sync_mu_) = 0;
   bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
   absl::Status sync_error_ ABSL_GUARDED_BY(sync_mu_);
+  // For each applied write not yet synced that moved records (by its last
+  // sequence number): the lowest sequence number whose index entry it
+  // deleted. A pull must stop below it: until the write is durable, that
+  // record's durable version is neither in the index nor readable.
+  std::map<uint64_t, uint64_t> unsynced_moves_ ABSL_GUARDED_BY(sync_mu_);
   std::atomic<uint64_t> durable_seq_{0};
   std::atomic<uint64_t> wal_syncs_{0};
 };

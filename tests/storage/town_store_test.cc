@@ -93,6 +93,27 @@ TEST_F(TownStoreTest, AppliedPushesAreHiddenFromPullsUntilDurable) {
   ASSERT_TRUE(store_->WaitDurable(applied->write).ok());
   EXPECT_EQ(store_->durable_seq(), 1u);
   EXPECT_EQ(Read(ChangeScope::WholeServer(), 0).records.size(), 1u);
+
+  // A record rewritten by an unsynced push has lost its old index entry in
+  // the snapshot: a pull must stop below it rather than step over it.
+  Commit("b2", {{NewCase(Id(2), "07132", MakeStamp(1, 0, "d")), "07132"}});  // Seq 2, durable.
+  PushCommit rewrite;
+  rewrite.device_id = "device-1";
+  rewrite.batch_id = "b3";
+  auto stored = store_->GetRecord(Id(1));
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  rewrite.records.push_back({NewCase(Id(1), "07132", MakeStamp(2, 0, "d"), "sửa"), "07132", 1, **stored});
+  rewrite.device.set_device_id("device-1");
+  applied = store_->ApplyPush(std::move(rewrite), [](uint64_t) { return BatchReceipt(); });
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  ChangePage page = Read(ChangeScope::WholeServer(), 0);
+  EXPECT_TRUE(page.records.empty());
+  EXPECT_EQ(page.through_seq, 0u) << "the cursor must not pass record 1's old place";
+  ASSERT_TRUE(store_->WaitDurable(applied->write).ok());
+  page = Read(ChangeScope::WholeServer(), 0);
+  ASSERT_EQ(page.records.size(), 2u);
+  EXPECT_EQ(page.records[1].id(), Id(1));
+  EXPECT_EQ(page.through_seq, 3u);
 }
 
 TEST_F(TownStoreTest, ConcurrentPushesShareWalSyncs) {
