@@ -73,7 +73,7 @@ class Replicator {
   absl::Status Pause();
   absl::Status Resume();
 
-  // Counts the lag in records (one key read per record behind).
+  // Reads the lag in records from the change index's block counts.
   hamlet::v1::ReplicationStatus Status() const;
   // Running (not paused or failing) with no change waiting longer than
   // `max_lag`. Cheap: counts nothing.

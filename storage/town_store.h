@@ -194,7 +194,8 @@ class TownStore {
   // ever saved), and a synced save of it.
   absl::StatusOr<ReplicationState> GetReplicationState() const;
   absl::Status PutReplicationState(const ReplicationState& state);
-  // Records in the change index changed after `after_seq` (one key read each).
+  // Records in the change index durably changed after `after_seq` (from the
+  // index's block counts, as ReadChanges counts what remains).
   absl::StatusOr<uint64_t> CountChangesAfter(uint64_t after_seq) const;
 
   // Appends to the audit log (synced); returns the entry's sequence number.
