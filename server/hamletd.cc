@@ -346,7 +346,8 @@ int Run() {
   std::unique_ptr<grpc::Server> admin_server = admin_builder.BuildAndStart();
   if (admin_server == nullptr || admin_port == 0) {
     LogLine(absl::StrCat("cannot listen on ", admin_listen, " (address in use or not local?)"));
-    server->Shutdown();
+    (*town)->feed().Close();  // Ends any Watch stream already accepted.
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     return 1;
   }
   admin_server->GetHealthCheckService()->SetServingStatus(hamlet::v1::AdminService::service_full_name(), true);
