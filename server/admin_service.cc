@@ -12,6 +12,7 @@
 #include "server/log.h"
 #include "server/reports.h"
 #include "server/sync_service.h"
+#include "sync/status_macros.h"
 #include "sync/validate.h"
 
 namespace hamlet::server {
@@ -156,6 +157,20 @@ grpc::Status AdminServiceImpl::GetReplicationStatus(grpc::ServerContext* context
   return grpc::Status::OK;
 }
 
+absl::Status AdminServiceImpl::SetReplicationPaused(const Caller& admin, bool paused, const std::string& reason) {
+  if (replicator_ == nullptr) {
+    return absl::FailedPreconditionError("this server has no upstream (start it with --upstream)");
+  }
+  HAMLET_RETURN_IF_ERROR(paused ? replicator_->Pause() : replicator_->Resume());
+  const char* action = paused ? "pause_replication" : "resume_replication";
+  HAMLET_RETURN_IF_ERROR(town_->mutable_store()
+                             .AppendAudit(AuditOf(admin, action, replicator_->Status().upstream(), reason,
+                                                  absl::ToUnixMillis(absl::Now())))
+                             .status());
+  LogLine(absl::StrCat("replication ", paused ? "paused: " : "resumed", reason));
+  return absl::OkStatus();
+}
+
 grpc::Status AdminServiceImpl::PauseReplication(grpc::ServerContext* context,
                                                 const hamlet::v1::PauseReplicationRequest* request,
                                                 hamlet::v1::PauseReplicationResponse* response) {
@@ -164,18 +179,9 @@ grpc::Status AdminServiceImpl::PauseReplication(grpc::ServerContext* context,
   if (request->reason().empty()) {
     return ToGrpc(absl::InvalidArgumentError("reason is required (it goes to the audit log)"), context);
   }
-  if (replicator_ == nullptr) {
-    return ToGrpc(absl::FailedPreconditionError("this server has no upstream (start it with --upstream)"), context);
+  if (absl::Status paused = SetReplicationPaused(*admin, /*paused=*/true, request->reason()); !paused.ok()) {
+    return ToGrpc(paused, context);
   }
-  absl::Status paused = replicator_->Pause();
-  if (paused.ok()) {
-    paused = town_->mutable_store()
-                 .AppendAudit(AuditOf(*admin, "pause_replication", replicator_->Status().upstream(),
-                                      request->reason(), absl::ToUnixMillis(absl::Now())))
-                 .status();
-  }
-  if (!paused.ok()) return ToGrpc(paused, context);
-  LogLine(absl::StrCat("replication paused: ", request->reason()));
   *response->mutable_status() = ReplicationStatus();
   return grpc::Status::OK;
 }
@@ -185,18 +191,7 @@ grpc::Status AdminServiceImpl::ResumeReplication(grpc::ServerContext* context,
                                                  hamlet::v1::ResumeReplicationResponse* response) {
   absl::StatusOr<Caller> admin = AdminOf(context, "ResumeReplication");
   if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (replicator_ == nullptr) {
-    return ToGrpc(absl::FailedPreconditionError("this server has no upstream (start it with --upstream)"), context);
-  }
-  absl::Status resumed = replicator_->Resume();
-  if (resumed.ok()) {
-    resumed = town_->mutable_store()
-                  .AppendAudit(AuditOf(*admin, "resume_replication", replicator_->Status().upstream(), "",
-                                       absl::ToUnixMillis(absl::Now())))
-                  .status();
-  }
-  if (!resumed.ok()) return ToGrpc(resumed, context);
-  LogLine("replication resumed");
+  if (absl::Status resumed = SetReplicationPaused(*admin, /*paused=*/false, ""); !resumed.ok()) return ToGrpc(resumed, context);
   *response->mutable_status() = ReplicationStatus();
   return grpc::Status::OK;
 }

@@ -52,6 +52,9 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
   Town* const town_;
   // Where replication stands; REPLICATION_STATE_OFF without a replicator.
   hamlet::v1::ReplicationStatus ReplicationStatus() const;
+  // Pauses or resumes replication and writes the audit entry.
+  // FAILED_PRECONDITION without an upstream.
+  absl::Status SetReplicationPaused(const Caller& admin, bool paused, const std::string& reason);
 
   DeviceRegistry* const devices_;
   Replicator* const replicator_;

@@ -59,6 +59,18 @@ struct Commune {
   UnitKind kind;
 };
 
+// A district-level unit of the reference province.
+AdminUnit District(const char* code, UnitKind kind, const char* name, const char* valid_from) {
+  AdminUnit unit;
+  unit.set_code(code);
+  unit.set_level(hamlet::v1::UNIT_LEVEL_DISTRICT);
+  unit.set_kind(kind);
+  unit.set_name(name);
+  unit.set_parent_code(kReferenceProvinceCode);
+  unit.set_valid_from(valid_from);
+  return unit;
+}
+
 void AddTown(const AdminUnit& town, const std::vector<Commune>& communes, std::vector<AdminUnit>* units) {
   units->push_back(town);
   for (const Commune& c : communes) {
@@ -97,16 +109,9 @@ std::vector<AdminUnit> ReferenceUnits() {
   province.set_valid_from("1963-10-30");
   units.push_back(province);
 
-  AdminUnit quang_yen;
-  quang_yen.set_code("206");
-  quang_yen.set_level(hamlet::v1::UNIT_LEVEL_DISTRICT);
-  quang_yen.set_kind(hamlet::v1::UNIT_KIND_TOWN);
-  quang_yen.set_name("Quảng Yên");
-  quang_yen.set_parent_code(kReferenceProvinceCode);
-  quang_yen.set_valid_from("2011-11-25");
   constexpr auto kWard = hamlet::v1::UNIT_KIND_WARD;
   constexpr auto kCommune = hamlet::v1::UNIT_KIND_COMMUNE;
-  AddTown(quang_yen,
+  AddTown(District("206", hamlet::v1::UNIT_KIND_TOWN, "Quảng Yên", "2011-11-25"),
           {{"07132", "Quảng Yên", kWard},   {"07135", "Đông Mai", kWard},     {"07138", "Minh Thành", kWard},
            {"07150", "Cộng Hòa", kWard},    {"07159", "Tân An", kWard},       {"07162", "Yên Giang", kWard},
            {"07165", "Nam Hòa", kWard},     {"07168", "Hà An", kWard},        {"07174", "Phong Hải", kWard},
@@ -116,14 +121,7 @@ std::vector<AdminUnit> ReferenceUnits() {
            {"07189", "Tiền Phong", kCommune}},
           &units);
 
-  AdminUnit co_to;
-  co_to.set_code("207");
-  co_to.set_level(hamlet::v1::UNIT_LEVEL_DISTRICT);
-  co_to.set_kind(hamlet::v1::UNIT_KIND_DISTRICT);
-  co_to.set_name("Cô Tô");
-  co_to.set_parent_code(kReferenceProvinceCode);
-  co_to.set_valid_from("1994-03-23");
-  AddTown(co_to,
+  AddTown(District("207", hamlet::v1::UNIT_KIND_DISTRICT, "Cô Tô", "1994-03-23"),
           {{"07192", "Cô Tô", hamlet::v1::UNIT_KIND_TOWNSHIP},
            {"07195", "Đồng Tiến", kCommune},
            {"07198", "Thanh Lân", kCommune}},

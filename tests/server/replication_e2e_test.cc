@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -152,6 +153,25 @@ hamlet::v1::ReplicationStatus ReplicationOf(const Node& node) {
   const grpc::Status status = stub->GetReplicationStatus(&context, {}, &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
   return response.status();
+}
+
+// Polls the town's replication status until `done` holds or `patience`
+// runs out; returns the last status.
+hamlet::v1::ReplicationStatus WaitForReplication(const Node& town,
+                                                 const std::function<bool(const hamlet::v1::ReplicationStatus&)>& done,
+                                                 absl::Duration patience) {
+  const absl::Time deadline = absl::Now() + patience;
+  hamlet::v1::ReplicationStatus status;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    status = ReplicationOf(town);
+  } while (!done(status) && absl::Now() < deadline);
+  return status;
+}
+
+// Running with nothing left to send.
+bool CaughtUp(const hamlet::v1::ReplicationStatus& status) {
+  return status.lag_records() == 0 && status.state() == hamlet::v1::REPLICATION_STATE_RUNNING;
 }
 
 std::map<std::string, int64_t> ReportFigures(const Node& node, const std::string& unit, uint32_t* villages_registered) {
@@ -436,13 +456,7 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
 
   // Both towns catch up by themselves.
   for (const Node* town : {quang_yen.get(), co_to.get()}) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    hamlet::v1::ReplicationStatus status;
-    do {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      status = ReplicationOf(*town);
-    } while ((status.lag_records() > 0 || status.state() != hamlet::v1::REPLICATION_STATE_RUNNING) &&
-             absl::Now() < deadline);
+    const hamlet::v1::ReplicationStatus status = WaitForReplication(*town, CaughtUp, absl::Seconds(60));
     EXPECT_EQ(status.lag_records(), 0u) << status.DebugString() << town->Log();
     EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_RUNNING) << status.DebugString();
     EXPECT_EQ(status.acked_seq(), status.last_seq());
@@ -452,12 +466,20 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
   // Every record at the province exactly once (PullAll fails on a repeat),
   // at the same state as in its town less what never leaves the town.
   std::map<std::string, Record> at_province = PullAll(province_->address(), reader_id, reader_token);
+  // A town officer's device at each town, to read the town's own copies.
+  struct Officer {
+    const Node* town;
+    std::string id;
+    std::string token;
+  };
+  std::vector<Officer> officers;
+  for (const auto& [town, code] : {std::pair<const Node*, std::string>{quang_yen.get(), "206"}, {co_to.get(), "207"}}) {
+    const std::string id = absl::StrCat("00000000-0000-4000-8000-000000000", code);
+    officers.push_back({town, id, AdminClient(*ServerProcessOf(*town)).Enroll(id, hamlet::v1::ROLE_TOWN_OFFICER, code, "officer")});
+  }
   std::set<std::string> town_records;
-  for (const Node* town : {quang_yen.get(), co_to.get()}) {
-    const std::string officer = absl::StrCat("00000000-0000-4000-8000-0000000000", town == quang_yen.get() ? "a1" : "b1");
-    const std::string token =
-        AdminClient(*ServerProcessOf(*town)).Enroll(officer, hamlet::v1::ROLE_TOWN_OFFICER, town == quang_yen.get() ? "206" : "207", "officer");
-    for (auto& [id, record] : PullAll(town->address(), officer, token)) {
+  for (const Officer& officer : officers) {
+    for (auto& [id, record] : PullAll(officer.town->address(), officer.id, officer.token)) {
       if (record.has_admin_unit()) continue;
       town_records.insert(id);
       Record expected_state = record;
@@ -503,21 +525,17 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
   EXPECT_EQ(province_report.at("mediation.cases"), 4 * days);
 
   // The merger made at the province reached both towns.
-  for (const Node* town : {quang_yen.get(), co_to.get()}) {
+  for (const Officer& officer : officers) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     bool arrived = false;
     while (!arrived && absl::Now() < deadline) {
-      const std::string officer = absl::StrCat("00000000-0000-4000-8000-0000000000", town == quang_yen.get() ? "a1" : "b1");
-      const std::string token = AdminClient(*ServerProcessOf(*town))
-                                    .Enroll(officer, hamlet::v1::ROLE_TOWN_OFFICER,
-                                            town == quang_yen.get() ? "206" : "207", "officer");
-      for (auto& [id, record] : PullAll(town->address(), officer, token, /*reference_only=*/true)) {
+      for (auto& [id, record] : PullAll(officer.town->address(), officer.id, officer.token, /*reference_only=*/true)) {
         arrived = arrived || (record.admin_unit().code() == "07138" && record.admin_unit().valid_to() == "2025-06-30" &&
                               record.admin_unit().successor_codes_size() == 1);
       }
       if (!arrived) std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    EXPECT_TRUE(arrived) << town->Log();
+    EXPECT_TRUE(arrived) << officer.town->Log();
   }
 }
 
@@ -562,11 +580,7 @@ TEST_F(ReplicationE2eTest, PauseHoldsChangesBackAndResumeSendsThem) {
   ASSERT_TRUE(call(&hamlet::v1::AdminService::Stub::ResumeReplication, hamlet::v1::ResumeReplicationRequest(),
                    &resumed)
                   .ok());
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  do {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    status = ReplicationOf(*town);
-  } while (status.lag_records() > 0 && absl::Now() < deadline);
+  status = WaitForReplication(*town, CaughtUp, absl::Seconds(20));
   EXPECT_EQ(status.lag_records(), 0u) << status.DebugString();
   EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_RUNNING);
 
@@ -592,12 +606,8 @@ TEST_F(ReplicationE2eTest, AProvinceDownForAWhileIsCaughtUpAndHealthSaysSo) {
   for (int day = 1; day <= 3; ++day) RecordADay(phone, day, &sealed);
   ASSERT_TRUE(Sync(phone, absl::Seconds(20)));
   // The town works on; replication says it is failing, and why.
-  absl::Time deadline = absl::Now() + absl::Seconds(20);
-  hamlet::v1::ReplicationStatus status;
-  do {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    status = ReplicationOf(*town);
-  } while (status.state() != hamlet::v1::REPLICATION_STATE_FAILING && absl::Now() < deadline);
+  hamlet::v1::ReplicationStatus status = WaitForReplication(
+      *town, [](const auto& s) { return s.state() == hamlet::v1::REPLICATION_STATE_FAILING; }, absl::Seconds(20));
   EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_FAILING) << status.DebugString();
   EXPECT_THAT(status.last_error(), ::testing::HasSubstr(province_->address()));
   EXPECT_GT(status.lag_records(), 0u);
@@ -605,12 +615,7 @@ TEST_F(ReplicationE2eTest, AProvinceDownForAWhileIsCaughtUpAndHealthSaysSo) {
   EXPECT_EQ(ReplicationHealth(*town), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
 
   ASSERT_TRUE(province_->EnsureUp()) << province_->Log();
-  deadline = absl::Now() + absl::Seconds(60);
-  do {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    status = ReplicationOf(*town);
-  } while ((status.lag_records() > 0 || status.state() != hamlet::v1::REPLICATION_STATE_RUNNING) &&
-           absl::Now() < deadline);
+  status = WaitForReplication(*town, CaughtUp, absl::Seconds(60));
   EXPECT_EQ(status.lag_records(), 0u) << status.DebugString();
   EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_RUNNING);
   EXPECT_GT(status.records_sent(), 0u);
@@ -630,16 +635,7 @@ TEST_F(ReplicationE2eTest, AProvinceRestoredFromBackupIsSentEverythingAgain) {
   const std::string reader_id = "00000000-0000-4000-8000-000000000022";
   const std::string reader_token =
       AdminClient(province_->process()).Enroll(reader_id, hamlet::v1::ROLE_REPLICATION_NODE, "22", "auditor-22");
-  const auto caught_up = [&] {
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    hamlet::v1::ReplicationStatus status;
-    do {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      status = ReplicationOf(*town);
-    } while ((status.lag_records() > 0 || status.state() != hamlet::v1::REPLICATION_STATE_RUNNING) &&
-             absl::Now() < deadline);
-    return status.lag_records() == 0;
-  };
+  const auto caught_up = [&] { return WaitForReplication(*town, CaughtUp, absl::Seconds(30)).lag_records() == 0; };
   std::vector<std::string> sealed;
   std::set<std::string> ids;
   for (const std::string& id : RecordADay(phone, 1, &sealed)) ids.insert(id);

@@ -229,6 +229,15 @@ class Hamletd {
     return {response.device_id(), response.token(), unit};
   }
 
+  // `n` members spread over the twelve villages of commune 07132.
+  std::vector<Device> EnrollMembers(int n) {
+    std::vector<Device> members;
+    for (int i = 0; i < n; ++i) {
+      members.push_back(Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
+    }
+    return members;
+  }
+
   // Milliseconds for the town's report over 2026 (median of 5).
   double ReportMs() {
     std::vector<double> times;
@@ -704,10 +713,7 @@ int Run() {
       Fail("--only_push is D,B");
     }
     Hamletd server(hamletd, work + "/hamlet");
-    std::vector<Device> devices;
-    for (int i = 0; i < d; ++i) {
-      devices.push_back(server.Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
-    }
+    const std::vector<Device> devices = server.EnrollMembers(d);
     std::printf("hamletd pid %d\n", server.pid());
     std::fflush(stdout);
     Throughput t = PushLoad(server.address(), devices, b, absl::Seconds(20));
@@ -717,10 +723,7 @@ int Run() {
 
   if (const int64_t n = absl::GetFlag(FLAGS_only_pull); n > 0) {
     Hamletd server(hamletd, work + "/hamlet");
-    std::vector<Device> fillers;
-    for (int i = 0; i < 16; ++i) {
-      fillers.push_back(server.Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
-    }
+    const std::vector<Device> fillers = server.EnrollMembers(16);
     uint64_t stored = 289;
     Fill(server.address(), fillers, &stored, static_cast<uint64_t>(n));
     const PullResult one = CatchUp(server.address(), server.Enroll(hamlet::v1::ROLE_TOWN_OFFICER, "206"), 1);
@@ -751,9 +754,7 @@ int Run() {
   std::vector<Device> devices;
   const std::vector<int> device_counts = full ? std::vector<int>{1, 16, 64, 256} : std::vector<int>{1, 64};
   const std::vector<int> batches = full ? std::vector<int>{1, 10, 50} : std::vector<int>{1, 50};
-  for (int i = 0; i < device_counts.back(); ++i) {
-    devices.push_back(server.Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
-  }
+  devices = server.EnrollMembers(device_counts.back());
   const Device officer = server.Enroll(hamlet::v1::ROLE_TOWN_OFFICER, "206");
   std::printf("\nHamlet push (D devices x batches of B ~1 KB cases, %.0f s each):\n", absl::ToDoubleSeconds(run));
   std::printf("  %5s %4s %12s %9s %9s %12s\n", "D", "B", "records/s", "p50 ms", "p99 ms", "bytes/rec");
@@ -783,10 +784,7 @@ int Run() {
   Device reader = officer;
   if (full) {
     grown = std::make_unique<Hamletd>(hamletd, work + "/grown");
-    devices.clear();
-    for (int i = 0; i < 64; ++i) {
-      devices.push_back(grown->Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
-    }
+    devices = grown->EnrollMembers(64);
     reader = grown->Enroll(hamlet::v1::ROLE_TOWN_OFFICER, "206");
     pull_address = grown->address();
     stored = 289;
@@ -825,10 +823,7 @@ int Run() {
   // are open.
   {
     Hamletd mixed_server(hamletd, work + "/mixed");
-    std::vector<Device> pushers;
-    for (int i = 0; i < 64; ++i) {
-      pushers.push_back(mixed_server.Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
-    }
+    const std::vector<Device> pushers = mixed_server.EnrollMembers(64);
     const Device watcher = mixed_server.Enroll(hamlet::v1::ROLE_MEMBER, "07132-K01");
     std::atomic<bool> mixing{true};
     std::atomic<uint64_t> pulled{0};
