@@ -212,6 +212,11 @@ struct Phone {
 
 class ReplicationE2eTest : public ::testing::Test {
  protected:
+  bool StartProvince() {
+    province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
+    return province_->up();
+  }
+
   // Starts a town once to learn its server id, enrols that id at the
   // province as the town's replication node, and starts the town replicating.
   std::unique_ptr<Node> StartTown(const std::string& name, const std::string& code) {
@@ -361,8 +366,7 @@ class ReplicationE2eTest : public ::testing::Test {
 };
 
 TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoSealedFieldDoes) {
-  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
-  ASSERT_TRUE(province_->up()) << province_->Log();
+  ASSERT_TRUE(StartProvince()) << province_->Log();
   std::unique_ptr<Node> quang_yen = StartTown("quang-yen", "206");
   std::unique_ptr<Node> co_to = StartTown("co-to", "207");
   ASSERT_TRUE(quang_yen && quang_yen->up() && co_to && co_to->up());
@@ -540,8 +544,7 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
 }
 
 TEST_F(ReplicationE2eTest, PauseHoldsChangesBackAndResumeSendsThem) {
-  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
-  ASSERT_TRUE(province_->up()) << province_->Log();
+  ASSERT_TRUE(StartProvince()) << province_->Log();
   std::unique_ptr<Node> town = StartTown("quang-yen", "206");
   ASSERT_TRUE(town && town->up());
   Phone phone = NewPhone(*town, hamlet::v1::ROLE_MEMBER, "07132-K01", "hgv-1");
@@ -595,8 +598,7 @@ TEST_F(ReplicationE2eTest, PauseHoldsChangesBackAndResumeSendsThem) {
 }
 
 TEST_F(ReplicationE2eTest, AProvinceDownForAWhileIsCaughtUpAndHealthSaysSo) {
-  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
-  ASSERT_TRUE(province_->up()) << province_->Log();
+  ASSERT_TRUE(StartProvince()) << province_->Log();
   std::unique_ptr<Node> town = StartTown("quang-yen", "206");
   ASSERT_TRUE(town && town->up());
   Phone phone = NewPhone(*town, hamlet::v1::ROLE_MEMBER, "07132-K01", "hgv-1");
@@ -627,8 +629,7 @@ TEST_F(ReplicationE2eTest, AProvinceDownForAWhileIsCaughtUpAndHealthSaysSo) {
 // A province restored from a backup has lost what it acknowledged after the
 // backup; the town notices (its cursor is refused) and sends everything again.
 TEST_F(ReplicationE2eTest, AProvinceRestoredFromBackupIsSentEverythingAgain) {
-  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
-  ASSERT_TRUE(province_->up()) << province_->Log();
+  ASSERT_TRUE(StartProvince()) << province_->Log();
   std::unique_ptr<Node> town = StartTown("quang-yen", "206");
   ASSERT_TRUE(town && town->up());
   Phone phone = NewPhone(*town, hamlet::v1::ROLE_MEMBER, "07132-K01", "hgv-1");
@@ -684,8 +685,7 @@ TEST_F(ReplicationE2eTest, AProvinceRestoredFromBackupIsSentEverythingAgain) {
 // A town server files only its own town's records and enrols only its own
 // people; the province's copies are settled at their towns.
 TEST_F(ReplicationE2eTest, EachServerKeepsToItsOwnUnits) {
-  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
-  ASSERT_TRUE(province_->up()) << province_->Log();
+  ASSERT_TRUE(StartProvince()) << province_->Log();
   std::unique_ptr<Node> town = StartTown("quang-yen", "206");
   ASSERT_TRUE(town && town->up());
   {
@@ -737,8 +737,7 @@ TEST_F(ReplicationE2eTest, DISABLED_LagUnderSustainedPushLoad) {
   const double rate = env_rate != nullptr ? std::atof(env_rate) : 0;
   constexpr int kPushers = 8;
   constexpr int kBatch = 50;
-  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
-  ASSERT_TRUE(province_->up()) << province_->Log();
+  ASSERT_TRUE(StartProvince()) << province_->Log();
   std::unique_ptr<Node> town = StartTown("quang-yen", "206");
   ASSERT_TRUE(town && town->up());
   std::vector<std::pair<std::string, std::string>> devices;  // id, token
@@ -824,8 +823,7 @@ TEST_F(ReplicationE2eTest, DISABLED_LagUnderSustainedPushLoad) {
 
 // The metrics endpoint speaks the Prometheus text format, as promtool checks.
 TEST_F(ReplicationE2eTest, MetricsPassPromtoolAndCountWhatHappened) {
-  province_ = std::make_unique<Node>(dir_.Sub("province"), std::vector<std::string>{"--tier=province"});
-  ASSERT_TRUE(province_->up()) << province_->Log();
+  ASSERT_TRUE(StartProvince()) << province_->Log();
   std::unique_ptr<Node> town = StartTown("quang-yen", "206");
   ASSERT_TRUE(town && town->up());
   Phone phone = NewPhone(*town, hamlet::v1::ROLE_MEMBER, "07132-K01", "hgv-1");
