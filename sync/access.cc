@@ -140,8 +140,10 @@ bool MayReadScope(const Principal& principal, const std::string& commune, const 
 namespace {
 
 // Personal data the province does not see: the parties of a mediation case
-// (names, ages, addresses) and the head of a registered household.
+// (names, ages, addresses), the head of a registered household, and any field
+// of a newer app (this server cannot tell whether it is personal).
 void RedactBody(google::protobuf::Message* body) {
+  body->DiscardUnknownFields();
   if (auto* mediation = dynamic_cast<hamlet::v1::MediationCase*>(body)) {
     for (auto& party : *mediation->mutable_parties()) {
       party.clear_name();

@@ -78,6 +78,32 @@ Record PartialOf(const Record& like, const Message& body, const std::vector<cons
   return value;
 }
 
+// Fields of a newer app, which this build's descriptors lack, travel in the
+// body's unknown fields; each is kept as a plain value (last writer wins).
+void CopyNewerAppField(const Message& from, Message* to, uint32_t number) {
+  google::protobuf::UnknownFieldSet* out = to->GetReflection()->MutableUnknownFields(to);
+  out->DeleteByNumber(static_cast<int>(number));
+  const google::protobuf::UnknownFieldSet& in = from.GetReflection()->GetUnknownFields(from);
+  for (int i = 0; i < in.field_count(); ++i) {
+    if (in.field(i).number() == static_cast<int>(number)) out->AddField(in.field(i));
+  }
+  // In field order, so that equal states are equal bytes whatever order the
+  // writes arrived in.
+  std::vector<google::protobuf::UnknownField> fields;
+  for (int i = 0; i < out->field_count(); ++i) fields.push_back(out->field(i));
+  std::stable_sort(fields.begin(), fields.end(), [](const auto& a, const auto& b) { return a.number() < b.number(); });
+  google::protobuf::UnknownFieldSet sorted;
+  for (const auto& f : fields) sorted.AddField(f);
+  out->Clear();
+  out->MergeFrom(sorted);
+}
+
+Record NewerAppValueOf(const Record& like, const Message& body, uint32_t number) {
+  Record value;
+  CopyNewerAppField(body, value.GetReflection()->MutableMessage(&value, BodyField(like)), number);
+  return value;
+}
+
 // One element on its own.
 Record ElementOf(const Record& like, const Message& body, const FieldRule& rule, int index) {
   Record value;
@@ -118,6 +144,11 @@ class Merger {
           MergeRegister(rule, *change_body, state_body);
         }
       }
+      for (const FieldStamp& fs : change_.field_stamps()) {
+        if (state_body->GetDescriptor()->FindFieldByNumber(static_cast<int>(fs.field())) == nullptr) {
+          MergeNewerAppField(fs.field(), *change_body, state_body);
+        }
+      }
     }
     MergeDeletion();
     MergeSuperseded();
@@ -146,6 +177,22 @@ class Merger {
     }
     if (current != nullptr) Supersede(number, "", current->stamp(), PartialOf(*state_, *state_body, {rule.field}));
     CopyField(change_body, state_body, rule.field);
+    SetFieldStamp(state_, number, incoming->stamp());
+  }
+
+  // As MergeRegister, for a field only a newer app knows.
+  void MergeNewerAppField(uint32_t number, const Message& change_body, Message* state_body) {
+    if (keep_local_.count(number) > 0) return;
+    const FieldStamp* incoming = FindFieldStamp(change_, number);
+    const FieldStamp* current = FindFieldStamp(*state_, number);
+    const int order = current == nullptr ? 1 : CompareStamps(incoming->stamp(), current->stamp());
+    if (order == 0) return;
+    if (order < 0) {
+      Supersede(number, "", incoming->stamp(), NewerAppValueOf(*state_, change_body, number));
+      return;
+    }
+    if (current != nullptr) Supersede(number, "", current->stamp(), NewerAppValueOf(*state_, *state_body, number));
+    CopyNewerAppField(change_body, state_body, number);
     SetFieldStamp(state_, number, incoming->stamp());
   }
 

@@ -33,37 +33,16 @@ bool IsUuid(absl::string_view s) {
 
 namespace {
 
-// Finds an enum value that this build's descriptors do not know, anywhere in
-// `message`. Returns the field's full path, or "" if every value is known.
-std::string FindUnknownEnum(const Message& message, const std::string& path) {
-  const auto* reflection = message.GetReflection();
-  std::vector<const FieldDescriptor*> fields;
-  reflection->ListFields(message, &fields);
-  for (const FieldDescriptor* field : fields) {
-    const std::string here = path.empty() ? field->name() : absl::StrCat(path, ".", field->name());
-    if (field->type() == FieldDescriptor::TYPE_ENUM) {
-      const int count = field->is_repeated() ? reflection->FieldSize(message, field) : 1;
-      for (int i = 0; i < count; ++i) {
-        const int value = field->is_repeated() ? reflection->GetRepeatedEnumValue(message, field, i)
-                                               : reflection->GetEnumValue(message, field);
-        if (field->enum_type()->FindValueByNumber(value) == nullptr) {
-          return absl::StrCat(here, " = ", value);
-        }
-      }
-    } else if (field->type() == FieldDescriptor::TYPE_MESSAGE) {
-      if (field->is_repeated()) {
-        for (int i = 0; i < reflection->FieldSize(message, field); ++i) {
-          std::string found = FindUnknownEnum(reflection->GetRepeatedMessage(message, field, i),
-                                              absl::StrCat(here, "[", i, "]"));
-          if (!found.empty()) return found;
-        }
-      } else {
-        std::string found = FindUnknownEnum(reflection->GetMessage(message, field), here);
-        if (!found.empty()) return found;
-      }
-    }
+// A field number this build's `body` type does not have and a newer app's
+// may: in the range protobuf allows, not reserved.
+bool IsNewerAppField(const google::protobuf::Descriptor& body, uint32_t number) {
+  if (number < 1 || number > static_cast<uint32_t>(FieldDescriptor::kMaxNumber)) return false;
+  if (number >= static_cast<uint32_t>(FieldDescriptor::kFirstReservedNumber) &&
+      number <= static_cast<uint32_t>(FieldDescriptor::kLastReservedNumber)) {
+    return false;
   }
-  return "";
+  const int n = static_cast<int>(number);
+  return body.FindFieldByNumber(n) == nullptr && !body.IsReservedNumber(n);
 }
 
 }  // namespace
@@ -91,11 +70,13 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
   const FieldStamp* previous = nullptr;
   for (const FieldStamp& fs : change.field_stamps()) {
     const FieldRule* rule = schema.find(static_cast<int>(fs.field()));
-    if (rule == nullptr) {
+    const bool newer = rule == nullptr && IsNewerAppField(*descriptor, fs.field());
+    if (rule == nullptr && !newer) {
       return absl::InvalidArgumentError(absl::StrCat(who, ": stamp for field ", fs.field(), ", which ",
                                                      descriptor->name(), " does not have"));
     }
-    const std::string name = absl::StrCat(descriptor->name(), ".", rule->field->name());
+    const std::string name = newer ? absl::StrCat(descriptor->name(), " field ", fs.field(), " (unknown to this server)")
+                                   : absl::StrCat(descriptor->name(), ".", rule->field->name());
     if (previous != nullptr && (fs.field() < previous->field() ||
                                 (fs.field() == previous->field() && fs.key() <= previous->key()))) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -106,6 +87,14 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
     if (fs.stamp().node().empty() || fs.stamp().physical_ms() <= 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(who, ": stamp of ", name, " needs a positive physical_ms and a node"));
+    }
+    if (newer) {
+      if (!fs.key().empty() || fs.has_removed() || fs.has_supersedes()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            who, ": ", name, " is kept as a plain value (last writer wins): its stamp takes no key, removed or "
+            "supersedes"));
+      }
+      continue;
     }
     if (rule->is_set() != !fs.key().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -132,6 +121,30 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
                                                                         : "stamped as removed but still there"));
       }
     }
+  }
+  const google::protobuf::UnknownFieldSet& unknown = body->GetReflection()->GetUnknownFields(*body);
+  for (int i = 0; i < unknown.field_count(); ++i) {
+    const int number = unknown.field(i).number();
+    if (!IsNewerAppField(*descriptor, static_cast<uint32_t>(number))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": field ", number, " of ", descriptor->name(),
+          " arrived with another wire type than this server's; the client's .proto files disagree with the server's"));
+    }
+    if (FindFieldStamp(change, static_cast<uint32_t>(number)) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": ", descriptor->name(), " field ", number,
+                                                     " (unknown to this server) is set but has no stamp; stamp "
+                                                     "every field you set"));
+    }
+  }
+  if (const auto& envelope = change.GetReflection()->GetUnknownFields(change); envelope.field_count() > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        who, ": Record field ", envelope.field(0).number(),
+        " is unknown to this server; a newer app's record fields are kept only inside the body: update the server"));
+  }
+  if (!hamlet::v1::Sensitivity_IsValid(change.sensitivity())) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": sensitivity ", change.sensitivity(),
+                                                   " is unknown to this server, which must know it to protect the "
+                                                   "record; update the server"));
   }
   std::vector<const FieldDescriptor*> set_fields;
   body->GetReflection()->ListFields(*body, &set_fields);
@@ -190,9 +203,19 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
       return absl::InvalidArgumentError(absl::StrCat(who, ": a superseded value of another record type"));
     }
   }
-  if (std::string unknown = FindUnknownEnum(*body, descriptor->name()); !unknown.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        who, ": ", unknown, " is not a value this server knows; update the server or send a known value"));
+  // Enum values of a newer app are kept (proto3 enums are open), except a
+  // lifecycle's state: the server checks every move and ranks the states.
+  for (const FieldRule& rule : schema.rules()) {
+    if (rule.policy != hamlet::v1::MERGE_POLICY_LIFECYCLE || rule.field->type() != FieldDescriptor::TYPE_ENUM) {
+      continue;
+    }
+    const int value = body->GetReflection()->GetEnumValue(*body, rule.field);
+    if (rule.field->enum_type()->FindValueByNumber(value) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": ", descriptor->name(), ".", rule.field->name(), " = ", value,
+          " is a state this server does not know, so it cannot check the move; update the server or send a known "
+          "state"));
+    }
   }
   if (change.deleted() && (change.deleted_stamp().node().empty() || change.deleted_stamp().physical_ms() <= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": deleted is set without a deleted_stamp"));

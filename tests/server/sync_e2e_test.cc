@@ -13,6 +13,7 @@
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "sync/clock.h"
 #include "sync/cursor.h"
+#include "sync/merge.h"
 #include "tests/support/admin.h"
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
@@ -148,6 +149,45 @@ TEST_F(SyncE2eTest, PushedRecordIsPulledWithItsStamps) {
   expected.set_server_seq(response.server_seq());
   EXPECT_EQ(pulled[0].SerializeAsString(), expected.SerializeAsString());
   EXPECT_THAT(server_->Log(), HasSubstr(absl::StrCat("push device=", kDevice, " batch=", Uuid(100))));
+}
+
+// A phone on a newer app version sends a field and an enum value this server
+// was built without: both are stored and come back on pull, byte for byte,
+// and a later edit from the newer app replaces the field.
+TEST_F(SyncE2eTest, ANewerAppsFieldsAndEnumValuesComeBackOnPull) {
+  constexpr int kNewField = 1000;
+  Record created = NewCase(Uuid(1), "07132", MakeStamp(NowMs(), 0, kDevice));
+  auto* body = created.mutable_mediation_case();
+  body->set_dispute_type(static_cast<hamlet::v1::DisputeType>(42));
+  body->GetReflection()->MutableUnknownFields(body)->AddLengthDelimited(kNewField, "số điện thoại hoà giải viên");
+  sync::SetFieldStamp(&created, hamlet::v1::MediationCase::kDisputeTypeFieldNumber, MakeStamp(NowMs(), 0, kDevice));
+  sync::SetFieldStamp(&created, kNewField, MakeStamp(NowMs(), 0, kDevice));
+  PushResponse response;
+  ASSERT_TRUE(client_->Push(Batch(Uuid(100), {created}), &response).ok());
+
+  std::vector<Record> pulled = NewSinceStart();
+  ASSERT_EQ(pulled.size(), 1u);
+  EXPECT_EQ(pulled[0].mediation_case().dispute_type(), 42);
+  EXPECT_EQ(pulled[0].mediation_case().SerializeAsString(), created.mediation_case().SerializeAsString());
+
+  Record edit = sync::EmptyChangeOf(created);
+  auto* edited = edit.mutable_mediation_case();
+  edited->GetReflection()->MutableUnknownFields(edited)->AddLengthDelimited(kNewField, "edited later");
+  sync::SetFieldStamp(&edit, kNewField, MakeStamp(NowMs() + 1, 0, kDevice));
+  ASSERT_TRUE(client_->Push(Batch(Uuid(101), {edit}), &response).ok());
+  pulled = NewSinceStart();
+  ASSERT_EQ(pulled.size(), 1u);
+  const auto& unknown = pulled[0].mediation_case().GetReflection()->GetUnknownFields(pulled[0].mediation_case());
+  ASSERT_EQ(unknown.field_count(), 1);
+  EXPECT_EQ(unknown.field(0).length_delimited(), "edited later");
+  EXPECT_EQ(pulled[0].superseded_size(), 1) << "the first value is kept as superseded";
+
+  // A lifecycle state the server does not know is refused, and writes nothing.
+  Record unknown_state = NewCase(Uuid(2), "07132", MakeStamp(NowMs(), 0, kDevice));
+  unknown_state.mutable_mediation_case()->set_status(static_cast<hamlet::v1::MediationStatus>(99));
+  EXPECT_THAT(client_->Push(Batch(Uuid(102), {unknown_state}), &response),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a state this server does not know")));
+  EXPECT_EQ(NewSinceStart().size(), 1u);
 }
 
 TEST_F(SyncE2eTest, RetriedBatchIsAppliedOnceAndAnsweredAlike) {

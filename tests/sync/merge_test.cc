@@ -6,6 +6,7 @@
 #include <rapidcheck/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "sync/access.h"
 #include "sync/clock.h"
 #include "sync/schema.h"
 #include "sync/stamp.h"
@@ -276,6 +277,39 @@ TEST(MergeTest, SupersededValuesAreBounded) {
 }
 
 // ---------------------------------------------------------------------------
+// Fields and values of a newer app.
+
+TEST(MergeTest, ANewerAppsFieldIsKeptAndMergedLikeAPlainField) {
+  const auto with_note = [](Record r, const std::string& note, int64_t ms, const std::string& node) {
+    auto* body = r.mutable_mediation_case();
+    body->GetReflection()->MutableUnknownFields(body)->AddLengthDelimited(1000, note);
+    SetFieldStamp(&r, 1000, MakeStamp(ms, 0, node));
+    return r;
+  };
+  Record created = with_note(NewCase(kId, "07132", MakeStamp(1000, 0, "a"), "summary"), "first note", 1000, "a");
+  created.mutable_mediation_case()->set_dispute_type(static_cast<hamlet::v1::DisputeType>(42));
+  SetFieldStamp(&created, MediationCase::kDisputeTypeFieldNumber, MakeStamp(1000, 0, "a"));
+  Record later = with_note(EmptyChangeOf(created), "later note", 3000, "b");
+  Record earlier = with_note(EmptyChangeOf(created), "earlier note", 2000, "c");
+
+  const Record state = Merged({&created, &later, &earlier});
+  const auto& unknown = state.mediation_case().GetReflection()->GetUnknownFields(state.mediation_case());
+  ASSERT_EQ(unknown.field_count(), 1);
+  EXPECT_EQ(unknown.field(0).number(), 1000);
+  EXPECT_EQ(unknown.field(0).length_delimited(), "later note");
+  EXPECT_EQ(state.mediation_case().dispute_type(), 42);
+  EXPECT_TRUE(HasSuperseded(state, 1000, "", 1000));
+  EXPECT_TRUE(HasSuperseded(state, 1000, "", 2000));
+  EXPECT_EQ(Bytes(state), Bytes(Merged({&earlier, &later, &created})));
+  // What a province sees carries none of it: this server cannot tell whether it is personal.
+  Record for_province = state;
+  ASSERT_TRUE(PrepareForProvince(&for_province));
+  EXPECT_EQ(for_province.mediation_case().GetReflection()->GetUnknownFields(for_province.mediation_case())
+                .field_count(),
+            0);
+}
+
+// ---------------------------------------------------------------------------
 // Properties over random histories, for every record type. Two to five devices
 // with clocks skewed up to a day edit one record without seeing each other;
 // each change is generated from the schema, so every policy is exercised.
@@ -323,6 +357,9 @@ void AddRandomElement(Message* body, const FieldRule& rule, const std::string& k
   }
   element->GetReflection()->SetString(element, rule.key, key);
 }
+
+// A field number none of this build's body types has.
+constexpr uint32_t kNewerAppField = 1000;
 
 struct Write {
   uint32_t field;
@@ -378,6 +415,19 @@ Record RandomChange(const Record& base, const hamlet::v1::Stamp& stamp, std::vec
       SetFieldStamp(&change, number, stamp);
       writes->push_back({number, "", stamp});
     }
+  }
+  // Fields only a newer app knows (numbers no body type has): kept as plain
+  // values in the body's unknown fields, merged by the same laws.
+  for (const uint32_t number : {kNewerAppField, kNewerAppField + 1}) {
+    if (*rc::gen::inRange(0, 3) != 0) continue;
+    auto* unknown = body->GetReflection()->MutableUnknownFields(body);
+    if (number == kNewerAppField) {
+      unknown->AddLengthDelimited(static_cast<int>(number), *rc::gen::element<std::string>("", "ghi chú", "mới"));
+    } else if (*rc::gen::inRange(0, 2) == 0) {  // Else cleared by the newer app.
+      unknown->AddVarint(static_cast<int>(number), *rc::gen::inRange<uint64_t>(0, 3));
+    }
+    SetFieldStamp(&change, number, stamp);
+    writes->push_back({number, "", stamp});
   }
   if (*rc::gen::inRange(0, 20) == 0) {
     change.set_deleted(true);

@@ -59,10 +59,45 @@ TEST_F(ValidateTest, RefusesUnstampedField) {
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("ledger_number is set but has no stamp")));
 }
 
-TEST_F(ValidateTest, RefusesStampForUnknownField) {
+// A newer app's field arrives in the body's unknown fields, stamped like any
+// other; it is kept as a plain value.
+TEST_F(ValidateTest, AcceptsAStampedFieldOfANewerApp) {
   Record r = Valid();
+  r.mutable_mediation_case()->GetReflection()->MutableUnknownFields(r.mutable_mediation_case())
+      ->AddLengthDelimited(99, "a newer app's note");
   SetFieldStamp(&r, 99, MakeStamp(1000, 0, "dev"));
-  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("field 99")));
+  EXPECT_TRUE(ValidateChange(r, units_).ok());
+  // Cleared by the newer app: a stamp without a value.
+  r = Valid();
+  SetFieldStamp(&r, 99, MakeStamp(1000, 0, "dev"));
+  EXPECT_TRUE(ValidateChange(r, units_).ok());
+}
+
+TEST_F(ValidateTest, RefusesWhatANewerAppFieldCannotBe) {
+  Record r = Valid();
+  r.mutable_mediation_case()->GetReflection()->MutableUnknownFields(r.mutable_mediation_case())
+      ->AddLengthDelimited(99, "unstamped");
+  EXPECT_THAT(ValidateChange(r, units_),
+              StatusIs(kInvalid, HasSubstr("field 99 (unknown to this server) is set but has no stamp")));
+  r = Valid();
+  hamlet::v1::FieldStamp keyed;
+  keyed.set_field(99);
+  keyed.set_key("k");
+  *keyed.mutable_stamp() = MakeStamp(1000, 0, "dev");
+  PutFieldStamp(&r, keyed);
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("takes no key, removed or supersedes")));
+  r = Valid();
+  SetFieldStamp(&r, 19500, MakeStamp(1000, 0, "dev"));  // Protobuf's own reserved range.
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("stamp for field 19500")));
+  // A known field number with another wire type: the schemas disagree.
+  r = Valid();
+  r.mutable_mediation_case()->GetReflection()->MutableUnknownFields(r.mutable_mediation_case())
+      ->AddLengthDelimited(hamlet::v1::MediationCase::kRoundFieldNumber, "not a number");
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("another wire type")));
+  // A newer app's envelope field cannot be merged: refused, not dropped.
+  r = Valid();
+  r.GetReflection()->MutableUnknownFields(&r)->AddVarint(77, 1);
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("Record field 77 is unknown")));
 }
 
 TEST_F(ValidateTest, RefusesStampsOutOfOrderOrWithoutNode) {
@@ -74,11 +109,10 @@ TEST_F(ValidateTest, RefusesStampsOutOfOrderOrWithoutNode) {
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("needs a positive physical_ms and a node")));
 }
 
-TEST_F(ValidateTest, RefusesUnknownEnumValuesAnywhereInTheBody) {
+TEST_F(ValidateTest, KeepsANewerAppsEnumValuesButNotItsLifecycleStatesOrSensitivities) {
   Record r = Valid();
-  r.mutable_mediation_case()->set_status(static_cast<hamlet::v1::MediationStatus>(42));
-  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("status = 42")));
-  r = Valid();
+  r.mutable_mediation_case()->set_dispute_type(static_cast<hamlet::v1::DisputeType>(42));
+  SetFieldStamp(&r, hamlet::v1::MediationCase::kDisputeTypeFieldNumber, MakeStamp(1000, 0, "dev"));
   auto* party = r.mutable_mediation_case()->add_parties();
   party->set_id("p1");
   party->set_role(static_cast<hamlet::v1::PartyRole>(9));
@@ -87,7 +121,14 @@ TEST_F(ValidateTest, RefusesUnknownEnumValuesAnywhereInTheBody) {
   fs.set_key("p1");
   *fs.mutable_stamp() = MakeStamp(1000, 0, "dev");
   PutFieldStamp(&r, fs);
-  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("parties[0].role = 9")));
+  EXPECT_TRUE(ValidateChange(r, units_).ok());
+
+  r = Valid();
+  r.mutable_mediation_case()->set_status(static_cast<hamlet::v1::MediationStatus>(42));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("status = 42 is a state this server does not know")));
+  r = Valid();
+  r.set_sensitivity(static_cast<hamlet::v1::Sensitivity>(7));
+  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("sensitivity 7 is unknown")));
 }
 
 TEST_F(ValidateTest, RefusesSetElementsWithoutMatchingStamps) {
