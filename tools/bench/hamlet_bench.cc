@@ -14,7 +14,6 @@
 // records, 3 MiB). Bytes on the wire are message payloads (protobuf bytes for
 // Hamlet, HTTP body bytes for pouchdb-server), without transport framing.
 
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,12 +23,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +52,8 @@
 #include "storage/raw_baseline.h"
 #include "sync/merge.h"
 #include "sync/uuid.h"
+#include "tools/harness/hamletd_process.h"
+#include "tools/harness/program_flags.h"
 
 ABSL_FLAG(std::string, mode, "quick", "quick (seconds, for CI) or full (the table in docs/BENCHMARKS.md)");
 ABSL_FLAG(std::string, hamletd, "", "Path of hamletd (default: ../server/hamletd next to this program).");
@@ -73,52 +72,6 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 using hamlet::v1::Record;
-
-std::string ProgramDir() {
-  return std::filesystem::canonical("/proc/self/exe").parent_path().string();
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-// Peak and current resident set of a process, in MiB, from /proc.
-struct Rss {
-  double peak_mib = 0;
-  double now_mib = 0;
-};
-Rss RssOf(pid_t pid) {
-  Rss rss;
-  std::istringstream status(ReadFile(absl::StrCat("/proc/", pid, "/status")));
-  for (std::string line; std::getline(status, line);) {
-    double kb = 0;
-    const auto value = [&](absl::string_view prefix) {
-      std::vector<std::string> parts =
-          absl::StrSplit(line.substr(prefix.size()), absl::ByAnyChar(" \t"), absl::SkipEmpty());
-      return !parts.empty() && absl::SimpleAtod(parts[0], &kb);
-    };
-    if (absl::StartsWith(line, "VmHWM:") && value("VmHWM:")) rss.peak_mib = kb / 1024;
-    if (absl::StartsWith(line, "VmRSS:") && value("VmRSS:")) rss.now_mib = kb / 1024;
-  }
-  return rss;
-}
-
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = -1;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  return pid;
-}
 
 [[noreturn]] void Fail(const std::string& why) {
   std::fprintf(stderr, "hamlet-bench: %s\n", why.c_str());
@@ -177,93 +130,14 @@ Record NewCase(absl::BitGen& gen, const std::string& unit, const std::string& de
   return r;
 }
 
-// ---------------------------------------------------------------------------
-// The real hamletd.
+// The real hamletd: tools/harness/hamletd_process.h.
+using harness::Device;
+using harness::Hamletd;
+using harness::ProgramDir;
+using harness::ReadFile;
+using harness::Rss;
+using harness::RssOf;
 
-struct Device {
-  std::string id;
-  std::string token;
-  std::string unit;
-};
-
-class Hamletd {
- public:
-  Hamletd(const std::string& binary, const std::string& dir) : dir_(dir) {
-    const std::string ready = dir + ".ready";
-    pid_ = Spawn({binary, "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0", "--metrics_listen=",
-                  "--data_dir=" + dir, "--ready_file=" + ready, "--max_batch_records=500"},
-                 dir + ".log");
-    if (pid_ < 0) Fail("cannot start " + binary);
-    for (int i = 0; i < 400; ++i) {
-      std::vector<std::string> lines = absl::StrSplit(ReadFile(ready), '\n');
-      if (lines.size() == 4) {
-        address_ = lines[0];
-        admin_ = hamlet::v1::AdminService::NewStub(grpc::CreateChannel(lines[1], grpc::InsecureChannelCredentials()));
-        token_ = ReadFile(dir + "/admin.token");
-        token_.erase(token_.find_last_not_of('\n') + 1);
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    Fail("hamletd did not come up; see " + dir + ".log");
-  }
-  ~Hamletd() {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-  const std::string& address() const { return address_; }
-  pid_t pid() const { return pid_; }
-
-  Device Enroll(hamlet::v1::Role role, const std::string& unit) {
-    absl::BitGen gen;
-    hamlet::v1::EnrollDeviceRequest request;
-    request.set_device_id(sync::NewUuid(gen));
-    request.set_person_id(absl::StrCat("bench-", request.device_id().substr(0, 8)));
-    request.set_role(role);
-    request.set_unit_code(unit);
-    grpc::ClientContext context;
-    context.AddMetadata("authorization", "Bearer " + token_);
-    hamlet::v1::EnrollDeviceResponse response;
-    const grpc::Status status = admin_->EnrollDevice(&context, request, &response);
-    if (!status.ok()) Fail("enrolment: " + status.error_message());
-    return {response.device_id(), response.token(), unit};
-  }
-
-  // `n` members spread over the twelve villages of commune 07132.
-  std::vector<Device> EnrollMembers(int n) {
-    std::vector<Device> members;
-    for (int i = 0; i < n; ++i) {
-      members.push_back(Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
-    }
-    return members;
-  }
-
-  // Milliseconds for the town's report over 2026 (median of 5).
-  double ReportMs() {
-    std::vector<double> times;
-    for (int i = 0; i < 5; ++i) {
-      hamlet::v1::GetReportRequest request;
-      request.set_unit_code("206");
-      request.set_from_date("2026-01-01");
-      request.set_to_date("2026-12-31");
-      grpc::ClientContext context;
-      context.AddMetadata("authorization", "Bearer " + token_);
-      hamlet::v1::GetReportResponse response;
-      const auto t0 = std::chrono::steady_clock::now();
-      if (!admin_->GetReport(&context, request, &response).ok()) Fail("report failed");
-      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(times.begin(), times.end());
-    return times[2];
-  }
-
- private:
-  std::string dir_;
-  pid_t pid_ = -1;
-  std::string address_;
-  std::string token_;
-  std::unique_ptr<hamlet::v1::AdminService::Stub> admin_;
-};
 
 struct Throughput {
   double records_per_s = 0;
@@ -941,6 +815,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Measures hamletd over loopback against plain RocksDB, a bare gRPC echo and pouchdb-server.\n"
       "Usage: hamlet-bench [--mode=quick|full] [--pouchdb=false]");
+  hamlet::harness::ListFlagsOf("hamlet_bench.cc");
   absl::ParseCommandLine(argc, argv);
   return hamlet::bench::Run();
 }

@@ -19,6 +19,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "sync/merge.h"
 #include "tools/field/device.h"
+#include "tools/harness/program_flags.h"
 
 ABSL_FLAG(std::string, store, "./field-device", "Directory of this device's local store; created if missing.");
 ABSL_FLAG(std::string, server, "127.0.0.1:7420", "Server address for `sync`.");
@@ -289,6 +290,7 @@ int Run(const std::vector<char*>& args) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
+  hamlet::harness::ListFlagsOf("hamlet_field.cc");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   return Run(args);
 }

@@ -1,0 +1,161 @@
+#include "tools/harness/hamletd_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "sync/uuid.h"
+
+namespace hamlet::harness {
+namespace {
+
+[[noreturn]] void Fail(const std::string& why) {
+  std::fprintf(stderr, "%s: %s\n", program_invocation_short_name, why.c_str());
+  std::exit(1);
+}
+
+}  // namespace
+
+std::string ProgramDir() {
+  return std::filesystem::canonical("/proc/self/exe").parent_path().string();
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+Rss RssOf(pid_t pid) {
+  Rss rss;
+  std::istringstream status(ReadFile(absl::StrCat("/proc/", pid, "/status")));
+  for (std::string line; std::getline(status, line);) {
+    double kb = 0;
+    const auto value = [&](absl::string_view prefix) {
+      std::vector<std::string> parts =
+          absl::StrSplit(line.substr(prefix.size()), absl::ByAnyChar(" \t"), absl::SkipEmpty());
+      return !parts.empty() && absl::SimpleAtod(parts[0], &kb);
+    };
+    if (absl::StartsWith(line, "VmHWM:") && value("VmHWM:")) rss.peak_mib = kb / 1024;
+    if (absl::StartsWith(line, "VmRSS:") && value("VmRSS:")) rss.now_mib = kb / 1024;
+  }
+  return rss;
+}
+
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+Hamletd::Hamletd(const std::string& binary, const std::string& dir, const std::vector<std::string>& extra_flags)
+    : dir_(dir) {
+  const std::string ready = dir + ".ready";
+  std::remove(ready.c_str());  // A restart on the same data must not read the last run's ports.
+  std::vector<std::string> argv = {binary,
+                                   "--listen=127.0.0.1:0",
+                                   "--admin_listen=127.0.0.1:0",
+                                   "--metrics_listen=",
+                                   "--data_dir=" + dir,
+                                   "--ready_file=" + ready,
+                                   "--max_batch_records=500"};
+  argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+  pid_ = Spawn(argv, dir + ".log");
+  if (pid_ < 0) Fail("cannot start " + binary);
+  for (int i = 0; i < 600; ++i) {
+    std::vector<std::string> lines = absl::StrSplit(ReadFile(ready), '\n');
+    if (lines.size() == 4) {
+      address_ = lines[0];
+      admin_ = hamlet::v1::AdminService::NewStub(grpc::CreateChannel(lines[1], grpc::InsecureChannelCredentials()));
+      token_ = ReadFile(dir + "/admin.token");
+      token_.erase(token_.find_last_not_of('\n') + 1);
+      return;
+    }
+    if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      pid_ = -1;
+      Fail("hamletd exited while starting; see " + dir + ".log");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  Fail("hamletd did not come up in 30 s; see " + dir + ".log");
+}
+
+Hamletd::~Hamletd() { Kill(); }
+
+void Hamletd::Kill() {
+  if (pid_ < 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+Device Hamletd::Enroll(hamlet::v1::Role role, const std::string& unit) {
+  absl::BitGen gen;
+  hamlet::v1::EnrollDeviceRequest request;
+  request.set_device_id(sync::NewUuid(gen));
+  request.set_person_id(absl::StrCat("harness-", request.device_id().substr(0, 8)));
+  request.set_role(role);
+  request.set_unit_code(unit);
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer " + token_);
+  hamlet::v1::EnrollDeviceResponse response;
+  const grpc::Status status = admin_->EnrollDevice(&context, request, &response);
+  if (!status.ok()) Fail("enrolment: " + status.error_message());
+  return {response.device_id(), response.token(), unit};
+}
+
+std::vector<Device> Hamletd::EnrollMembers(int n) {
+  std::vector<Device> members;
+  for (int i = 0; i < n; ++i) {
+    members.push_back(Enroll(hamlet::v1::ROLE_MEMBER, absl::StrFormat("07132-K%02d", 1 + i % 12)));
+  }
+  return members;
+}
+
+double Hamletd::ReportMs() {
+  std::vector<double> times;
+  for (int i = 0; i < 5; ++i) {
+    hamlet::v1::GetReportRequest request;
+    request.set_unit_code("206");
+    request.set_from_date("2026-01-01");
+    request.set_to_date("2026-12-31");
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + token_);
+    hamlet::v1::GetReportResponse response;
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!admin_->GetReport(&context, request, &response).ok()) Fail("report failed");
+    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[2];
+}
+
+}  // namespace hamlet::harness
