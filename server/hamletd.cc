@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <memory>
 #include <string>
@@ -16,6 +17,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/resource_quota.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -28,6 +30,7 @@
 #include "server/devices.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/rate_limit.h"
 #include "server/replicator.h"
 #include "server/sync_service.h"
 #include "server/town.h"
@@ -90,6 +93,35 @@ ABSL_FLAG(int, max_message_bytes, 8 << 20, "Largest gRPC message accepted or sen
 ABSL_FLAG(int, max_batch_records, 500, "Most records one push may carry.");
 ABSL_FLAG(absl::Duration, max_clock_skew, absl::Minutes(5),
           "Pushes with a stamp further ahead of the server clock than this are refused.");
+ABSL_FLAG(int, max_concurrent_streams, 100,
+          "Most calls (Watch streams included) one device connection may have open at once. Further calls wait in "
+          "the client until one ends (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); they are not refused.");
+ABSL_FLAG(int, max_threads, 1000,
+          "Most threads serving Push, Pull and ResolveConflict calls (each holds one until it is answered; Watch "
+          "streams hold none). With all of them busy a new call is refused at once with RESOURCE_EXHAUSTED "
+          "\"Server Threadpool Exhausted\", which clients retry. One thread only polls, so N serve N - 1 calls at "
+          "once; at least 2.");
+ABSL_FLAG(absl::Duration, keepalive_time, absl::Minutes(2),
+          "The server pings a device connection idle for this long, to find phones that vanished (out of coverage, "
+          "battery out) and free their Watch streams. 0 turns the pings off.");
+ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(20),
+          "A connection whose keepalive ping is not answered within this is closed.");
+ABSL_FLAG(absl::Duration, keepalive_min_ping_interval, absl::Minutes(1),
+          "Shortest interval at which a device may send keepalive pings, with or without calls open. The third ping "
+          "sooner than this (with no data sent in between) gets the client a GOAWAY (too_many_pings) and its "
+          "connection closed.");
+ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(15),
+          "A device connection with no call open (not even a Watch stream) for this long is closed with a GOAWAY; "
+          "the client reconnects at its next call. 0: never.");
+ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(20),
+          "A new connection that has not finished its TLS and HTTP/2 setup within this is closed, so idle sockets "
+          "cannot pile up.");
+ABSL_FLAG(double, device_rate, 0,
+          "Push, Pull and ResolveConflict calls per second one device may make, on average (replication nodes are "
+          "exempt). Beyond it a call gets RESOURCE_EXHAUSTED with reason RATE_LIMITED and a retry hint. 0 turns the "
+          "limit off.");
+ABSL_FLAG(int, device_burst, 50,
+          "Calls a device may make at once above --device_rate before it is held to that rate; at least 1.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM, how long in-flight calls may take to finish before they are cancelled.");
 ABSL_FLAG(std::string, ready_file, "",
@@ -183,6 +215,49 @@ absl::StatusOr<hamlet::server::ReplicatorOptions> ReplicationOptions(const std::
   options.max_backoff = options.poll_interval * 6;
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   return options;
+}
+
+// Connection and call limits of the device listener; see the flags.
+absl::Status SetDeviceListenerLimits(grpc::ServerBuilder& builder) {
+  const auto ms = [](absl::Duration d) {
+    return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), std::numeric_limits<int>::max()));
+  };
+  const int max_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  const int max_threads = absl::GetFlag(FLAGS_max_threads);
+  const absl::Duration keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
+  const absl::Duration keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  const absl::Duration min_ping_interval = absl::GetFlag(FLAGS_keepalive_min_ping_interval);
+  const absl::Duration max_idle = absl::GetFlag(FLAGS_max_connection_idle);
+  const absl::Duration handshake_timeout = absl::GetFlag(FLAGS_handshake_timeout);
+  if (max_streams < 1) return absl::InvalidArgumentError("--max_concurrent_streams must be at least 1");
+  // One thread must keep polling: with a quota of one, gRPC refuses every
+  // call (RESOURCE_EXHAUSTED), so N threads serve N - 1 calls at once.
+  if (max_threads < 2) return absl::InvalidArgumentError("--max_threads must be at least 2");
+  if (keepalive_time < absl::ZeroDuration() || keepalive_timeout <= absl::ZeroDuration() ||
+      min_ping_interval < absl::ZeroDuration() || max_idle < absl::ZeroDuration() ||
+      handshake_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--keepalive_time, --keepalive_min_ping_interval and --max_connection_idle may not be negative; "
+        "--keepalive_timeout and --handshake_timeout must be positive");
+  }
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
+  grpc::ResourceQuota quota("hamlet-device-listener");
+  quota.SetMaxThreads(max_threads);
+  builder.SetResourceQuota(quota);
+  const int keepalive_time_ms =
+      keepalive_time == absl::ZeroDuration() ? std::numeric_limits<int>::max() : ms(keepalive_time);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_time_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms(keepalive_timeout));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, ms(min_ping_interval));
+  // Phones may keep a connection warm between syncs; without this any ping
+  // on a connection with no call counts against it (gRPC allows one in 2 h).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Pings too often this many times, then GOAWAY (gRPC's default, made explicit).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             max_idle == absl::ZeroDuration() ? std::numeric_limits<int>::max() : ms(max_idle));
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, ms(handshake_timeout));
+  return absl::OkStatus();
 }
 
 int Run() {
@@ -306,7 +381,15 @@ int Run() {
 
   // The device listener: sync and health, no reflection.
   // Its Watch dispatcher reads the town: it is stopped before the town closes.
-  auto sync_service = std::make_unique<hamlet::server::SyncServiceImpl>(town->get(), devices->get(), &metrics);
+  const double device_rate = absl::GetFlag(FLAGS_device_rate);
+  const int device_burst = absl::GetFlag(FLAGS_device_burst);
+  if (!(device_rate >= 0) || device_burst < 1) {
+    LogLine("--device_rate may not be negative, and --device_burst must be at least 1");
+    return 1;
+  }
+  hamlet::server::DeviceRateLimit rate_limit(hamlet::sync::SystemClock::Get(), device_rate, device_burst);
+  auto sync_service =
+      std::make_unique<hamlet::server::SyncServiceImpl>(town->get(), devices->get(), &metrics, &rate_limit);
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
@@ -319,6 +402,13 @@ int Run() {
   builder.AddListeningPort(listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  if (absl::Status limits = SetDeviceListenerLimits(builder); !limits.ok()) {
+    LogLine(limits.ToString());
+    return 1;
+  }
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<hamlet::server::UnparsableRequestInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.RegisterService(sync_service.get());
   builder.SetOption(std::make_unique<WithoutReflection>());
   // Each synchronous call holds a thread (a push waits for its sync). gRPC

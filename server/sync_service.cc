@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/log.h"
+#include "sync/status_macros.h"
 
 namespace hamlet::server {
 
@@ -25,10 +26,40 @@ absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::S
   return devices.Authenticate(value, context.peer(), auth != nullptr && auth->IsPeerAuthenticated());
 }
 
+namespace {
+
+// A write the client has stopped waiting for is not applied: the client will
+// send it again under the same id, and applying it now would only load a
+// server that is probably already slow.
+absl::Status StillAwaited(const grpc::ServerContext& context) {
+  if (context.deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError(
+        "the call's deadline passed before the server began applying it; nothing was written. Send it again "
+        "with the same id and a longer deadline");
+  }
+  if (context.IsCancelled()) {
+    return absl::CancelledError("the call was cancelled before the server began applying it; nothing was written");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Caller> SyncServiceImpl::Admit(const grpc::ServerContext& context, CallKind kind) {
+  HAMLET_ASSIGN_OR_RETURN(Caller caller, Authenticate(*devices_, context));
+  // A replication node carries a whole town's changes; a phone's rate would
+  // hold back replication.
+  if (caller.principal.role != hamlet::v1::ROLE_REPLICATION_NODE) {
+    HAMLET_RETURN_IF_ERROR(rate_limit_->Admit(caller.device_id));
+  }
+  if (kind == CallKind::kWrite) HAMLET_RETURN_IF_ERROR(StillAwaited(context));
+  return caller;
+}
+
 grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
                                    hamlet::v1::PushResponse* response) {
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
   absl::StatusOr<hamlet::v1::PushResponse> result =
       caller.ok() ? town_->Push(*request, *caller) : absl::StatusOr<hamlet::v1::PushResponse>(caller.status());
   const auto took = std::chrono::steady_clock::now() - start;
@@ -49,7 +80,7 @@ grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v
 grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v1::PullRequest* request,
                                    hamlet::v1::PullResponse* response) {
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead);
   absl::StatusOr<hamlet::v1::PullResponse> result =
       caller.ok() ? town_->Pull(*request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
   metrics_->CountCall("Pull", static_cast<grpc::StatusCode>(result.status().code()),
@@ -139,8 +170,9 @@ class RefusedWatch final : public grpc::ServerWriteReactor<hamlet::v1::WatchResp
 
 }  // namespace
 
-SyncServiceImpl::SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics)
-    : town_(town), devices_(devices), metrics_(metrics), dispatcher_([this] { Dispatch(); }) {}
+SyncServiceImpl::SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics,
+                                 DeviceRateLimit* rate_limit)
+    : town_(town), devices_(devices), metrics_(metrics), rate_limit_(rate_limit), dispatcher_([this] { Dispatch(); }) {}
 
 SyncServiceImpl::~SyncServiceImpl() {
   {
@@ -192,7 +224,7 @@ grpc::Status SyncServiceImpl::ResolveConflict(grpc::ServerContext* context,
                                               const hamlet::v1::ResolveConflictRequest* request,
                                               hamlet::v1::ResolveConflictResponse* response) {
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
   absl::StatusOr<hamlet::v1::ResolveConflictResponse> result =
       caller.ok() ? town_->ResolveConflict(*request, *caller)
                   : absl::StatusOr<hamlet::v1::ResolveConflictResponse>(caller.status());
@@ -204,6 +236,48 @@ grpc::Status SyncServiceImpl::ResolveConflict(grpc::ServerContext* context,
                           result.ok() ? "" : " error=", result.ok() ? "" : result.status().message()));
   if (result.ok()) *response = std::move(*result);
   return ToGrpc(result.status(), context);
+}
+
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+
+// One call's: remembers whether its request failed to parse.
+class UnparsableRequestInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit UnparsableRequestInterceptor(grpc::experimental::ServerRpcInfo* info) : info_(info) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    // The request is null here when gRPC could not deserialize it (also when
+    // the server refused the call for want of threads: that status is not
+    // INTERNAL, and stays).
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
+        methods->GetRecvMessage() == nullptr) {
+      unparsable_ = true;
+    }
+    if (unparsable_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
+        methods->GetSendStatus().error_code() == grpc::StatusCode::INTERNAL) {
+      const std::string peer = info_->server_context() != nullptr ? info_->server_context()->peer() : "";
+      LogLine(absl::StrCat("refused an unparsable request to ", info_->method(), " from ", peer));
+      methods->ModifySendStatus(grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("the request to ", info_->method(),
+                       " could not be parsed: it is not that method's protobuf message, or a string field in it "
+                       "is not valid UTF-8 (use bytes for binary data). Fix the client; do not retry as is")));
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ServerRpcInfo* const info_;
+  bool unparsable_ = false;
+};
+
+}  // namespace
+
+grpc::experimental::Interceptor* UnparsableRequestInterceptorFactory::CreateServerInterceptor(
+    grpc::experimental::ServerRpcInfo* info) {
+  return new UnparsableRequestInterceptor(info);
 }
 
 }  // namespace hamlet::server

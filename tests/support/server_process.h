@@ -36,6 +36,8 @@ class ServerProcess {
   std::string admin_token() const;
   const std::string& log_path() const { return log_path_; }
   std::string Log() const { return ReadFile(log_path_); }
+  // The server's process id while it runs (for /proc), else -1.
+  pid_t pid() const { return pid_; }
 
   // SIGKILL, as a crash or power cut would.
   void Kill();
