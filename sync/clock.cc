@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 namespace hamlet::sync {
 
@@ -23,10 +24,9 @@ hamlet::v1::Stamp HybridClock::Now() {
   const int64_t pt = physical_->NowMs();
   absl::MutexLock lock(&mu_);
   if (pt > last_physical_ms_) {
-    last_physical_ms_ = pt;
-    last_logical_ = 0;
+    Set(pt, 0);
   } else {
-    ++last_logical_;
+    Set(last_physical_ms_, uint64_t{last_logical_} + 1);
   }
   hamlet::v1::Stamp s;
   s.set_physical_ms(last_physical_ms_);
@@ -40,15 +40,26 @@ void HybridClock::Observe(const hamlet::v1::Stamp& remote) {
   absl::MutexLock lock(&mu_);
   const int64_t l = std::max({last_physical_ms_, remote.physical_ms(), pt});
   if (l == last_physical_ms_ && l == remote.physical_ms()) {
-    last_logical_ = std::max(last_logical_, remote.logical()) + 1;
+    Set(l, uint64_t{std::max(last_logical_, remote.logical())} + 1);
   } else if (l == last_physical_ms_) {
-    ++last_logical_;
+    Set(l, uint64_t{last_logical_} + 1);
   } else if (l == remote.physical_ms()) {
-    last_logical_ = remote.logical() + 1;
+    Set(l, uint64_t{remote.logical()} + 1);
   } else {
-    last_logical_ = 0;
+    Set(l, 0);
   }
-  last_physical_ms_ = l;
+}
+
+void HybridClock::Set(int64_t physical_ms, uint64_t logical) {
+  // A logical counter past its 32 bits carries into the millisecond, so that
+  // the clock never goes back (a stamp of logical 2^32-1 must be followed by a
+  // greater one, not by logical 0 of the same millisecond).
+  if (logical > std::numeric_limits<uint32_t>::max()) {
+    ++physical_ms;
+    logical = 0;
+  }
+  last_physical_ms_ = physical_ms;
+  last_logical_ = static_cast<uint32_t>(logical);
 }
 
 hamlet::v1::Stamp HybridClock::Last() const {

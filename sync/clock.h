@@ -73,6 +73,8 @@ class HybridClock {
   const PhysicalClock* const physical_;
   const std::string node_;
   mutable absl::Mutex mu_;
+  void Set(int64_t physical_ms, uint64_t logical) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   int64_t last_physical_ms_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t last_logical_ ABSL_GUARDED_BY(mu_) = 0;
 };

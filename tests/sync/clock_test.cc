@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "sync/stamp.h"
 #include "tests/support/records.h"
 
@@ -74,6 +76,19 @@ TEST(HybridClockTest, PhoneAYearBehindWithoutPullingStampsInThePast) {
   FakeClock phone_physical(kNow - kYearMs);
   HybridClock phone(&phone_physical, "phone");
   EXPECT_EQ(phone.Now().physical_ms(), kNow - kYearMs);
+}
+
+// Found by a review: the 32-bit logical counter wrapped to 0 and the server's
+// next stamp sorted before one it had just observed.
+TEST(HybridClockTest, ALogicalCounterAtItsLimitCarriesIntoTheMillisecond) {
+  FakeClock physical(kNow);
+  HybridClock clock(&physical, "server");
+  hamlet::v1::Stamp remote = MakeStamp(kNow + 60'000, std::numeric_limits<uint32_t>::max(), "phone");
+  clock.Observe(remote);
+  const hamlet::v1::Stamp next = clock.Now();
+  EXPECT_GT(CompareStamps(next, remote), 0) << next.DebugString();
+  EXPECT_EQ(next.physical_ms(), kNow + 60'001);
+  for (int i = 0; i < 3; ++i) EXPECT_GT(CompareStamps(clock.Now(), next), 0);
 }
 
 TEST(HybridClockTest, RestoreNeverIssuesBelowAPersistedStamp) {
