@@ -485,10 +485,10 @@ int Run() {
       const bool healthy = replicator == nullptr || replicator->Healthy(absl::GetFlag(FLAGS_replication_lag_alarm));
       admin_server->GetHealthCheckService()->SetServingStatus(kReplicationHealth, healthy);
       server->GetHealthCheckService()->SetServingStatus(kReplicationHealth, healthy);
-      // A failed WAL sync leaves the store refusing writes until restarted.
-      if (absl::Status store = (*town)->store().sync_error(); !store.ok() && !store_failed) {
+      // A failed log write or sync leaves the store refusing writes until restarted.
+      if (absl::Status store = (*town)->store().store_error(); !store.ok() && !store_failed) {
         store_failed = true;
-        LogLine(absl::StrCat("the store can no longer sync its log (", store.ToString(),
+        LogLine(absl::StrCat("the store can no longer write its log (", store.ToString(),
                              "); every push is refused. Check the disk and restart hamletd"));
         server->GetHealthCheckService()->SetServingStatus(hamlet::v1::SyncService::service_full_name(), false);
         admin_server->GetHealthCheckService()->SetServingStatus(hamlet::v1::AdminService::service_full_name(), false);

@@ -110,6 +110,7 @@ absl::StatusOr<std::vector<OutboxItem>> DeviceStore::ReadOutbox(size_t max) cons
   std::vector<OutboxItem> items;
   std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kOutbox]));
   for (it->SeekToFirst(); it->Valid() && items.size() < max; it->Next()) {
+    if (it->key().size() != 8) return absl::DataLossError("an outbox key is damaged");
     OutboxEntry entry;
     HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &entry));
     items.push_back({sync::GetBigEndian64(internal::View(it->key())), std::move(*entry.mutable_change())});
@@ -122,6 +123,7 @@ absl::StatusOr<std::vector<OutboxItem>> DeviceStore::ReadOutboxThrough(uint64_t 
   std::vector<OutboxItem> items;
   std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kOutbox]));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (it->key().size() != 8) return absl::DataLossError("an outbox key is damaged");
     const uint64_t seq = sync::GetBigEndian64(internal::View(it->key()));
     if (seq > last) break;
     OutboxEntry entry;

@@ -15,8 +15,12 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (s.IsNoSpace()) return absl::ResourceExhaustedError(message);
   if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) return absl::UnavailableError(message);
   if (s.IsIOError()) {
-    // A held LOCK file shows up as an IOError mentioning the lock.
-    if (s.ToString().find("lock") != std::string::npos) return absl::FailedPreconditionError(message);
+    // A held LOCK file shows up as an IOError naming it: "While lock file:
+    // <dir>/LOCK: Resource temporarily unavailable" (another process), "lock
+    // hold by current process, ...: <dir>/LOCK: No locks available". Only
+    // the file name counts: any other I/O error is worth retrying, whatever
+    // its path says ("/mnt/block-storage/...").
+    if (s.ToString().find("/LOCK: ") != std::string::npos) return absl::FailedPreconditionError(message);
     return absl::UnavailableError(message);
   }
   if (s.IsInvalidArgument() || s.IsNotSupported()) return absl::FailedPreconditionError(message);
@@ -32,8 +36,10 @@ OpenedDb::~OpenedDb() {
   db->Close().PermitUncheckedError();
 }
 
-absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names) {
+absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names,
+                                rocksdb::Env* env) {
   rocksdb::DBOptions options;
+  if (env != nullptr) options.env = env;
   options.create_if_missing = true;
   options.create_missing_column_families = true;
   // Recovery replays the write-ahead log up to its first damaged record and

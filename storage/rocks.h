@@ -33,8 +33,11 @@ struct OpenedDb {
 
 // Opens (creating if missing) the database in `dir` with the column families
 // `names`, which must start with "default". FAILED_PRECONDITION if another
-// process holds the database.
-absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names);
+// process holds the database. `env` is where RocksDB does its I/O: null for
+// rocksdb::Env::Default(), else (tests injecting faults) not owned, and must
+// outlive the database.
+absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names,
+                                rocksdb::Env* env = nullptr);
 
 // Debian's Abseil has its own string_view, distinct from std::string_view.
 inline absl::string_view View(const rocksdb::Slice& s) { return absl::string_view(s.data(), s.size()); }

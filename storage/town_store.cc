@@ -98,8 +98,10 @@ absl::Status AddToCount(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* counts, co
   std::string value;
   rocksdb::Status got = db->Get(rocksdb::ReadOptions(), counts, key, &value);
   if (!got.IsNotFound()) HAMLET_RETURN_IF_ERROR(FromRocks(got, "reading an index count"));
-  if (!value.empty() && value.size() != 8) return absl::DataLossError("a stored index count is damaged");
-  const int64_t count = (value.empty() ? 0 : static_cast<int64_t>(GetBigEndian64(value))) + n;
+  int64_t count = value.empty() ? 0 : static_cast<int64_t>(GetBigEndian64(value));
+  if ((!value.empty() && value.size() != 8) || __builtin_add_overflow(count, n, &count)) {
+    return absl::DataLossError("a stored index count is damaged");
+  }
   // Below zero only if a record's commune changed under it (a village moved):
   // its old entry stays in the old bucket (town_store.h, ApplyPush).
   if (count <= 0) {
@@ -162,13 +164,15 @@ absl::Status TownStore::RebuildIndexCounts() {
   std::map<std::string, uint64_t> counts;
   std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), changes_));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (it->key().size() != 8) return absl::DataLossError("a change index key is damaged");
     ++counts[CountKey(WholeCountPrefix(), GetBigEndian64(internal::View(it->key())))];
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting the change index"));
   it.reset(db_->db->NewIterator(rocksdb::ReadOptions(), commune_changes_));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     const absl::string_view key = internal::View(it->key());
-    const size_t prefix = 1 + static_cast<uint8_t>(key[0]);
+    const size_t prefix = key.empty() ? 0 : 1 + static_cast<uint8_t>(key[0]);
+    if (key.size() != prefix + 8) return absl::DataLossError("a commune change index key is damaged");
     ++counts[CountKey(std::string(key.substr(0, prefix)), GetBigEndian64(key.substr(prefix, 8)))];
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting the commune change index"));
@@ -212,12 +216,15 @@ absl::StatusOr<std::map<std::string, std::map<std::string, int64_t>>> TownStore:
     const std::string end = TallyKeyBytes({unit, to_month + 1, ""});
     for (it->Seek(start); it->Valid() && it->key().compare(end) < 0; it->Next()) {
       const absl::string_view key = internal::View(it->key());
-      const std::string metric(key.substr(unit.size() + 1 + 4));
-      if (it->value().size() != 8) {
+      int64_t* sum = nullptr;
+      if (key.size() >= unit.size() + 1 + 4 && it->value().size() == 8) {
+        sum = &out[unit][std::string(key.substr(unit.size() + 1 + 4))];
+      }
+      if (sum == nullptr ||
+          __builtin_add_overflow(*sum, static_cast<int64_t>(GetBigEndian64(internal::View(it->value()))), sum)) {
         status = absl::DataLossError(absl::StrCat("report tally of unit ", unit, " is damaged"));
         break;
       }
-      out[unit][metric] += static_cast<int64_t>(GetBigEndian64(internal::View(it->value())));
     }
     if (!status.ok()) break;
     if (!it->status().ok()) {
@@ -373,7 +380,7 @@ TownStore::~TownStore() = default;
 
 absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& dir,
                                                            const TownStoreOptions& options) {
-  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, FamilyNames()));
+  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, FamilyNames(), options.env));
   std::unique_ptr<TownStore> store(new TownStore());
   store->options_ = options;
   store->db_ = std::make_unique<internal::OpenedDb>(std::move(opened));
@@ -422,13 +429,17 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
         "data dir ", dir, " has store format ", value, "; this hamletd reads format ", kFormat,
         ". Use the hamletd that wrote it."));
   }
-  HAMLET_RETURN_IF_ERROR(FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "server_id", &store->server_id_),
-                                   "reading server id"));
-  HAMLET_RETURN_IF_ERROR(FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "epoch", &value), "reading epoch"));
+  // Written with "format" in one batch: a store without them is damaged.
+  const auto get_identity = [&](const char* key, std::string* out) {
+    const rocksdb::Status got = db->Get(rocksdb::ReadOptions(), store->meta_, key, out);
+    if (got.IsNotFound()) return absl::DataLossError(absl::StrCat("stored ", key, " is missing"));
+    return FromRocks(got, absl::StrCat("reading ", key));
+  };
+  HAMLET_RETURN_IF_ERROR(get_identity("server_id", &store->server_id_));
+  HAMLET_RETURN_IF_ERROR(get_identity("epoch", &value));
   if (value.size() != 8) return absl::DataLossError("stored epoch is damaged");
   store->epoch_ = GetBigEndian64(value);
-  HAMLET_RETURN_IF_ERROR(
-      FromRocks(db->Get(rocksdb::ReadOptions(), store->meta_, "last_seq", &value), "reading last sequence number"));
+  HAMLET_RETURN_IF_ERROR(get_identity("last_seq", &value));
   if (value.size() != 8) return absl::DataLossError("stored last_seq is damaged");
   store->last_seq_ = GetBigEndian64(value);
   // Whatever the log held is on disk now: opening replays it into tables.
@@ -496,20 +507,31 @@ absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
   return applied.last_seq;
 }
 
+namespace {
+
+// The error of the write that failed, as every later write is refused with it.
+absl::Status Refusing(const absl::Status& failed) {
+  return absl::Status(failed.code(), absl::StrCat(failed.message(),
+                                                  "; the store takes no more writes: check the disk, then restart "
+                                                  "hamletd"));
+}
+
+}  // namespace
+
 uint64_t TownStore::LastWrite() const {
   absl::MutexLock lock(&sync_mu_);
   return written_;
 }
 
-absl::Status TownStore::sync_error() const {
+absl::Status TownStore::store_error() const {
   absl::MutexLock lock(&sync_mu_);
-  return sync_error_;
+  return store_error_;
 }
 
 absl::Status TownStore::WaitDurable(uint64_t write) {
   absl::MutexLock lock(&sync_mu_);
   while (true) {
-    if (!sync_error_.ok()) return sync_error_;
+    if (!store_error_.ok()) return store_error_;
     if (durable_ >= write) return absl::OkStatus();
     if (syncing_) {
       // The sync in flight may have started before this write: wait for it,
@@ -530,8 +552,8 @@ absl::Status TownStore::WaitDurable(uint64_t write) {
     }
     syncing_ = false;
     if (!synced.ok()) {
-      sync_error_ = FromRocks(synced, "syncing the write-ahead log");
-      return sync_error_;
+      store_error_ = Refusing(FromRocks(synced, "syncing the write-ahead log"));
+      return store_error_;
     }
     durable_ = std::max(durable_, target);
     durable_seq_.store(std::max(durable_seq_.load(), target_seq));
@@ -542,7 +564,7 @@ absl::Status TownStore::WaitDurable(uint64_t write) {
 absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
     PushCommit commit, const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
   absl::MutexLock lock(&commit_mu_);
-  HAMLET_RETURN_IF_ERROR(sync_error());
+  HAMLET_RETURN_IF_ERROR(store_error());
   uint64_t seq = last_seq_.load();
   rocksdb::WriteBatch batch;
   for (RecordWrite& write : commit.records) {
@@ -577,8 +599,10 @@ absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
     std::string value;
     rocksdb::Status got = db_->db->Get(rocksdb::ReadOptions(), tallies_, bytes, &value);
     if (!got.IsNotFound()) HAMLET_RETURN_IF_ERROR(FromRocks(got, "reading a report tally"));
-    if (!value.empty() && value.size() != 8) return absl::DataLossError("a stored report tally is damaged");
-    const int64_t count = (value.empty() ? 0 : static_cast<int64_t>(GetBigEndian64(value))) + n;
+    int64_t count = value.empty() ? 0 : static_cast<int64_t>(GetBigEndian64(value));
+    if ((!value.empty() && value.size() != 8) || __builtin_add_overflow(count, n, &count)) {
+      return absl::DataLossError("a stored report tally is damaged");
+    }
     // A count back at zero is no count: its key goes.
     if (count == 0) {
       batch.Delete(tallies_, bytes);
@@ -617,6 +641,13 @@ absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
       !written.ok()) {
     absl::MutexLock sync_lock(&sync_mu_);
     unsynced_moves_.erase(seq);
+    // RocksDB takes no writes after a failed log write (an I/O error or a
+    // full disk), and neither does the store: a later acknowledged write after
+    // a torn log record would be dropped by recovery.
+    if (absl::IsUnavailable(written) || absl::IsResourceExhausted(written)) {
+      store_error_ = Refusing(written);
+      return store_error_;
+    }
     return written;
   }
   last_audit_seq_.store(audit_seq);
@@ -753,7 +784,19 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     std::string prefix;
     std::unique_ptr<rocksdb::Iterator> it;
     bool Valid() const { return it->Valid() && it->key().starts_with(prefix); }
-    uint64_t Seq() const { return GetBigEndian64(absl::string_view(it->key().data() + prefix.size(), 8)); }
+    // A key of another length than prefix + be64(seq) is damage: its Seq()
+    // is beyond every range, which stops the bucket there, and the read
+    // returns DATA_LOSS.
+    bool Damaged() const { return Valid() && it->key().size() != prefix.size() + 8; }
+    uint64_t Seq() const {
+      return Damaged() ? UINT64_MAX : GetBigEndian64(absl::string_view(it->key().data() + prefix.size(), 8));
+    }
+  };
+  const auto damaged = [](const std::vector<Bucket>& buckets) {
+    for (const Bucket& b : buckets) {
+      if (b.Damaged()) return absl::DataLossError("a change index key is damaged");
+    }
+    return absl::OkStatus();
   };
   std::vector<Bucket> buckets;
   if (scope.whole_server()) {
@@ -789,7 +832,11 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     }
     std::string value;
     const std::string id = b->it->value().ToString();
-    HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Get(read, records_, id, &value), absl::StrCat("reading record ", id)));
+    const rocksdb::Status got = db_->db->Get(read, records_, id, &value);
+    if (got.IsNotFound()) {
+      return absl::DataLossError(absl::StrCat("the change index names record ", id, ", which is not stored"));
+    }
+    HAMLET_RETURN_IF_ERROR(FromRocks(got, absl::StrCat("reading record ", id)));
     Record record;
     HAMLET_RETURN_IF_ERROR(DecodeRecord(value, id, &record));
     bytes += value.size();
@@ -797,6 +844,7 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     page.records.push_back(std::move(record));
     b->it->Next();
   }
+  HAMLET_RETURN_IF_ERROR(damaged(buckets));
   if (b == nullptr) {
     // Caught up: everything up to the snapshot's last_seq has been seen.
     page.through_seq = std::max(after_seq, last_seq);
@@ -826,6 +874,7 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     }
     HAMLET_RETURN_IF_ERROR(FromRocks(bucket.it->status(), "counting change index"));
   }
+  HAMLET_RETURN_IF_ERROR(damaged(buckets));
   return page;
 }
 

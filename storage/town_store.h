@@ -21,6 +21,7 @@
 
 namespace rocksdb {
 class ColumnFamilyHandle;
+class Env;
 }  // namespace rocksdb
 
 namespace hamlet::storage {
@@ -37,6 +38,13 @@ struct TownStoreOptions {
   // SENSITIVITY_SEALED) at rest. Without one the store refuses to write them
   // (FAILED_PRECONDITION). Default none.
   std::shared_ptr<const Sealer> sealer;
+  // The environment RocksDB does its file I/O through. Default (null):
+  // rocksdb::Env::Default(). Set by tests that inject faults
+  // (tests/support/fault_fs.h). Not owned; must outlive the store, and its
+  // SystemClock must outlive the process: the block cache that every store
+  // shares keeps a pointer to the clock of a store that collected its
+  // statistics (tests/support/fault_fs.cc, QuickRetry).
+  rocksdb::Env* env = nullptr;
 };
 
 // Which part of the change index to read.
@@ -176,9 +184,10 @@ class TownStore {
   uint64_t durable_seq() const { return durable_seq_.load(); }
   // WAL syncs made by WaitDurable since the store was opened.
   uint64_t wal_syncs() const { return wal_syncs_.load(); }
-  // OK, or the error of a failed WAL sync, after which the store takes no
-  // more writes and must be reopened.
-  absl::Status sync_error() const;
+  // OK, or the error of a failed log write or WAL sync (UNAVAILABLE, or
+  // RESOURCE_EXHAUSTED for a full disk), after which the store takes no more
+  // writes and must be reopened.
+  absl::Status store_error() const;
 
   // ApplyPush, then WaitDurable. Returns the last sequence number assigned.
   absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
@@ -282,7 +291,7 @@ class TownStore {
   uint64_t written_seq_ ABSL_GUARDED_BY(sync_mu_) = 0;
   uint64_t durable_ ABSL_GUARDED_BY(sync_mu_) = 0;
   bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
-  absl::Status sync_error_ ABSL_GUARDED_BY(sync_mu_);
+  absl::Status store_error_ ABSL_GUARDED_BY(sync_mu_);
   // For each applied write not yet synced that moved records (by its last
   // sequence number): the lowest sequence number whose index entry it
   // deleted. A pull must stop below it: until the write is durable, that

@@ -2,7 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
+#include "rocksdb/db.h"
+#include "storage/rocks.h"
 #include "tests/support/records.h"
+#include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
 
 namespace hamlet::storage {
@@ -10,6 +16,7 @@ namespace {
 
 using hamlet::testing::MakeStamp;
 using hamlet::testing::NewCase;
+using hamlet::testing::StatusIs;
 
 constexpr char kDevice[] = "0b6e1f7a-3c2d-4e5f-8a9b-0c1d2e3f4a5b";
 constexpr char kCase[] = "00000000-0000-4000-8000-000000000001";
@@ -66,6 +73,31 @@ TEST(DeviceStoreTest, CursorBelongsToOneScope) {
   ASSERT_TRUE(store->ResetCursor().ok());
   EXPECT_EQ(*store->GetCursor("07132"), "");
   EXPECT_EQ(store->ListRecords()->size(), 1u);
+}
+
+// Found by tests/fuzz/store_fuzzer (tests/fuzz/regressions/store): an outbox
+// key of another length than 8 was read past its end as the edit's seq.
+TEST(DeviceStoreTest, OutboxKeyOfAnotherLengthIsDataLoss) {
+  hamlet::testing::TempDir dir;
+  auto record = NewCase(kCase, "07132", MakeStamp(1000, 0, kDevice));
+  ASSERT_TRUE(OpenStore(dir.path())->SaveLocalEdit(record, record, MakeStamp(1000, 0, kDevice)).ok());
+  {
+    const std::vector<std::string> names = {"default", "records", "outbox", "rejected"};
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const std::string& name : names) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir.path(), descriptors, &handles, &db).ok());
+    OutboxEntry entry;
+    *entry.mutable_change() = record;
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[2], "\x01", internal::EncodeValue(entry)).ok());
+    for (rocksdb::ColumnFamilyHandle* handle : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(handle).ok());
+    ASSERT_TRUE(db->Close().ok());
+    delete db;
+  }
+  auto store = OpenStore(dir.path());
+  EXPECT_THAT(store->ReadOutbox(10), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(store->ReadOutboxThrough(10), StatusIs(absl::StatusCode::kDataLoss));
 }
 
 }  // namespace

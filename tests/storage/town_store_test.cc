@@ -2,14 +2,18 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <iostream>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "rocksdb/db.h"
+#include "sync/big_endian.h"
 
 #include "tests/support/records.h"
 #include "tests/support/status_matchers.h"
@@ -277,6 +281,111 @@ TEST_F(TownStoreTest, PageStopsAtByteLimitButHoldsAtLeastOneRecord) {
 
 TEST_F(TownStoreTest, SecondOpenOfTheSameDirectoryIsRefused) {
   EXPECT_THAT(TownStore::Open(dir_.path(), TownStoreOptions()), StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+// ---------------------------------------------------------------------------
+// A damaged store (what a bad disk or a bug could leave in RocksDB) is
+// DATA_LOSS, never a crash, a read past a key, or another code. Each case was
+// found by tests/fuzz/store_fuzzer; its input is in tests/fuzz/regressions/store.
+
+std::string Be64(uint64_t v) {
+  std::string out;
+  sync::PutBigEndian64(&out, v);
+  return out;
+}
+
+class DamagedTownStoreTest : public TownStoreTest {
+ protected:
+  // What to write straight into a column family; no value deletes the key.
+  struct RawWrite {
+    std::string family;
+    std::string key;
+    std::optional<std::string> value;
+  };
+  // Closes the store and applies `writes` to its RocksDB, bypassing the store.
+  void Damage(const std::vector<RawWrite>& writes) {
+    store_.reset();
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.path(), &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const std::string& name : names) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir_.path(), descriptors, &handles, &db).ok());
+    for (const RawWrite& w : writes) {
+      const size_t f = std::find(names.begin(), names.end(), w.family) - names.begin();
+      ASSERT_LT(f, names.size()) << w.family;
+      const rocksdb::Status s = w.value.has_value() ? db->Put(rocksdb::WriteOptions(), handles[f], w.key, *w.value)
+                                                    : db->Delete(rocksdb::WriteOptions(), handles[f], w.key);
+      ASSERT_TRUE(s.ok()) << s.ToString();
+    }
+    for (rocksdb::ColumnFamilyHandle* handle : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(handle).ok());
+    ASSERT_TRUE(db->Close().ok());
+    delete db;
+  }
+  absl::StatusOr<std::unique_ptr<TownStore>> OpenDamaged() { return TownStore::Open(dir_.path(), TownStoreOptions()); }
+  static constexpr absl::StatusCode kDataLoss = absl::StatusCode::kDataLoss;
+};
+
+// Was INTERNAL ("reading server id: NotFound").
+TEST_F(DamagedTownStoreTest, MissingIdentityIsDataLoss) {
+  for (const char* key : {"server_id", "epoch", "last_seq"}) {
+    Reopen();
+    Damage({{"default", key, std::nullopt}});
+    EXPECT_THAT(OpenDamaged(), StatusIs(kDataLoss)) << key;
+    Damage({{"default", key, key == std::string("server_id") ? "x" : Be64(1)}});
+  }
+}
+
+// Was INTERNAL ("reading record ...: NotFound").
+TEST_F(DamagedTownStoreTest, ChangeIndexNamingAMissingRecordIsDataLoss) {
+  Commit("b1", {{NewCase(Id(1), "07132", MakeStamp(1000, 0, "a")), "07132"}});
+  Damage({{"records", Id(1), std::nullopt}});
+  auto store = OpenDamaged();
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_THAT((*store)->ReadChanges(ChangeScope::WholeServer(), 0, 10, 1 << 20, CountRemaining::kYes),
+              StatusIs(kDataLoss));
+}
+
+// Were read 8 bytes from wherever the key ended, and a commune index key too
+// short for its length byte threw std::out_of_range (abort) when the counts
+// were rebuilt.
+TEST_F(DamagedTownStoreTest, IndexKeysOfAnotherLengthAreDataLoss) {
+  Commit("b1", {{NewCase(Id(1), "07132", MakeStamp(1000, 0, "a")), "07132"}});
+  Damage({{"changes", std::string("\0\0\2", 3), Id(1)}, {"commune_changes", "\5" "07132" + Be64(2) + "x", Id(1)}});
+  auto store = OpenDamaged();
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_THAT((*store)->ReadChanges(ChangeScope::WholeServer(), 0, 10, 1 << 20, CountRemaining::kNo),
+              StatusIs(kDataLoss));
+  EXPECT_THAT((*store)->ReadChanges(ChangeScope::Commune("07132"), 0, 10, 1 << 20, CountRemaining::kYes),
+              StatusIs(kDataLoss));
+  store->reset();
+  Damage({{"default", "index_counts", std::nullopt}});
+  EXPECT_THAT(OpenDamaged(), StatusIs(kDataLoss));  // The rebuild meets the keys.
+  Damage({{"changes", std::string("\0\0\2", 3), std::nullopt}, {"commune_changes", "", Id(1)}});
+  EXPECT_THAT(OpenDamaged(), StatusIs(kDataLoss));
+}
+
+// Threw std::out_of_range (abort): the key is within the months asked for
+// but ends before its metric.
+TEST_F(DamagedTownStoreTest, ReportTallyKeyCutShortIsDataLoss) {
+  // 202401 is 00 03 16 a1 and 202513 (the end) 00 03 17 11: "07132" 00 00 03 17 lies between.
+  Damage({{"tallies", std::string("07132\0\0\3\x17", 9), Be64(1)}});
+  auto store = OpenDamaged();
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_THAT((*store)->SumTallies({"07132"}, 202401, 202512), StatusIs(kDataLoss));
+}
+
+// Were signed overflows: a stored count near the int64 limit plus one.
+TEST_F(DamagedTownStoreTest, CountsThatWouldOverflowAreDataLoss) {
+  Commit("b1", {{NewCase(Id(1), "07132", MakeStamp(1000, 0, "a")), "07132"}});
+  Damage({{"index_counts", "\xff" + Be64(0), Be64(INT64_MAX)}});
+  Reopen();
+  PushCommit commit;
+  commit.device_id = "device-1";
+  commit.batch_id = "b2";
+  commit.records.push_back({NewCase(Id(2), "07132", MakeStamp(2000, 0, "a")), "07132", 0, Record()});
+  EXPECT_THAT(store_->CommitPush(std::move(commit), [](uint64_t) { return BatchReceipt(); }), StatusIs(kDataLoss));
 }
 
 }  // namespace
