@@ -37,8 +37,13 @@ int32_t MonthOfTimestamp(const google::protobuf::Timestamp& t) {
   return static_cast<int32_t>(day.year() * 100 + day.month());
 }
 
+// Whole days from `from` to `to`; 0 when the seconds between them overflow,
+// which only times far outside google.protobuf.Timestamp's years 1-9999 do
+// (nothing refuses those): such a tip adds no days.
 int64_t DaysBetween(const google::protobuf::Timestamp& from, const google::protobuf::Timestamp& to) {
-  return (to.seconds() - from.seconds()) / 86400;
+  int64_t seconds = 0;
+  if (__builtin_sub_overflow(to.seconds(), from.seconds(), &seconds)) return 0;
+  return seconds / 86400;
 }
 
 }  // namespace

@@ -45,6 +45,49 @@ bool IsNewerAppField(const google::protobuf::Descriptor& body, uint32_t number) 
   return body.FindFieldByNumber(n) == nullptr && !body.IsReservedNumber(n);
 }
 
+// True if `m`, or a message in it, holds fields this build does not know.
+bool HoldsUnknownFields(const Message& m) {
+  const google::protobuf::Reflection* r = m.GetReflection();
+  if (r->GetUnknownFields(m).field_count() > 0) return true;
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const FieldDescriptor* f : fields) {
+    if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (!f->is_repeated()) {
+      if (HoldsUnknownFields(r->GetMessage(m, f))) return true;
+      continue;
+    }
+    for (int i = 0; i < r->FieldSize(m, f); ++i) {
+      if (HoldsUnknownFields(r->GetRepeatedMessage(m, f, i))) return true;
+    }
+  }
+  return false;
+}
+
+// The stamps and the envelope messages of `change` outside its body: merged
+// by comparing and copying them whole, so a field in them this build does
+// not know would make equal writes unequal bytes.
+bool EnvelopeHoldsUnknownFields(const Record& change) {
+  if (HoldsUnknownFields(change.create_time()) || HoldsUnknownFields(change.deleted_stamp())) return true;
+  for (const FieldStamp& fs : change.field_stamps()) {
+    if (HoldsUnknownFields(fs)) return true;
+  }
+  for (const auto& conflict : change.conflicts()) {
+    if (conflict.GetReflection()->GetUnknownFields(conflict).field_count() > 0) return true;
+    for (const auto& value : conflict.values()) {
+      if (value.GetReflection()->GetUnknownFields(value).field_count() > 0 || HoldsUnknownFields(value.stamp())) {
+        return true;
+      }
+    }
+  }
+  for (const auto& lost : change.superseded()) {
+    if (lost.GetReflection()->GetUnknownFields(lost).field_count() > 0 || HoldsUnknownFields(lost.stamp())) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::Status ValidateChange(const Record& change, const UnitDirectory& units, ChangeOrigin origin) {
@@ -140,6 +183,11 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
     return absl::InvalidArgumentError(absl::StrCat(
         who, ": Record field ", envelope.field(0).number(),
         " is unknown to this server; a newer app's record fields are kept only inside the body: update the server"));
+  }
+  if (EnvelopeHoldsUnknownFields(change)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        who, ": a stamp, create_time, conflict or superseded value carries a field unknown to this server; they are "
+             "merged whole, so the server must know every field of them: update the server"));
   }
   if (!hamlet::v1::Sensitivity_IsValid(change.sensitivity())) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": sensitivity ", change.sensitivity(),

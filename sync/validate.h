@@ -27,9 +27,15 @@ enum class ChangeOrigin { kDevice, kResolution, kReplica };
 // as present and missing; an append-only element is removed; a lifecycle field
 // and the fields written with it are not stamped together with one stamp; a
 // device sets `supersedes`, conflicts or superseded values (a replica may, when
-// every value in them has the record's body type); an enum anywhere in
-// the body has a value this server does not know; the record is deleted
-// without a deletion stamp.
+// every value in them has the record's body type); a lifecycle state or a
+// sensitivity this server does not know; a Record field this server does not
+// know, or a newer app's body field that is unstamped, stamped with a key,
+// removed or supersedes, or of another wire type than this server's field of
+// that number (a stamped one is kept: docs/PROTOCOL.md, "Fields and values
+// from a newer app"); a stamp, the create time,
+// or a conflict or superseded value's wrapper or stamp carries a field this
+// server does not know (they are merged whole, outside the body, where a
+// newer app's fields are kept); the record is deleted without a deletion stamp.
 absl::Status ValidateChange(const hamlet::v1::Record& change, const UnitDirectory& units,
                             ChangeOrigin origin = ChangeOrigin::kDevice);
 

@@ -54,6 +54,28 @@ TEST(ReportTest, ATipCountsItsDaysToForwardAndResult) {
   EXPECT_EQ(Get(tallies, "07135", 201701, "tips.days_to_result"), 20);
 }
 
+// Found with tests/fuzz/push_fuzzer (input: tests/fuzz/regressions/push/
+// tip_days_overflow): a device's tip with times at the ends of int64 made the
+// days between them a signed overflow, undefined behaviour in every push of it.
+TEST(ReportTest, TimesTooFarApartAddNoDays) {
+  Record tip;
+  tip.set_unit_code("07132-K01");
+  tip.mutable_create_time()->set_seconds(1'796'000'000);
+  auto* t = tip.mutable_security_tip();
+  t->mutable_received_time()->set_seconds(INT64_MIN);
+  t->mutable_forwarded_time()->set_seconds(INT64_MAX);
+  t->mutable_result_time()->set_seconds(INT64_MAX);
+  Tallies delta;
+  AddTallyDelta(Record(), tip, &delta);
+  int64_t forwarded = 0, days = 0;
+  for (const auto& [key, n] : delta) {
+    if (key.metric == "tips.forwarded") forwarded += n;
+    if (key.metric == "tips.days_to_forward" || key.metric == "tips.days_to_result") days += n;
+  }
+  EXPECT_EQ(forwarded, 1);
+  EXPECT_EQ(days, 0);
+}
+
 TEST(ReportTest, AChangeMovesCountsAndADeletionOrSealRemovesThem) {
   Record before = NewCase("6f1c3a52-0d7e-4c1b-9a43-2b8f0e6d5c71", "07132", MakeStamp(1000, 0, "a"));
   before.mutable_mediation_case()->set_date_received("2016-03-09");

@@ -204,6 +204,51 @@ TEST_F(ValidateTest, AReplicaCarriesWholeStatesOfItsOwnType) {
               StatusIs(kInvalid, HasSubstr("conflicting value of another record type")));
 }
 
+// Found by tests/fuzz/merge_fuzzer (input: tests/fuzz/regressions/merge/
+// field_stamp_with_unknown_field). A stamp is compared and copied whole by
+// the merge, so a field in it this server does not know made a change that
+// was merged already change the state again (a ⊔ b ⊔ b != a ⊔ b): servers
+// holding the same changes held different bytes.
+TEST_F(ValidateTest, RefusesStampsWithFieldsUnknownToThisServer) {
+  const Record created = Valid();
+  Record edit = EmptyChangeOf(created);
+  auto* party = edit.mutable_mediation_case()->add_parties();
+  party->set_id("p1");
+  party->set_name("Nguyễn Văn An");
+  hamlet::v1::FieldStamp fs;
+  fs.set_field(hamlet::v1::MediationCase::kPartiesFieldNumber);
+  fs.set_key("p1");
+  *fs.mutable_stamp() = MakeStamp(1, 0, "n#1");
+  PutFieldStamp(&edit, fs);
+  EXPECT_TRUE(ValidateChange(edit, units_).ok());
+  // Field 6 {1: 2500, 3: "c"}, as the fuzzer sent it.
+  fs.GetReflection()->MutableUnknownFields(&fs)->AddLengthDelimited(6, std::string("\x08\xc4\x13\x1a\x01\x63", 6));
+  PutFieldStamp(&edit, fs);
+  EXPECT_THAT(ValidateChange(edit, units_), StatusIs(kInvalid, HasSubstr("unknown to this server")));
+
+  Record deleted = Valid();
+  deleted.set_deleted(true);
+  *deleted.mutable_deleted_stamp() = MakeStamp(2000, 0, "dev");
+  EXPECT_TRUE(ValidateChange(deleted, units_).ok());
+  deleted.mutable_deleted_stamp()->GetReflection()->MutableUnknownFields(deleted.mutable_deleted_stamp())
+      ->AddVarint(4, 1);
+  EXPECT_THAT(ValidateChange(deleted, units_), StatusIs(kInvalid, HasSubstr("unknown to this server")));
+
+  Record created_at = Valid();
+  created_at.mutable_create_time()->GetReflection()->MutableUnknownFields(created_at.mutable_create_time())
+      ->AddVarint(3, 1);
+  EXPECT_THAT(ValidateChange(created_at, units_), StatusIs(kInvalid, HasSubstr("unknown to this server")));
+
+  Record state = Valid();
+  auto* value = state.add_conflicts()->add_values();
+  value->mutable_value()->mutable_mediation_case()->set_status(hamlet::v1::MEDIATION_STATUS_SUCCESSFUL);
+  *value->mutable_stamp() = MakeStamp(1500, 0, "x");
+  EXPECT_TRUE(ValidateChange(state, units_, ChangeOrigin::kReplica).ok());
+  value->mutable_stamp()->GetReflection()->MutableUnknownFields(value->mutable_stamp())->AddVarint(9, 1);
+  EXPECT_THAT(ValidateChange(state, units_, ChangeOrigin::kReplica),
+              StatusIs(kInvalid, HasSubstr("unknown to this server")));
+}
+
 TEST_F(ValidateTest, RefusesDeletionWithoutStampAndOutputOnlyFields) {
   Record r = Valid();
   r.set_deleted(true);
