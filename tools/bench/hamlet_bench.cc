@@ -713,7 +713,9 @@ int Run() {
           grpc::ClientContext context;
           context.AddMetadata("authorization", "Bearer " + puller.token);
           hamlet::v1::PullResponse response;
-          if (!stub->Pull(&context, request, &response).ok()) Fail("mixed pull failed");
+          if (const grpc::Status status = stub->Pull(&context, request, &response); !status.ok()) {
+            Fail(absl::StrCat("mixed pull failed: ", status.error_code(), " ", status.error_message()));
+          }
           pulled += static_cast<uint64_t>(response.records_size());
           request.set_cursor(response.next_cursor());
           if (response.remaining() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
