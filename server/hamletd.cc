@@ -406,9 +406,6 @@ int Run() {
     LogLine(limits.ToString());
     return 1;
   }
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<hamlet::server::UnparsableRequestInterceptorFactory>());
-  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.RegisterService(sync_service.get());
   builder.SetOption(std::make_unique<WithoutReflection>());
   // Each synchronous call holds a thread (a push waits for its sync). gRPC

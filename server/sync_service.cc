@@ -43,6 +43,41 @@ absl::Status StillAwaited(const grpc::ServerContext& context) {
   return absl::OkStatus();
 }
 
+constexpr char kPushMethod[] = "/hamlet.v1.SyncService/Push";
+constexpr char kPullMethod[] = "/hamlet.v1.SyncService/Pull";
+constexpr char kWatchMethod[] = "/hamlet.v1.SyncService/Watch";
+constexpr char kResolveConflictMethod[] = "/hamlet.v1.SyncService/ResolveConflict";
+
+// The answer to a request that does not parse as `method`'s message.
+grpc::Status Unparsable(absl::string_view method, const grpc::ServerContextBase& context) {
+  LogLine(absl::StrCat("refused an unparsable request to ", method, " from ", context.peer()));
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("the request to ", method,
+                                   " could not be parsed: it is not that method's protobuf message, or a string "
+                                   "field in it is not valid UTF-8 (use bytes for binary data). Fix the client; do "
+                                   "not retry as is"));
+}
+
+// Reads a unary call's request, answers it with `answer(request, &response)`
+// and sends the response if the answer is OK.
+template <typename Request, typename Response, typename Answer>
+grpc::Status AnswerUnary(absl::string_view method, grpc::ServerContext* context,
+                         grpc::ServerUnaryStreamer<Request, Response>* stream, Answer answer) {
+  Request request;
+  if (!stream->Read(&request)) return Unparsable(method, *context);
+  Response response;
+  const grpc::Status status = answer(request, &response);
+  // A failed write means the client has gone; the status then goes nowhere.
+  if (status.ok()) (void)stream->Write(response);
+  return status;
+}
+
+// A message as the bytes a raw method sends.
+grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
+  grpc::Slice slice(message.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
+}
+
 }  // namespace
 
 absl::StatusOr<Caller> SyncServiceImpl::Admit(const grpc::ServerContext& context, CallKind kind) {
@@ -56,12 +91,34 @@ absl::StatusOr<Caller> SyncServiceImpl::Admit(const grpc::ServerContext& context
   return caller;
 }
 
-grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
-                                   hamlet::v1::PushResponse* response) {
+grpc::Status SyncServiceImpl::StreamedPush(
+    grpc::ServerContext* context, grpc::ServerUnaryStreamer<hamlet::v1::PushRequest, hamlet::v1::PushResponse>* stream) {
+  return AnswerUnary(kPushMethod, context, stream, [&](const auto& request, auto* response) {
+    return AnswerPush(context, request, response);
+  });
+}
+
+grpc::Status SyncServiceImpl::StreamedPull(
+    grpc::ServerContext* context, grpc::ServerUnaryStreamer<hamlet::v1::PullRequest, hamlet::v1::PullResponse>* stream) {
+  return AnswerUnary(kPullMethod, context, stream, [&](const auto& request, auto* response) {
+    return AnswerPull(context, request, response);
+  });
+}
+
+grpc::Status SyncServiceImpl::StreamedResolveConflict(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<hamlet::v1::ResolveConflictRequest, hamlet::v1::ResolveConflictResponse>* stream) {
+  return AnswerUnary(kResolveConflictMethod, context, stream, [&](const auto& request, auto* response) {
+    return AnswerResolveConflict(context, request, response);
+  });
+}
+
+grpc::Status SyncServiceImpl::AnswerPush(grpc::ServerContext* context, const hamlet::v1::PushRequest& request,
+                                         hamlet::v1::PushResponse* response) {
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
   absl::StatusOr<hamlet::v1::PushResponse> result =
-      caller.ok() ? town_->Push(*request, *caller) : absl::StatusOr<hamlet::v1::PushResponse>(caller.status());
+      caller.ok() ? town_->Push(request, *caller) : absl::StatusOr<hamlet::v1::PushResponse>(caller.status());
   const auto took = std::chrono::steady_clock::now() - start;
   const double ms = std::chrono::duration<double, std::milli>(took).count();
   metrics_->CountCall("Push", static_cast<grpc::StatusCode>(result.status().code()), absl::FromChrono(took));
@@ -70,24 +127,24 @@ grpc::Status SyncServiceImpl::Push(grpc::ServerContext* context, const hamlet::v
     metrics_->CountRecordsApplied(response->applied_records());
   }
   LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s",
-                          request->device_id(), request->batch_id(), context->peer(), request->changes_size(),
+                          request.device_id(), request.batch_id(), context->peer(), request.changes_size(),
                           result.ok() ? response->applied_records() : 0, result.ok() ? response->server_seq() : 0,
                           absl::StatusCodeToString(result.status().code()), ms, result.ok() ? "" : " error=",
                           result.ok() ? "" : result.status().message()));
   return ToGrpc(result.status(), context);
 }
 
-grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v1::PullRequest* request,
-                                   hamlet::v1::PullResponse* response) {
+grpc::Status SyncServiceImpl::AnswerPull(grpc::ServerContext* context, const hamlet::v1::PullRequest& request,
+                                         hamlet::v1::PullResponse* response) {
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead);
   absl::StatusOr<hamlet::v1::PullResponse> result =
-      caller.ok() ? town_->Pull(*request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
+      caller.ok() ? town_->Pull(request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
   metrics_->CountCall("Pull", static_cast<grpc::StatusCode>(result.status().code()),
                       absl::FromChrono(std::chrono::steady_clock::now() - start));
   if (!result.ok()) {
-    LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request->device_id(),
-                            request->scope_unit_code(), absl::StatusCodeToString(result.status().code()),
+    LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request.device_id(),
+                            request.scope_unit_code(), absl::StatusCodeToString(result.status().code()),
                             result.status().message()));
     return ToGrpc(result.status(), context);
   }
@@ -98,7 +155,7 @@ grpc::Status SyncServiceImpl::Pull(grpc::ServerContext* context, const hamlet::v
 
 // One Watch stream. Lives from Watch() until OnDone(), which deletes it; the
 // dispatcher reaches it only while it is registered.
-class WatchReactor final : public grpc::ServerWriteReactor<hamlet::v1::WatchResponse> {
+class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   WatchReactor(SyncServiceImpl* service, grpc::CallbackServerContext* context, storage::ChangeScope scope,
                uint64_t seen)
@@ -122,7 +179,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<hamlet::v1::WatchResp
     const uint64_t latest = service_->town_->feed().LatestIn(scope_);
     if (latest <= seen_) return;
     seen_ = latest;
-    message_.set_server_seq(latest);
+    hamlet::v1::WatchResponse message;
+    message.set_server_seq(latest);
+    message_ = Serialized(message);
     writing_ = true;
     StartWrite(&message_);
   }
@@ -156,13 +215,13 @@ class WatchReactor final : public grpc::ServerWriteReactor<hamlet::v1::WatchResp
   uint64_t seen_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  hamlet::v1::WatchResponse message_;  // Kept until its write is done.
+  grpc::ByteBuffer message_;  // A WatchResponse, kept until its write is done.
 };
 
 namespace {
 
 // A Watch refused at the start.
-class RefusedWatch final : public grpc::ServerWriteReactor<hamlet::v1::WatchResponse> {
+class RefusedWatch final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
   void OnDone() override { delete this; }
@@ -182,11 +241,16 @@ SyncServiceImpl::~SyncServiceImpl() {
   dispatcher_.join();
 }
 
-grpc::ServerWriteReactor<hamlet::v1::WatchResponse>* SyncServiceImpl::Watch(grpc::CallbackServerContext* context,
-                                                                            const hamlet::v1::WatchRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SyncServiceImpl::Watch(grpc::CallbackServerContext* context,
+                                                                  const grpc::ByteBuffer* bytes) {
+  hamlet::v1::WatchRequest request;
+  grpc::ByteBuffer copy(*bytes);  // Shares the slices; parsing consumes the copy.
+  if (!grpc::SerializationTraits<hamlet::v1::WatchRequest>::Deserialize(&copy, &request).ok()) {
+    return new RefusedWatch(Unparsable(kWatchMethod, *context));
+  }
   absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
   if (!caller.ok()) return new RefusedWatch(ToGrpc(caller.status(), context));
-  absl::StatusOr<Town::WatchStart> start = town_->StartWatch(*request, *caller);
+  absl::StatusOr<Town::WatchStart> start = town_->StartWatch(request, *caller);
   if (!start.ok()) return new RefusedWatch(ToGrpc(start.status(), context));
   auto* watcher = new WatchReactor(this, context, start->scope, start->seq);
   absl::MutexLock lock(&watchers_mu_);
@@ -220,64 +284,22 @@ void SyncServiceImpl::Dispatch() {
   }
 }
 
-grpc::Status SyncServiceImpl::ResolveConflict(grpc::ServerContext* context,
-                                              const hamlet::v1::ResolveConflictRequest* request,
-                                              hamlet::v1::ResolveConflictResponse* response) {
+grpc::Status SyncServiceImpl::AnswerResolveConflict(grpc::ServerContext* context,
+                                                    const hamlet::v1::ResolveConflictRequest& request,
+                                                    hamlet::v1::ResolveConflictResponse* response) {
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
   absl::StatusOr<hamlet::v1::ResolveConflictResponse> result =
-      caller.ok() ? town_->ResolveConflict(*request, *caller)
+      caller.ok() ? town_->ResolveConflict(request, *caller)
                   : absl::StatusOr<hamlet::v1::ResolveConflictResponse>(caller.status());
   metrics_->CountCall("ResolveConflict", static_cast<grpc::StatusCode>(result.status().code()),
                       absl::FromChrono(std::chrono::steady_clock::now() - start));
   LogLine(absl::StrFormat("resolve device=%s request=%s record=%s field=%d resolver=%s result=%s%s%s",
-                          request->device_id(), request->request_id(), request->record_id(), request->field(),
-                          request->resolver(), absl::StatusCodeToString(result.status().code()),
+                          request.device_id(), request.request_id(), request.record_id(), request.field(),
+                          request.resolver(), absl::StatusCodeToString(result.status().code()),
                           result.ok() ? "" : " error=", result.ok() ? "" : result.status().message()));
   if (result.ok()) *response = std::move(*result);
   return ToGrpc(result.status(), context);
-}
-
-namespace {
-
-using grpc::experimental::InterceptionHookPoints;
-
-// One call's: remembers whether its request failed to parse.
-class UnparsableRequestInterceptor final : public grpc::experimental::Interceptor {
- public:
-  explicit UnparsableRequestInterceptor(grpc::experimental::ServerRpcInfo* info) : info_(info) {}
-
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    // The request is null here when gRPC could not deserialize it (also when
-    // the server refused the call for want of threads: that status is not
-    // INTERNAL, and stays).
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
-        methods->GetRecvMessage() == nullptr) {
-      unparsable_ = true;
-    }
-    if (unparsable_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
-        methods->GetSendStatus().error_code() == grpc::StatusCode::INTERNAL) {
-      const std::string peer = info_->server_context() != nullptr ? info_->server_context()->peer() : "";
-      LogLine(absl::StrCat("refused an unparsable request to ", info_->method(), " from ", peer));
-      methods->ModifySendStatus(grpc::Status(
-          grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("the request to ", info_->method(),
-                       " could not be parsed: it is not that method's protobuf message, or a string field in it "
-                       "is not valid UTF-8 (use bytes for binary data). Fix the client; do not retry as is")));
-    }
-    methods->Proceed();
-  }
-
- private:
-  grpc::experimental::ServerRpcInfo* const info_;
-  bool unparsable_ = false;
-};
-
-}  // namespace
-
-grpc::experimental::Interceptor* UnparsableRequestInterceptorFactory::CreateServerInterceptor(
-    grpc::experimental::ServerRpcInfo* info) {
-  return new UnparsableRequestInterceptor(info);
 }
 
 }  // namespace hamlet::server

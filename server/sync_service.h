@@ -6,8 +6,6 @@
 #include <string>
 #include <thread>
 
-#include <grpcpp/support/server_interceptor.h>
-
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -30,13 +28,24 @@ class WatchReactor;
 // callback reactors, and one dispatcher thread tells them all about new
 // changes (and re-checks their tokens once a second).
 //
+// Every method reads its own request, so a request that does not parse (not
+// the method's protobuf message, or a proto3 `string` that is not UTF-8) is
+// answered INVALID_ARGUMENT naming the method, and logged with the peer: gRPC
+// alone would answer INTERNAL with no message, before any handler ran, which
+// a client cannot tell from a server fault. Push, Pull and ResolveConflict are
+// therefore "streamed unary" handlers (one read, one write, on the same
+// synchronous thread) and Watch a raw callback method.
+//
 // Push, Pull and ResolveConflict count against the caller's rate
 // (`rate_limit`, keyed by device id, after authentication; replication nodes
 // are exempt). A push or resolution whose client has already given up (deadline
 // passed, or cancelled) by the time it would be applied is not applied:
 // DEADLINE_EXCEEDED or CANCELLED, nothing written.
 class SyncServiceImpl final
-    : public hamlet::v1::SyncService::WithCallbackMethod_Watch<hamlet::v1::SyncService::Service> {
+    : public hamlet::v1::SyncService::WithStreamedUnaryMethod_Push<
+          hamlet::v1::SyncService::WithStreamedUnaryMethod_Pull<
+              hamlet::v1::SyncService::WithStreamedUnaryMethod_ResolveConflict<
+                  hamlet::v1::SyncService::WithRawCallbackMethod_Watch<hamlet::v1::SyncService::Service>>>> {
  public:
   // `town`, `devices`, `metrics` and `rate_limit` must outlive the service.
   // Starts the Watch dispatcher.
@@ -44,14 +53,18 @@ class SyncServiceImpl final
   // Stops the dispatcher. REQUIRES: the server using the service is shut down.
   ~SyncServiceImpl() override;
 
-  grpc::Status Push(grpc::ServerContext* context, const hamlet::v1::PushRequest* request,
-                    hamlet::v1::PushResponse* response) override;
-  grpc::Status Pull(grpc::ServerContext* context, const hamlet::v1::PullRequest* request,
-                    hamlet::v1::PullResponse* response) override;
-  grpc::ServerWriteReactor<hamlet::v1::WatchResponse>* Watch(grpc::CallbackServerContext* context,
-                                                            const hamlet::v1::WatchRequest* request) override;
-  grpc::Status ResolveConflict(grpc::ServerContext* context, const hamlet::v1::ResolveConflictRequest* request,
-                               hamlet::v1::ResolveConflictResponse* response) override;
+  grpc::Status StreamedPush(
+      grpc::ServerContext* context,
+      grpc::ServerUnaryStreamer<hamlet::v1::PushRequest, hamlet::v1::PushResponse>* stream) override;
+  grpc::Status StreamedPull(
+      grpc::ServerContext* context,
+      grpc::ServerUnaryStreamer<hamlet::v1::PullRequest, hamlet::v1::PullResponse>* stream) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request) override;
+  grpc::Status StreamedResolveConflict(
+      grpc::ServerContext* context,
+      grpc::ServerUnaryStreamer<hamlet::v1::ResolveConflictRequest, hamlet::v1::ResolveConflictResponse>* stream)
+      override;
 
  private:
   friend class WatchReactor;
@@ -60,6 +73,13 @@ class SyncServiceImpl final
   // The caller of a sync call, once it is authenticated, within its rate and,
   // for a write, still awaited by its client.
   absl::StatusOr<Caller> Admit(const grpc::ServerContext& context, CallKind kind);
+  // The methods, once their requests are read.
+  grpc::Status AnswerPush(grpc::ServerContext* context, const hamlet::v1::PushRequest& request,
+                          hamlet::v1::PushResponse* response);
+  grpc::Status AnswerPull(grpc::ServerContext* context, const hamlet::v1::PullRequest& request,
+                          hamlet::v1::PullResponse* response);
+  grpc::Status AnswerResolveConflict(grpc::ServerContext* context, const hamlet::v1::ResolveConflictRequest& request,
+                                     hamlet::v1::ResolveConflictResponse* response);
   void Dispatch();
   void Unregister(WatchReactor* watcher);
 
@@ -79,17 +99,6 @@ grpc::Status ToGrpc(const absl::Status& status, grpc::ServerContextBase* context
 
 // The caller of a call, from its `authorization` metadata.
 absl::StatusOr<Caller> Authenticate(const DeviceRegistry& devices, const grpc::ServerContextBase& context);
-
-// gRPC answers a request it cannot parse (not protobuf wire format, or a
-// proto3 `string` field that is not valid UTF-8) with INTERNAL and an empty
-// message, before any handler runs: a client cannot tell that from a server
-// fault. Installed on a server, this makes that answer INVALID_ARGUMENT
-// naming the method, and logs it with the peer. Every other status passes
-// unchanged.
-class UnparsableRequestInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
- public:
-  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override;
-};
 
 }  // namespace hamlet::server
 

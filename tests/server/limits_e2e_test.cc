@@ -55,6 +55,7 @@ using hamlet::v1::PullResponse;
 using hamlet::v1::PushRequest;
 using hamlet::v1::PushResponse;
 using hamlet::v1::Record;
+using hamlet::v1::WatchRequest;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 
@@ -484,6 +485,9 @@ TEST_F(LimitsE2eTest, UnparsableRequestsAreInvalidArgumentAndWriteNothing) {
   PullRequest pull;
   pull.set_device_id(kDevice);
   pull.set_scope_unit_code("07132");
+  WatchRequest watch;
+  watch.set_device_id(kDevice);
+  watch.set_scope_unit_code("07132");
 
   struct Case {
     std::string name;
@@ -495,6 +499,8 @@ TEST_F(LimitsE2eTest, UnparsableRequestsAreInvalidArgumentAndWriteNothing) {
       {"the device id is not UTF-8", kPushMethod, corrupt(push.SerializeAsString(), kDevice)},
       {"not protobuf at all", kPushMethod, "\xff\xff\xff\xff garbage"},
       {"a pull's scope is not UTF-8", kPullMethod, corrupt(pull.SerializeAsString(), "07132")},
+      {"a watch's scope is not UTF-8", "/hamlet.v1.SyncService/Watch", corrupt(watch.SerializeAsString(), "07132")},
+      {"a resolution is not protobuf", "/hamlet.v1.SyncService/ResolveConflict", "\xff\xff\xff\xff garbage"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

@@ -7,11 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "tools/harness/spawn.h"
+
 namespace hamlet::testing {
 
-// Runs a program as a child process with stdout and stderr sent to `log_path`.
-// Returns its pid, or -1.
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path);
+// Runs a program as a child process that dies with the test (see
+// tools/harness/spawn.h).
+using harness::Spawn;
 
 // Waits for `pid` to end and returns its exit code, or 128 + signal.
 int WaitExit(pid_t pid);

@@ -23,10 +23,6 @@ std::string ProgramDir();
 // The whole file, or "" if it cannot be read.
 std::string ReadFile(const std::string& path);
 
-// Starts argv[0] (a path) with stdout and stderr appended to `log`; -1 if it
-// cannot be started.
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& log);
-
 // Peak and current resident set of a process, in MiB, from /proc.
 struct Rss {
   double peak_mib = 0;
@@ -43,7 +39,8 @@ struct Device {
 
 // hamletd on loopback ports (device, admin) with its data in `dir`, its log in
 // `dir`.log and no metrics listener. Destroying it kills the process with
-// SIGKILL. Not thread-safe.
+// SIGKILL, and so does the end of this program (harness::Spawn). Not
+// thread-safe; make it on the main thread.
 class Hamletd {
  public:
   Hamletd(const std::string& binary, const std::string& dir, const std::vector<std::string>& extra_flags = {});

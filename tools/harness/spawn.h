@@ -1,0 +1,24 @@
+// Starting a helper program that cannot outlive the program that started it.
+#ifndef HAMLET_TOOLS_HARNESS_SPAWN_H_
+#define HAMLET_TOOLS_HARNESS_SPAWN_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace hamlet::harness {
+
+// Starts argv[0] (a path) with argv, stdin from /dev/null, and stdout and
+// stderr appended to `log`; returns its pid, or -1 if it cannot be started.
+//
+// The child is killed (SIGKILL) when the thread that called Spawn ends, and
+// so when this process ends by any path: a failed check's exit(), an abort, a
+// sanitizer's report, or SIGKILL. Tests and tools therefore never leave a
+// server running after they fail. Call it from the thread that lives as long
+// as the child should (the main thread, in every caller).
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log);
+
+}  // namespace hamlet::harness
+
+#endif  // HAMLET_TOOLS_HARNESS_SPAWN_H_
