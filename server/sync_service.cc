@@ -126,11 +126,20 @@ grpc::Status SyncServiceImpl::AnswerPush(grpc::ServerContext* context, const ham
     *response = std::move(*result);
     metrics_->CountRecordsApplied(response->applied_records());
   }
-  LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s",
+  // A change set aside is named with its reason, so an admin can see why a
+  // phone's edit did not arrive.
+  std::string set_aside;
+  if (result.ok()) {
+    for (const hamlet::v1::SetAsideChange& refused : response->set_aside()) {
+      absl::StrAppend(&set_aside, " set_aside=", refused.index(), ":", refused.record_id(), ":",
+                      absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())));
+    }
+  }
+  LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s%s",
                           request.device_id(), request.batch_id(), context->peer(), request.changes_size(),
                           result.ok() ? response->applied_records() : 0, result.ok() ? response->server_seq() : 0,
-                          absl::StatusCodeToString(result.status().code()), ms, result.ok() ? "" : " error=",
-                          result.ok() ? "" : result.status().message()));
+                          absl::StatusCodeToString(result.status().code()), ms, set_aside,
+                          result.ok() ? "" : " error=", result.ok() ? "" : result.status().message()));
   return ToGrpc(result.status(), context);
 }
 

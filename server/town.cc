@@ -1,5 +1,6 @@
 #include "server/town.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -171,14 +172,32 @@ absl::Status Town::ValidatePushedChange(const Record& change, sync::ChangeOrigin
   return absl::OkStatus();
 }
 
+absl::Status Town::CheckChange(const Record& change, const Record& state, const Caller& caller, WriteCheck check,
+                               LifecycleCheck lifecycle) const {
+  // A record created earlier in the same batch counts as existing, as it
+  // would if the batch had been split in two.
+  const bool exists = sync::RecordBody(state) != nullptr;
+  if (exists) {
+    HAMLET_RETURN_IF_ERROR(sync::CheckSameRecord(change, state));
+  } else {
+    HAMLET_RETURN_IF_ERROR(sync::CheckCreatable(change));
+  }
+  if (check == WriteCheck::kPerRecord) HAMLET_RETURN_IF_ERROR(CheckWritable(change, exists ? &state : nullptr, caller));
+  if (lifecycle == LifecycleCheck::kMoves) {
+    HAMLET_RETURN_IF_ERROR(sync::CheckLifecycleMoves(state, change, sync::LifecycleAuthority(caller.principal.role),
+                                                     sync::Vantage::kServer));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>& changes, const Caller& caller,
-                                                WriteCheck check, LifecycleCheck lifecycle) {
-  // Each change is checked and merged into its record's state as left by the
-  // changes before it in the batch.
+                                                WriteCheck check, LifecycleCheck lifecycle, OnRefusal on_refusal) {
+  Merged merged;
   std::map<std::string, storage::RecordWrite> writes;
   std::set<std::string> changed;
   std::vector<std::string> order;
-  for (const Record* change : changes) {
+  for (size_t i = 0; i < changes.size(); ++i) {
+    const Record* change = changes[i];
     auto it = writes.find(change->id());
     if (it == writes.end()) {
       HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, store_->GetRecord(change->id()));
@@ -196,27 +215,15 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
       order.push_back(change->id());
     }
     Record& state = it->second.state;
-    const bool exists = sync::RecordBody(state) != nullptr;
-    if (exists) {
-      HAMLET_RETURN_IF_ERROR(sync::CheckSameRecord(*change, state));
-    } else {
-      HAMLET_RETURN_IF_ERROR(sync::CheckCreatable(*change));
-    }
-    if (check == WriteCheck::kPerRecord) {
-      // A record created earlier in this same batch is still the caller's to
-      // shape: what counts is whether it existed before the batch.
-      const bool stored_before = it->second.previous_seq != 0;
-      HAMLET_RETURN_IF_ERROR(CheckWritable(*change, stored_before ? &state : nullptr, caller));
-    }
-    if (lifecycle == LifecycleCheck::kMoves) {
-      HAMLET_RETURN_IF_ERROR(sync::CheckLifecycleMoves(state, *change, sync::LifecycleAuthority(caller.principal.role),
-                                                       sync::Vantage::kServer));
+    if (absl::Status checked = CheckChange(*change, state, caller, check, lifecycle); !checked.ok()) {
+      if (on_refusal == OnRefusal::kRefuseBatch) return checked;
+      merged.refused.emplace_back(i, std::move(checked));
+      continue;
     }
     if (sync::MergeRecord(*change, &state)) changed.insert(change->id());
     for (const auto& fs : change->field_stamps()) clock_.Observe(fs.stamp());
     if (change->deleted()) clock_.Observe(change->deleted_stamp());
   }
-  Merged merged;
   for (const std::string& id : order) {
     if (changed.count(id) == 0) continue;  // Nothing newer than what is stored: no new version.
     merged.writes.push_back(std::move(writes[id]));
@@ -294,13 +301,34 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   // of this clock is refused until this clock catches up, and the replicator
   // retries until then.
   const bool replica = caller.principal.role == hamlet::v1::ROLE_REPLICATION_NODE;
-  for (const Record& change : request.changes()) {
-    HAMLET_RETURN_IF_ERROR(
-        ValidatePushedChange(change, replica ? sync::ChangeOrigin::kReplica : sync::ChangeOrigin::kDevice));
+  const OnRefusal on_refusal = request.set_aside_refused() ? OnRefusal::kSetAside : OnRefusal::kRefuseBatch;
+  // The changes that pass validation, and each one's position in the batch.
+  std::vector<const Record*> changes;
+  std::vector<uint32_t> positions;
+  std::vector<hamlet::v1::SetAsideChange> set_aside;
+  const auto set_aside_change = [&](uint32_t index, const absl::Status& why) {
+    hamlet::v1::SetAsideChange& refused = set_aside.emplace_back();
+    refused.set_index(index);
+    refused.set_record_id(request.changes(static_cast<int>(index)).id());
+    refused.set_code(static_cast<int32_t>(why.code()));
+    refused.set_message(std::string(why.message()));
+  };
+  for (int i = 0; i < request.changes_size(); ++i) {
+    const Record& change = request.changes(i);
+    absl::Status valid =
+        ValidatePushedChange(change, replica ? sync::ChangeOrigin::kReplica : sync::ChangeOrigin::kDevice);
+    if (!valid.ok()) {
+      if (on_refusal == OnRefusal::kRefuseBatch) return valid;
+      set_aside_change(static_cast<uint32_t>(i), valid);
+      continue;
+    }
+    changes.push_back(&change);
+    positions.push_back(static_cast<uint32_t>(i));
   }
   const int64_t now_ms = clock_.physical().NowMs();
   const int64_t limit_ms = now_ms + absl::ToInt64Milliseconds(options_.max_clock_skew);
-  for (const Record& change : request.changes()) {
+  for (const Record* each : changes) {
+    const Record& change = *each;
     if (sync::MaxStampMs(change) > limit_ms) {
       absl::Status status = absl::FailedPreconditionError(absl::StrFormat(
           "record %s has a stamp %d ms ahead of the server clock (%d ms since epoch); allowed skew is %d ms. "
@@ -331,10 +359,13 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
       // The first attempt may still be on its way to disk: answer once it is.
       return Committed{storage::TownStore::Applied{0, store_->LastWrite()}, {}};
     }
-    std::vector<const Record*> changes;
-    for (const Record& change : request.changes()) changes.push_back(&change);
-    HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(changes, caller, WriteCheck::kPerRecord,
-                                                        replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves));
+    HAMLET_ASSIGN_OR_RETURN(Merged merged,
+                            MergeChanges(changes, caller, WriteCheck::kPerRecord,
+                                         replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves, on_refusal));
+    for (const auto& [i, why] : merged.refused) set_aside_change(positions[i], why);
+    std::sort(set_aside.begin(), set_aside.end(),
+              [](const auto& a, const auto& b) { return a.index() < b.index(); });
+    for (hamlet::v1::SetAsideChange& refused : set_aside) *response.add_set_aside() = std::move(refused);
     response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
     return CommitMerged(request.device_id(), request.batch_id(), {request.app_version(), request.pending_changes()},
                         hash, std::move(merged), [&](uint64_t last_seq) {
@@ -499,7 +530,10 @@ absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_cod
     if (!sync::SeesWholeServer(caller.principal.role)) commune = units_.CommuneOf(caller.principal.unit_code);
   } else if (scope_unit_code != options_.unit_code) {
     const hamlet::v1::AdminUnit* unit = units_.Find(scope_unit_code);
-    if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_COMMUNE) {
+    // The server keeps the admin units of other towns as reference data; a
+    // commune of another town is not this server's to serve.
+    if (unit == nullptr || unit->level() != hamlet::v1::UNIT_LEVEL_COMMUNE ||
+        !units_.IsWithin(scope_unit_code, options_.unit_code)) {
       return absl::InvalidArgumentError(absl::StrCat("scope_unit_code \"", scope_unit_code,
                                                      "\" is neither this server's town (", options_.unit_code,
                                                      ") nor one of its communes"));
@@ -569,7 +603,7 @@ absl::Status Town::CheckWritable(const Record& change, const Record* existing, c
   return absl::PermissionDeniedError(absl::StrCat(
       "record ", change.id(), " (", sync::RecordBody(change)->GetDescriptor()->name(), " in unit ",
       change.unit_code(), ") is not writable by ", hamlet::v1::Role_Name(caller.principal.role), " of unit ",
-      caller.principal.unit_code, "; nothing in this batch was written"));
+      caller.principal.unit_code));
 }
 
 absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::string& commune) const {

@@ -62,7 +62,12 @@ class Town {
   static absl::StatusOr<std::unique_ptr<Town>> Create(std::unique_ptr<storage::TownStore> store,
                                                       const sync::PhysicalClock* clock, const TownOptions& options);
 
-  // All or nothing; idempotent by (device_id, batch_id). Errors:
+  // Idempotent by (device_id, batch_id). A change refused for a reason of
+  // its own record (INVALID_ARGUMENT, PERMISSION_DENIED or FAILED_PRECONDITION
+  // below, clock skew aside) is set aside and named in the response's
+  // set_aside when the request has set_aside_refused, the rest being applied;
+  // without it the first such change refuses the whole batch (nothing
+  // written). Errors:
   //   INVALID_ARGUMENT     malformed request or record (nothing written)
   //   PERMISSION_DENIED    a record the caller may not write (the first is
   //                        named), or another device's id
@@ -118,15 +123,27 @@ class Town {
   struct Merged {
     std::vector<storage::RecordWrite> writes;
     std::vector<hamlet::v1::AuditEntry> audit;
+    // With OnRefusal::kSetAside: the changes refused, by their position in
+    // the changes merged, and why.
+    std::vector<std::pair<size_t, absl::Status>> refused;
   };
+  // What a change refused for a reason of its own does to its batch.
+  enum class OnRefusal { kRefuseBatch, kSetAside };
   enum class WriteCheck { kPerRecord, kAuthorityCheckedByCaller };
   // Replicated states were held to the lifecycle rules where they were
   // written; checking them again could only refuse what the origin accepted.
   enum class LifecycleCheck { kMoves, kNone };
   absl::Status ValidatePushedChange(const hamlet::v1::Record& change, sync::ChangeOrigin origin) const;
   // REQUIRES: push_mu_ held.
+  // Each change is checked and merged into its record's state as left by the
+  // changes before it that were not refused.
   absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller,
-                                      WriteCheck check, LifecycleCheck lifecycle = LifecycleCheck::kMoves);
+                                      WriteCheck check, LifecycleCheck lifecycle = LifecycleCheck::kMoves,
+                                      OnRefusal on_refusal = OnRefusal::kRefuseBatch);
+  // The checks of one change against its record's state (empty if new):
+  // same record, creatable, writable, lifecycle moves.
+  absl::Status CheckChange(const hamlet::v1::Record& change, const hamlet::v1::Record& state, const Caller& caller,
+                           WriteCheck check, LifecycleCheck lifecycle) const;
   // PERMISSION_DENIED unless the caller may write `change` (onto `existing`,
   // or as a new record when it is null).
   absl::Status CheckWritable(const hamlet::v1::Record& change, const hamlet::v1::Record* existing,

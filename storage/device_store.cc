@@ -155,30 +155,34 @@ absl::Status DeviceStore::SetPendingBatch(const PendingBatch& batch) {
                    "saving pending batch");
 }
 
-absl::Status DeviceStore::AckPendingBatch() {
-  HAMLET_ASSIGN_OR_RETURN(std::optional<PendingBatch> pending, GetPendingBatch());
-  if (!pending.has_value()) return absl::OkStatus();
-  rocksdb::WriteBatch batch;
-  batch.DeleteRange(db_->families[kOutbox], SeqKey(0), SeqKey(pending->last_outbox_seq() + 1));
-  batch.Delete(db_->families[kMeta], "pending");
-  return FromRocks(db_->db->Write(Synced(), &batch), "acknowledging batch");
+absl::Status DeviceStore::AckPendingBatch(const std::map<uint32_t, std::string>& set_aside) {
+  return SettlePendingBatch([&](uint32_t index) -> const std::string* {
+    auto it = set_aside.find(index);
+    return it == set_aside.end() ? nullptr : &it->second;
+  });
 }
 
 absl::Status DeviceStore::RejectPendingBatch(const std::string& reason) {
+  return SettlePendingBatch([&](uint32_t) { return &reason; });
+}
+
+absl::Status DeviceStore::SettlePendingBatch(const std::function<const std::string*(uint32_t)>& refusal) {
   HAMLET_ASSIGN_OR_RETURN(std::optional<PendingBatch> pending, GetPendingBatch());
   if (!pending.has_value()) return absl::OkStatus();
   HAMLET_ASSIGN_OR_RETURN(std::vector<OutboxItem> items, ReadOutboxThrough(pending->last_outbox_seq()));
   rocksdb::WriteBatch batch;
-  for (OutboxItem& item : items) {
+  for (uint32_t i = 0; i < items.size(); ++i) {
+    const std::string* reason = refusal(i);
+    if (reason == nullptr) continue;
     RejectedEdit rejected;
-    *rejected.mutable_change() = std::move(item.change);
+    *rejected.mutable_change() = std::move(items[i].change);
     rejected.set_batch_id(pending->batch_id());
-    rejected.set_reason(reason);
-    batch.Put(db_->families[kRejected], SeqKey(item.seq), EncodeValue(rejected));
-    batch.Delete(db_->families[kOutbox], SeqKey(item.seq));
+    rejected.set_reason(*reason);
+    batch.Put(db_->families[kRejected], SeqKey(items[i].seq), EncodeValue(rejected));
   }
+  batch.DeleteRange(db_->families[kOutbox], SeqKey(0), SeqKey(pending->last_outbox_seq() + 1));
   batch.Delete(db_->families[kMeta], "pending");
-  return FromRocks(db_->db->Write(Synced(), &batch), "setting a refused batch aside");
+  return FromRocks(db_->db->Write(Synced(), &batch), "settling the pushed batch");
 }
 
 absl::StatusOr<std::vector<RejectedEdit>> DeviceStore::ListRejected() const {

@@ -2,6 +2,8 @@
 #define HAMLET_STORAGE_DEVICE_STORE_H_
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -66,8 +68,10 @@ class DeviceStore {
   // The batch being pushed, or nullopt if none.
   absl::StatusOr<std::optional<PendingBatch>> GetPendingBatch() const;
   absl::Status SetPendingBatch(const PendingBatch& batch);
-  // The server acknowledged the pending batch: drops it and its outbox entries.
-  absl::Status AckPendingBatch();
+  // The server acknowledged the pending batch: drops it and its outbox
+  // entries, except that those it set aside (keyed by their position in the
+  // batch, with the server's reason) move to the rejected list.
+  absl::Status AckPendingBatch(const std::map<uint32_t, std::string>& set_aside = {});
   // The server refused the pending batch for good: moves its outbox entries to
   // the rejected list with `reason`, and drops the batch.
   absl::Status RejectPendingBatch(const std::string& reason);
@@ -105,6 +109,9 @@ class DeviceStore {
  private:
   DeviceStore() = default;
   absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const;
+  // Drops the pending batch and its outbox entries in one write; the entry at
+  // position i goes to the rejected list if refusal(i) names a reason.
+  absl::Status SettlePendingBatch(const std::function<const std::string*(uint32_t)>& refusal);
 
   std::unique_ptr<internal::OpenedDb> db_;
   std::string device_id_;

@@ -149,6 +149,46 @@ TEST_F(FieldE2eTest, TwoDevicesEditOfflineSyncAndEndIdentical) {
   EXPECT_THAT(Field(dir_, "phone-a", {"status"}).output, HasSubstr("unsynced edits: 0"));
 }
 
+// One change the server refuses (a case filed in another commune, which a
+// member may not write) costs the phone none of the others in its batch: they
+// arrive, and the refused one is kept aside with the server's reason.
+TEST_F(FieldE2eTest, ARefusedChangeIsSetAsideAndTheRestOfTheBatchArrives) {
+  EnrollPhone("phone-a", hamlet::v1::ROLE_MEMBER, "07132", "hgv-01");
+  EnrollPhone("phone-b", hamlet::v1::ROLE_TEAM_LEADER, "07132", "tv-07");
+  std::vector<std::string> ids;
+  for (const char* unit : {"07132-K01", "07135-K01", "07132-K02"}) {
+    FieldRun created = Field(dir_, "phone-a",
+                             {"create", "mediation_case", absl::StrCat("--unit=", unit), "--author=hgv-01",
+                              R"(--json={"summary":"Tranh chấp ranh giới","status":"MEDIATION_STATUS_RECEIVED","round":1})"});
+    ASSERT_EQ(created.code, 0) << created.output;
+    ids.push_back(FirstLine(created.output));
+  }
+  ASSERT_EQ(Field(dir_, "phone-a", {"edit", ids[0], R"(--json={"summary":"Tranh chấp lối đi"})"}).code, 0);
+
+  FieldRun sync = Field(dir_, "phone-a", {"sync", ServerFlag(), "--scope=07132"});
+  ASSERT_EQ(sync.code, 0) << sync.output;
+  EXPECT_THAT(sync.output, HasSubstr("pushed 3 records in 1 batches"));
+  EXPECT_THAT(sync.output, HasSubstr("some edits were refused"));
+  FieldRun rejected = Field(dir_, "phone-a", {"rejected"});
+  EXPECT_EQ(rejected.output, absl::StrCat(ids[1], " PERMISSION_DENIED: record ", ids[1],
+                                          " (MediationCase in unit 07135-K01) is not writable by ROLE_MEMBER of unit "
+                                          "07132\n"));
+  FieldRun status = Field(dir_, "phone-a", {"status"});
+  EXPECT_THAT(status.output, HasSubstr("unsynced edits: 0"));
+  EXPECT_THAT(status.output, HasSubstr("rejected edits: 1"));
+
+  // The other two arrived: the team leader pulls them, the edit included.
+  ASSERT_EQ(Field(dir_, "phone-b", {"sync", ServerFlag(), "--scope=07132"}).code, 0);
+  const std::map<std::string, std::string> leader = Snapshot("phone-b");
+  EXPECT_EQ(leader.count(ids[0]), 1u);
+  EXPECT_EQ(leader.count(ids[2]), 1u);
+  EXPECT_EQ(leader.count(ids[1]), 0u);
+  EXPECT_THAT(Field(dir_, "phone-b", {"show", ids[0]}).output, HasSubstr("Tranh chấp lối đi"));
+  // Nothing is sent again.
+  FieldRun again = Field(dir_, "phone-a", {"sync", ServerFlag(), "--scope=07132"});
+  EXPECT_THAT(again.output, HasSubstr("pushed 0 records in 0 batches"));
+}
+
 TEST_F(FieldE2eTest, WorksOfflineAndSyncFailsClearlyWithoutServer) {
   EnrollPhone("phone", hamlet::v1::ROLE_MEMBER, "07132", "x");
   FieldRun created = Field(dir_, "phone", {"create", "mediation_case", "--unit=07132", "--author=x",

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <thread>
@@ -157,12 +158,16 @@ class Device {
     return context;
   }
   grpc::Status Push(std::vector<Record> changes) {
+    hamlet::v1::PushResponse response;
+    return sync_->Push(Context().get(), Batch(std::move(changes)), &response);
+  }
+  // A new batch of `changes`, with a batch id of its own.
+  hamlet::v1::PushRequest Batch(std::vector<Record> changes) {
     hamlet::v1::PushRequest request;
     request.set_device_id(id_);
     request.set_batch_id(Uuid(9999, ++batches_ + 1000 * static_cast<int>(id_.back())));
     for (Record& c : changes) *request.add_changes() = std::move(c);
-    hamlet::v1::PushResponse response;
-    return sync_->Push(Context().get(), request, &response);
+    return request;
   }
   grpc::Status Pull(const std::string& scope, std::vector<Record>* out) {
     std::string cursor;
@@ -598,6 +603,89 @@ TEST_F(AccessE2eTest, RevokedDeviceIsRefusedAtOnceAndABatchHidingAnotherCommuneW
                                       entry.detail() == "phone lost" && entry.role() == hamlet::v1::ROLE_ADMIN);
   }
   EXPECT_TRUE(revoke_logged);
+}
+
+// A later change may leave out the author; a record created earlier in the
+// same batch counts as existing for it, as it would in a later batch.
+TEST_F(AccessE2eTest, AMemberMayCreateATipAndEditItInOneBatchWithoutRepeatingTheAuthor) {
+  auto member = DeviceFor(hamlet::v1::ROLE_MEMBER, 101);
+  const Record tip = NewRecord(Uuid(8, 1), "security_tip", "07132-K03", "person-101", "x", member->id());
+  Record edit;
+  edit.set_id(tip.id());
+  edit.set_unit_code(tip.unit_code());
+  edit.mutable_security_tip()->set_summary("y");
+  sync::SetFieldStamp(&edit, hamlet::v1::SecurityTip::kSummaryFieldNumber, MakeStamp(NowMs() + 1, 0, member->id()));
+  const grpc::Status pushed = member->Push({tip, edit});
+  ASSERT_TRUE(pushed.ok()) << pushed.error_message();
+  std::vector<Record> pulled;
+  ASSERT_TRUE(member->Pull("", &pulled).ok());
+  const auto it = std::find_if(pulled.begin(), pulled.end(), [&](const Record& r) { return r.id() == tip.id(); });
+  ASSERT_NE(it, pulled.end());
+  EXPECT_EQ(it->security_tip().summary(), "y");
+  EXPECT_EQ(it->author(), "person-101");
+}
+
+// With set_aside_refused, a change the caller may not write is set aside with
+// its reason and the rest of its batch is applied; the answer to a retry is
+// the same, and nothing is applied twice.
+TEST_F(AccessE2eTest, ARefusedChangeIsSetAsideAndTheRestOfItsBatchIsApplied) {
+  auto member = DeviceFor(hamlet::v1::ROLE_MEMBER, 102);
+  const Record mine = NewRecord(Uuid(8, 11), "mediation_case", "07132-K03", "person-102", "của tôi", member->id());
+  const Record theirs = NewRecord(Uuid(8, 12), "mediation_case", "07135-K03", "person-102", "của người khác",
+                                  member->id());
+  const Record also_mine = NewRecord(Uuid(8, 13), "household_registration", "07132-K03", "person-102", "Hộ A",
+                                     member->id());
+  hamlet::v1::PushRequest request = member->Batch({mine, theirs, also_mine});
+  request.set_set_aside_refused(true);
+  hamlet::v1::PushResponse first;
+  const grpc::Status pushed = member->sync().Push(member->Context().get(), request, &first);
+  ASSERT_TRUE(pushed.ok()) << pushed.error_message();
+  EXPECT_EQ(first.applied_records(), 2u);
+  ASSERT_EQ(first.set_aside_size(), 1);
+  EXPECT_EQ(first.set_aside(0).index(), 1u);
+  EXPECT_EQ(first.set_aside(0).record_id(), theirs.id());
+  EXPECT_EQ(first.set_aside(0).code(), static_cast<int32_t>(grpc::StatusCode::PERMISSION_DENIED));
+  EXPECT_THAT(first.set_aside(0).message(), ::testing::HasSubstr("not writable by ROLE_MEMBER"));
+
+  hamlet::v1::PushResponse again;
+  ASSERT_TRUE(member->sync().Push(member->Context().get(), request, &again).ok());
+  EXPECT_EQ(again.SerializeAsString(), first.SerializeAsString());
+
+  std::vector<Record> pulled;
+  ASSERT_TRUE(member->Pull("", &pulled).ok());
+  std::map<std::string, int> seen;
+  for (const Record& r : pulled) ++seen[r.id()];
+  EXPECT_EQ(seen[mine.id()], 1);
+  EXPECT_EQ(seen[also_mine.id()], 1);
+  hamlet::testing::AdminClient admin(*server_);
+  const std::string officer_id = Uuid(3, 103);
+  Device officer(*server_, officer_id, admin.Enroll(officer_id, hamlet::v1::ROLE_TOWN_OFFICER, "206", "officer-103"));
+  std::vector<Record> everything;
+  ASSERT_TRUE(officer.Pull("", &everything).ok());
+  for (const Record& r : everything) EXPECT_NE(r.id(), theirs.id()) << "a set-aside change was written";
+
+  // A malformed change (a unit the server does not know) is set aside too.
+  Record lost = NewRecord(Uuid(8, 14), "mediation_case", "99999", "person-102", "đơn vị lạ", member->id());
+  hamlet::v1::PushRequest second = member->Batch({lost, NewRecord(Uuid(8, 15), "mediation_case", "07132-K03",
+                                                                    "person-102", "tiếp", member->id())});
+  second.set_set_aside_refused(true);
+  hamlet::v1::PushResponse answer;
+  ASSERT_TRUE(member->sync().Push(member->Context().get(), second, &answer).ok());
+  EXPECT_EQ(answer.applied_records(), 1u);
+  ASSERT_EQ(answer.set_aside_size(), 1);
+  EXPECT_EQ(answer.set_aside(0).index(), 0u);
+  EXPECT_EQ(answer.set_aside(0).code(), static_cast<int32_t>(grpc::StatusCode::INVALID_ARGUMENT));
+}
+
+// A scope names one of this server's communes; another town's commune (which
+// the server knows only as reference data) is INVALID_ARGUMENT.
+TEST_F(AccessE2eTest, APullScopeNamingAnotherTownsCommuneIsInvalid) {
+  auto officer = DeviceFor(hamlet::v1::ROLE_TOWN_OFFICER, 104);
+  std::vector<Record> pulled;
+  const grpc::Status other_town = officer->Pull("07192", &pulled);
+  EXPECT_EQ(other_town.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << other_town.error_message();
+  EXPECT_TRUE(pulled.empty());
+  EXPECT_TRUE(officer->Pull("07132", &pulled).ok());
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "tools/field/device.h"
 
+#include <map>
 #include <unordered_map>
 
 #include "absl/random/random.h"
@@ -121,6 +122,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     request.set_device_id(device_id());
     request.set_batch_id(pending->batch_id());
     request.set_app_version(options.app_version);
+    request.set_set_aside_refused(true);
     for (storage::OutboxItem& item : items) *request.add_changes() = std::move(item.change);
     HAMLET_ASSIGN_OR_RETURN(size_t outbox, store_->OutboxSize());
     request.set_pending_changes(static_cast<uint32_t>(outbox - std::min<size_t>(outbox, items.size())));
@@ -138,17 +140,26 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
       continue;
     }
     if (!result.status.ok()) return FromGrpc(result.status, absl::StrCat("push of batch ", pending->batch_id()));
-    HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch());
+    // The changes the server set aside go where the user can see them, with
+    // its reason; the rest of the batch arrived.
+    std::map<uint32_t, std::string> set_aside;
+    for (const hamlet::v1::SetAsideChange& refused : response.set_aside()) {
+      set_aside[refused.index()] =
+          absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())), ": ", refused.message());
+    }
+    HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch(set_aside));
     // A sealed record stays on the phone only until the server has it.
     bool forgot = false;
-    for (const Record& change : request.changes()) {
-      if (!change.has_informant_identity()) continue;
+    for (int i = 0; i < request.changes_size(); ++i) {
+      const Record& change = request.changes(i);
+      if (!change.has_informant_identity() || set_aside.count(static_cast<uint32_t>(i)) > 0) continue;
       HAMLET_RETURN_IF_ERROR(store_->ForgetRecord(change.id()));
       forgot = true;
     }
     if (forgot) HAMLET_RETURN_IF_ERROR(store_->Scrub());
     ++report->batches_pushed;
-    report->records_pushed += request.changes_size();
+    report->records_pushed += request.changes_size() - set_aside.size();
+    report->changes_set_aside += set_aside.size();
   }
 }
 

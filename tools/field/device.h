@@ -78,6 +78,9 @@ class FieldDevice {
     // Batches the server refused for good; their edits are set aside in the
     // store's rejected list, not lost.
     uint64_t batches_rejected = 0;
+    // Single changes the server refused while applying the rest of their
+    // batch; also in the rejected list, with the server's reason.
+    uint64_t changes_set_aside = 0;
     bool cursor_reset = false;
   };
   // Settles an open conflict on the device's copy of record `record_id`:

@@ -193,7 +193,9 @@ int Sync(hamlet::field::FieldDevice& device) {
               static_cast<int>(report->records_pushed), static_cast<int>(report->batches_pushed),
               static_cast<int>(report->records_pulled),
               report->cursor_reset ? " (server asked for a fresh pull)" : "",
-              report->batches_rejected > 0 ? "; some edits were refused: see `hamlet-field rejected`" : "");
+              report->batches_rejected + report->changes_set_aside > 0
+                  ? "; some edits were refused: see `hamlet-field rejected`"
+                  : "");
   return 0;
 }
 

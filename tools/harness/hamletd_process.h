@@ -40,7 +40,7 @@ struct Device {
 // hamletd on loopback ports (device, admin) with its data in `dir`, its log in
 // `dir`.log and no metrics listener. Destroying it kills the process with
 // SIGKILL, and so does the end of this program (harness::Spawn). Not
-// thread-safe; make it on the main thread.
+// thread-safe.
 class Hamletd {
  public:
   Hamletd(const std::string& binary, const std::string& dir, const std::vector<std::string>& extra_flags = {});

@@ -5,26 +5,77 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+
 namespace hamlet::harness {
+namespace {
+
+// The parent-death signal follows the thread that forked, not the process:
+// every child is forked by this one thread, which lives as long as the
+// process, so a child dies with the process and not before.
+class Forker {
+ public:
+  static Forker& Get() {
+    static Forker* forker = new Forker();  // Never destroyed: it must outlive every caller.
+    return *forker;
+  }
+
+  pid_t Fork(std::function<pid_t()> fork) {
+    std::packaged_task<pid_t()> task(std::move(fork));
+    std::future<pid_t> pid = task.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    wake_.notify_one();
+    return pid.get();
+  }
+
+ private:
+  Forker() {
+    std::thread([this] {
+      while (true) {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [this] { return !tasks_.empty(); });
+        std::packaged_task<pid_t()> task = std::move(tasks_.front());
+        tasks_.pop_front();
+        lock.unlock();
+        task();
+      }
+    }).detach();
+  }
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::packaged_task<pid_t()>> tasks_;
+};
+
+}  // namespace
 
 pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   const pid_t parent = getpid();
-  // posix_spawn cannot ask for a parent-death signal; between fork and exec
-  // the child makes only async-signal-safe calls.
-  const pid_t pid = fork();
-  if (pid != 0) return pid;
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);  // The parent is already gone.
-  const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  const int in = open("/dev/null", O_RDONLY);
-  if (out < 0 || in < 0 || dup2(in, STDIN_FILENO) < 0 || dup2(out, STDOUT_FILENO) < 0 ||
-      dup2(out, STDERR_FILENO) < 0) {
+  return Forker::Get().Fork([&] {
+    // posix_spawn cannot ask for a parent-death signal; between fork and exec
+    // the child makes only async-signal-safe calls.
+    const pid_t pid = fork();
+    if (pid != 0) return pid;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);  // The parent is already gone.
+    const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    const int in = open("/dev/null", O_RDONLY);
+    if (out < 0 || in < 0 || dup2(in, STDIN_FILENO) < 0 || dup2(out, STDOUT_FILENO) < 0 ||
+        dup2(out, STDERR_FILENO) < 0) {
+      _exit(127);
+    }
+    execv(args[0], args.data());
     _exit(127);
-  }
-  execv(args[0], args.data());
-  _exit(127);
+  });
 }
 
 }  // namespace hamlet::harness

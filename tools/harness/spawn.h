@@ -12,11 +12,9 @@ namespace hamlet::harness {
 // Starts argv[0] (a path) with argv, stdin from /dev/null, and stdout and
 // stderr appended to `log`; returns its pid, or -1 if it cannot be started.
 //
-// The child is killed (SIGKILL) when the thread that called Spawn ends, and
-// so when this process ends by any path: a failed check's exit(), an abort, a
-// sanitizer's report, or SIGKILL. Tests and tools therefore never leave a
-// server running after they fail. Call it from the thread that lives as long
-// as the child should (the main thread, in every caller).
+// The child is killed (SIGKILL) when this process ends by any path: a failed
+// check's exit(), an abort, a sanitizer's report, or SIGKILL. Tests and tools
+// therefore never leave a server running after they fail. Thread-safe.
 pid_t Spawn(const std::vector<std::string>& argv, const std::string& log);
 
 }  // namespace hamlet::harness
