@@ -121,7 +121,9 @@ grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
   response->set_server_id(store.server_id());
   response->set_epoch(store.epoch());
   response->set_last_seq(store.last_seq());
-  response->set_records(store.EstimateRecords());
+  absl::StatusOr<uint64_t> records = store.CountRecords();
+  if (!records.ok()) return ToGrpc(records.status(), context);
+  response->set_records(*records);
   absl::StatusOr<uint64_t> conflicts = store.CountConflicted();
   if (!conflicts.ok()) return ToGrpc(conflicts.status(), context);
   response->set_open_conflicts(*conflicts);

@@ -45,7 +45,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
   };
   connected_ = gauge("hamlet_connected_devices", "Devices holding a Watch stream open.");
-  records_ = gauge("hamlet_records", "Records held (estimated by RocksDB for large stores).");
+  records_ = gauge("hamlet_records", "Records held, tombstones included (exact).");
   last_seq_ = gauge("hamlet_last_seq", "Sequence number of the latest change.");
   open_conflicts_ = gauge("hamlet_open_conflicts", "Records with an open conflict.");
   wal_syncs_ = gauge("hamlet_wal_syncs",
@@ -77,7 +77,9 @@ void Metrics::WatchOpened() { connected_->Increment(); }
 void Metrics::WatchClosed() { connected_->Decrement(); }
 
 std::string Metrics::Render(const Town& town, const Replicator* replicator) {
-  records_->Set(static_cast<double>(town.store().EstimateRecords()));
+  if (absl::StatusOr<uint64_t> records = town.store().CountRecords(); records.ok()) {
+    records_->Set(static_cast<double>(*records));
+  }
   last_seq_->Set(static_cast<double>(town.store().last_seq()));
   wal_syncs_->Set(static_cast<double>(town.store().wal_syncs()));
   if (absl::StatusOr<uint64_t> conflicts = town.store().CountConflicted(); conflicts.ok()) {

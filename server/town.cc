@@ -1,5 +1,7 @@
 #include "server/town.h"
 
+#include <openssl/crypto.h>
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -606,31 +608,42 @@ absl::Status Town::CheckWritable(const Record& change, const Record* existing, c
       caller.principal.unit_code));
 }
 
+std::string Town::CursorTag(const sync::Cursor& cursor) const {
+  return HmacSha256(store_->cursor_key(), sync::CursorPayload(cursor)).substr(0, sync::kCursorTagBytes);
+}
+
 absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::string& commune) const {
   if (bytes.empty()) return 0;
-  HAMLET_ASSIGN_OR_RETURN(sync::Cursor cursor, sync::DecodeCursor(bytes));
-  if (cursor.server_id != store_->server_id()) {
-    return WithReason(absl::FailedPreconditionError(absl::StrCat(
-                          "cursor was issued by server ", cursor.server_id, ", not this one (",
-                          store_->server_id(), "); pull again from an empty cursor and keep your outbox")),
+  const auto invalidated = [](absl::string_view why) {
+    return WithReason(absl::FailedPreconditionError(
+                          absl::StrCat(why, "; pull again from an empty cursor and keep your outbox")),
                       "CURSOR_INVALIDATED");
+  };
+  if (sync::IsUntaggedCursor(bytes)) {
+    return invalidated("the cursor was issued by an older hamletd, before cursors were authenticated");
+  }
+  HAMLET_ASSIGN_OR_RETURN(sync::Cursor cursor, sync::DecodeCursor(bytes));
+  // Another server's cursor cannot be checked here, and is no use here
+  // either: the device starts over (as it would if someone altered the
+  // server id in a cursor, which can cost only that device a full pull).
+  if (cursor.server_id != store_->server_id()) return invalidated("the cursor was issued by another server");
+  if (CRYPTO_memcmp(cursor.tag.data(), CursorTag(cursor).data(), sync::kCursorTagBytes) != 0) {
+    return absl::InvalidArgumentError(
+        "cursor is not one this server issued; send back next_cursor unchanged, or an empty cursor to start over");
   }
   if (cursor.epoch != store_->epoch() || cursor.seq > store_->last_seq()) {
-    return WithReason(absl::FailedPreconditionError(absl::StrCat(
-                          "cursor (epoch ", cursor.epoch, ", seq ", cursor.seq, ") does not fit this server's "
-                          "history (epoch ", store_->epoch(), ", seq ", store_->last_seq(),
-                          "), as after a restore from backup; pull again from an empty cursor and keep your outbox")),
-                      "CURSOR_INVALIDATED");
+    return invalidated("the cursor does not fit this server's history, as after a restore from backup");
   }
   if (cursor.scope != commune) {
-    return absl::InvalidArgumentError(absl::StrCat("cursor was issued for scope \"", cursor.scope,
-                                                   "\", not \"", commune, "\"; keep one cursor per scope"));
+    return absl::InvalidArgumentError("cursor was issued for another scope; keep one cursor per scope");
   }
   return cursor.seq;
 }
 
 std::string Town::MakeCursor(const std::string& commune, uint64_t seq) const {
-  return sync::EncodeCursor({store_->server_id(), store_->epoch(), commune, seq});
+  sync::Cursor cursor{store_->server_id(), store_->epoch(), commune, seq};
+  cursor.tag = CursorTag(cursor);
+  return sync::EncodeCursor(cursor);
 }
 
 absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullRequest& request, const Caller& caller) {

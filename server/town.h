@@ -180,6 +180,8 @@ class Town {
   // Decodes and checks a cursor; 0 for an empty one.
   absl::StatusOr<uint64_t> CursorSeq(const std::string& bytes, const std::string& commune) const;
   std::string MakeCursor(const std::string& commune, uint64_t seq) const;
+  // The tag that makes `cursor` this server's (sync/cursor.h).
+  std::string CursorTag(const sync::Cursor& cursor) const;
   absl::Status CheckDevice(const std::string& device_id, const Caller& caller) const;
 
   const std::unique_ptr<storage::TownStore> store_;

@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <openssl/rand.h>
+
 #include "rocksdb/db.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
@@ -37,6 +39,7 @@ using sync::PutBigEndian64;
 //     "format"       -> "1"                     DO NOT CHANGE the layout without
 //     "server_id"    -> UUID text                 bumping "format".
 //     "epoch"        -> be64
+//     "cursor_key"   -> 32 random bytes (added to older stores when opened)
 //     "last_seq"     -> be64
 //     "clock"        -> v1 Stamp
 //     "holds_sealed" -> "1" once a sealed record was written
@@ -61,6 +64,15 @@ using sync::PutBigEndian64;
 namespace {
 
 constexpr char kFormat[] = "1";
+constexpr size_t kCursorKeyBytes = 32;
+
+absl::StatusOr<std::string> NewCursorKey() {
+  std::string key(kCursorKeyBytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), static_cast<int>(key.size())) != 1) {
+    return absl::InternalError("no randomness for the cursor key");
+  }
+  return key;
+}
 const std::vector<std::string>& FamilyNames() {
   static const auto* names = new std::vector<std::string>{
       "default", "records", "changes", "commune_changes", "devices", "batches", "enrolments", "audit", "conflicted",
@@ -412,6 +424,8 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
     rocksdb::WriteBatch batch;
     store->server_id_ = sync::NewUuid(gen);
     store->epoch_ = 1;
+    HAMLET_ASSIGN_OR_RETURN(store->cursor_key_, NewCursorKey());
+    batch.Put(store->meta_, "cursor_key", store->cursor_key_);
     batch.Put(store->meta_, "format", kFormat);
     batch.Put(store->meta_, "server_id", store->server_id_);
     batch.Put(store->meta_, "epoch", SeqKey(store->epoch_));
@@ -448,6 +462,15 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   {
     absl::MutexLock lock(&store->sync_mu_);
     store->written_seq_ = store->last_seq_.load();
+  }
+  if (db->Get(rocksdb::ReadOptions(), store->meta_, "cursor_key", &store->cursor_key_).IsNotFound()) {
+    HAMLET_ASSIGN_OR_RETURN(store->cursor_key_, NewCursorKey());
+    rocksdb::WriteOptions write;
+    write.sync = true;
+    HAMLET_RETURN_IF_ERROR(
+        FromRocks(db->Put(write, store->meta_, "cursor_key", store->cursor_key_), "saving the cursor key"));
+  } else if (store->cursor_key_.size() != kCursorKeyBytes) {
+    return absl::DataLossError("stored cursor_key is damaged");
   }
   if (options.sealer == nullptr &&
       !db->Get(rocksdb::ReadOptions(), store->meta_, "holds_sealed", &value).IsNotFound()) {
@@ -750,12 +773,6 @@ absl::StatusOr<uint64_t> TownStore::CountConflicted() const {
   for (it->SeekToFirst(); it->Valid(); it->Next()) ++count;
   HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "counting conflicts"));
   return count;
-}
-
-uint64_t TownStore::EstimateRecords() const {
-  uint64_t keys = 0;
-  db_->db->GetIntProperty(changes_, "rocksdb.estimate-num-keys", &keys);
-  return keys;
 }
 
 absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,

@@ -137,6 +137,10 @@ class TownStore {
   const std::string& server_id() const { return server_id_; }
   // Changes when history is rewound (a restore), which invalidates cursors.
   uint64_t epoch() const { return epoch_; }
+  // 32 random bytes made when the store is first opened by a hamletd that
+  // keeps one, kept in backups: the key that authenticates the cursors this
+  // server issues.
+  const std::string& cursor_key() const { return cursor_key_; }
   // Sequence number of the latest committed change; 0 for an empty store.
   uint64_t last_seq() const { return last_seq_.load(); }
   // The server clock persisted by the latest commit (unset for a new store).
@@ -218,8 +222,9 @@ class TownStore {
                                                                  const std::string& after_id, size_t max) const;
   // How many records have an open conflict.
   absl::StatusOr<uint64_t> CountConflicted() const;
-  // Records in the change index (estimated by RocksDB for large stores).
-  uint64_t EstimateRecords() const;
+  // Records held, tombstones included: exactly the durable entries of the
+  // change index (one per record), from its block counts.
+  absl::StatusOr<uint64_t> CountRecords() const { return CountChangesAfter(0); }
 
   // Writes a consistent copy of the store into `dir`, which must not exist:
   // a checkpoint (hard links, instant) copied file by file, each synced, with
@@ -280,6 +285,7 @@ class TownStore {
 
   std::string server_id_;
   uint64_t epoch_ = 0;
+  std::string cursor_key_;
   hamlet::v1::Stamp persisted_clock_;
   absl::Mutex commit_mu_;
   std::atomic<uint64_t> last_seq_{0};

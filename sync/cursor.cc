@@ -8,7 +8,7 @@
 namespace hamlet::sync {
 namespace {
 
-constexpr uint8_t kCursorVersion = 1;
+constexpr uint8_t kCursorVersion = 2;
 
 bool GetU64(absl::string_view* in, uint64_t* v) {
   if (in->size() < 8) return false;
@@ -29,7 +29,7 @@ bool GetShortString(absl::string_view* in, std::string* s) {
 
 }  // namespace
 
-std::string EncodeCursor(const Cursor& cursor) {
+std::string CursorPayload(const Cursor& cursor) {
   std::string out;
   out.push_back(static_cast<char>(kCursorVersion));
   out.push_back(static_cast<char>(std::min<size_t>(cursor.server_id.size(), 255)));
@@ -41,19 +41,34 @@ std::string EncodeCursor(const Cursor& cursor) {
   return out;
 }
 
+std::string EncodeCursor(const Cursor& cursor) {
+  std::string out = CursorPayload(cursor);
+  std::string tag = cursor.tag.substr(0, kCursorTagBytes);
+  tag.resize(kCursorTagBytes, '\0');
+  return out + tag;
+}
+
+// Reads a payload of `version` from the front of `bytes`; false if it is not one.
+static bool GetPayload(absl::string_view* bytes, uint8_t version, Cursor* cursor) {
+  if (bytes->empty() || static_cast<uint8_t>((*bytes)[0]) != version) return false;
+  bytes->remove_prefix(1);
+  return GetShortString(bytes, &cursor->server_id) && GetU64(bytes, &cursor->epoch) && GetU64(bytes, &cursor->seq) &&
+         GetShortString(bytes, &cursor->scope);
+}
+
 absl::StatusOr<Cursor> DecodeCursor(absl::string_view bytes) {
-  const auto malformed = [] {
+  Cursor cursor;
+  if (!GetPayload(&bytes, kCursorVersion, &cursor) || bytes.size() != kCursorTagBytes) {
     return absl::InvalidArgumentError(
         "cursor is not one this server issued; send back next_cursor unchanged, or an empty cursor to start over");
-  };
-  if (bytes.empty() || static_cast<uint8_t>(bytes[0]) != kCursorVersion) return malformed();
-  bytes.remove_prefix(1);
-  Cursor cursor;
-  if (!GetShortString(&bytes, &cursor.server_id) || !GetU64(&bytes, &cursor.epoch) ||
-      !GetU64(&bytes, &cursor.seq) || !GetShortString(&bytes, &cursor.scope) || !bytes.empty()) {
-    return malformed();
   }
+  cursor.tag = std::string(bytes);
   return cursor;
+}
+
+bool IsUntaggedCursor(absl::string_view bytes) {
+  Cursor cursor;
+  return GetPayload(&bytes, kUntaggedCursorVersion, &cursor) && bytes.empty();
 }
 
 }  // namespace hamlet::sync

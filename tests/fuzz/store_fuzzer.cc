@@ -218,7 +218,7 @@ void FuzzTownStore(uint8_t kind, const std::vector<Entry>& entries) {
   CheckDamage(store.CountConflicted(), "CountConflicted");
   CheckDamage(store.GetReplicationState(), "GetReplicationState");
   CheckDamage(store.SumTallies({"07132", "07132-K01", "206", ""}, 190001, 299912), "SumTallies");
-  store.EstimateRecords();
+  CheckDamage(store.CountRecords(), "CountRecords");
   if (options.sealer != nullptr) CheckDamage(store.Reseal(), "Reseal");
 
   // A commit on top reads the stored counts and tallies it adds to.

@@ -405,15 +405,47 @@ TEST_F(SyncE2eTest, BadPullsGetPreciseErrors) {
   EXPECT_THAT(client_->Pull(request, &response, &reason),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("empty cursor")));
   EXPECT_EQ(reason, "CURSOR_INVALIDATED");
+  // This server's cursor with its epoch or position changed by hand: not one
+  // it issued (its tag no longer fits).
   sync::Cursor old_epoch = *cursor;
   old_epoch.epoch = 0;
   request.set_cursor(sync::EncodeCursor(old_epoch));
-  EXPECT_THAT(client_->Pull(request, &response, &reason), StatusIs(absl::StatusCode::kFailedPrecondition));
-  EXPECT_EQ(reason, "CURSOR_INVALIDATED");
+  EXPECT_THAT(client_->Pull(request, &response), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("issued")));
   sync::Cursor ahead = *cursor;
   ahead.seq += 1000;
   request.set_cursor(sync::EncodeCursor(ahead));
+  EXPECT_THAT(client_->Pull(request, &response), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("issued")));
+  // A cursor from before cursors were authenticated (version 1) starts over.
+  std::string untagged = sync::CursorPayload(*cursor);
+  untagged[0] = static_cast<char>(sync::kUntaggedCursorVersion);
+  request.set_cursor(untagged);
   EXPECT_THAT(client_->Pull(request, &response, &reason), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(reason, "CURSOR_INVALIDATED");
+
+  // Every single-bit change of a real cursor is refused: INVALID_ARGUMENT, or
+  // CURSOR_INVALIDATED (a full pull again) where it alters the server id.
+  request.set_cursor(start_cursor_);
+  const std::string real = start_cursor_;
+  int invalid = 0, invalidated = 0;
+  for (size_t byte = 0; byte < real.size(); ++byte) {
+    for (int bit = 0; bit < 8; ++bit) {
+      std::string altered = real;
+      altered[byte] = static_cast<char>(altered[byte] ^ (1 << bit));
+      request.set_cursor(altered);
+      reason.clear();
+      const grpc::Status status = client_->Pull(request, &response, &reason);
+      const bool in_server_id = byte >= 2 && byte < 2 + cursor->server_id.size();
+      if (in_server_id && status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        EXPECT_EQ(reason, "CURSOR_INVALIDATED") << "byte " << byte << " bit " << bit;
+        ++invalidated;
+      } else {
+        EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "byte " << byte << " bit " << bit;
+        ++invalid;
+      }
+    }
+  }
+  EXPECT_EQ(invalid + invalidated, static_cast<int>(real.size() * 8));
+  EXPECT_LE(invalidated, static_cast<int>(cursor->server_id.size() * 8));
 
   request.set_cursor("");
   request.clear_device_id();
@@ -425,10 +457,16 @@ TEST_F(SyncE2eTest, WatchTellsAConnectedDeviceAboutNewChanges) {
   hamlet::v1::WatchRequest request;
   request.set_device_id(kDevice);
   request.set_scope_unit_code("07132");
-  auto cursor = sync::DecodeCursor(start_cursor_);
-  ASSERT_TRUE(cursor.ok());
-  cursor->scope = "07132";
-  request.set_cursor(sync::EncodeCursor(*cursor));
+  // The cursor of commune 07132 as of now, from a pull.
+  PullRequest pull;
+  pull.set_device_id(kDevice);
+  pull.set_scope_unit_code("07132");
+  PullResponse pulled;
+  do {
+    pull.set_cursor(pulled.next_cursor());
+    ASSERT_TRUE(client_->Pull(pull, &pulled).ok());
+  } while (pulled.remaining() > 0);
+  request.set_cursor(pulled.next_cursor());
   auto reader = client_->stub().Watch(context.get(), request);
 
   // A change in another commune does not wake this watcher; one in 07132 does.
