@@ -64,7 +64,16 @@ template <typename Request, typename Response, typename Answer>
 grpc::Status AnswerUnary(absl::string_view method, grpc::ServerContext* context,
                          grpc::ServerUnaryStreamer<Request, Response>* stream, Answer answer) {
   Request request;
-  if (!stream->Read(&request)) return Unparsable(method, *context);
+  if (!stream->Read(&request)) {
+    // A client that gave up (its deadline passed while the request was still
+    // arriving over a slow link, or it cancelled) left no request to parse.
+    if (context->IsCancelled()) {
+      LogLine(absl::StrCat("call to ", method, " from ", context->peer(),
+                           " ended by its client (deadline or cancel) before its request had arrived"));
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client ended the call before its request arrived");
+    }
+    return Unparsable(method, *context);
+  }
   Response response;
   const grpc::Status status = answer(request, &response);
   // A failed write means the client has gone; the status then goes nowhere.
