@@ -89,7 +89,13 @@ ABSL_FLAG(std::string, restore_from, "",
 ABSL_FLAG(bool, reseal, false,
           "At start, seal again under --sealed_key_file every record sealed under an older key (key rotation), "
           "then serve.");
-ABSL_FLAG(int, max_message_bytes, 8 << 20, "Largest gRPC message accepted or sent, in bytes.");
+ABSL_FLAG(int, max_message_bytes, 8 << 20,
+          "Largest gRPC message accepted or sent, in bytes; for a compressed request, its size once decompressed "
+          "(a larger one is RESOURCE_EXHAUSTED, so a small compressed request cannot unfold into a huge one).");
+ABSL_FLAG(std::string, response_compression, "gzip",
+          "How the device listener compresses its answers: gzip (for every client that accepts it, which gRPC "
+          "clients say in grpc-accept-encoding; others get them plain) or none. Requests may come compressed either "
+          "way.");
 ABSL_FLAG(int, max_batch_records, 500, "Most records one push may carry.");
 ABSL_FLAG(absl::Duration, max_clock_skew, absl::Minutes(5),
           "Pushes with a stamp further ahead of the server clock than this are refused.");
@@ -239,6 +245,13 @@ absl::Status SetDeviceListenerLimits(grpc::ServerBuilder& builder) {
     return absl::InvalidArgumentError(
         "--keepalive_time, --keepalive_min_ping_interval and --max_connection_idle may not be negative; "
         "--keepalive_timeout and --handshake_timeout must be positive");
+  }
+  const std::string compression = absl::GetFlag(FLAGS_response_compression);
+  if (compression == "gzip") {
+    builder.SetDefaultCompressionAlgorithm(GRPC_COMPRESS_GZIP);
+  } else if (compression != "none") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--response_compression is gzip or none, not \"", compression, "\""));
   }
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
   grpc::ResourceQuota quota("hamlet-device-listener");

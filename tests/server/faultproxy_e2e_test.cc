@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -585,11 +586,12 @@ TEST_F(FaultProxyE2eTest, APullCutMidStreamResumesWhereItStopped) {
   }
   const size_t total = 289 + kCases;
 
-  // Pages of 100 records are about 50 KB; each connection is cut after 60 to 160 KB of DATA, so
-  // it brings one to three pages and breaks inside the next.
+  // The server gzips its pages, and the client sizes them by bytes, starting at 16 KB (a few KB
+  // once compressed) and doubling while they come quickly; each connection is cut after 4 to 12
+  // KB of DATA, so it brings a page or more and breaks inside the next.
   auto proxy =
       FaultProxy::Start(dir_.Sub("proxy"), server->address(),
-                        {"--seed=11", "--cut_stream=1", "--cut_after_min_bytes=60000", "--cut_after_max_bytes=160000"});
+                        {"--seed=11", "--cut_stream=1", "--cut_after_min_bytes=4000", "--cut_after_max_bytes=12000"});
   ASSERT_NE(proxy, nullptr);
   auto clean_proxy = FaultProxy::Start(dir_.Sub("clean-proxy"), server->address(), {});
   ASSERT_NE(clean_proxy, nullptr);
@@ -612,7 +614,9 @@ TEST_F(FaultProxyE2eTest, APullCutMidStreamResumesWhereItStopped) {
   // below starts from what the phone saved.
   options.retry.max_attempts = 1;
   uint64_t pulled_this_attempt = 0;
-  options.on_pull_progress = [&](uint64_t pulled, uint64_t) { pulled_this_attempt = pulled; };
+  options.on_progress = [&](const field::FieldDevice::SyncProgress& progress) {
+    if (progress.phase == field::FieldDevice::SyncProgress::Phase::kPull) pulled_this_attempt = progress.records_done;
+  };
 
   std::vector<uint64_t> per_attempt;
   std::string cursor;
@@ -750,6 +754,198 @@ TEST_F(FaultProxyE2eTest, TwoPhonesConvergeOverRural3g) {
   EXPECT_EQ(field_tally.batches_rejected, 0u);
   // Shaping slows each call by at least a round trip: a sign the profile was on.
   EXPECT_GT(seconds, 5 * 0.4);
+}
+
+// A week of a member's offline work, as the phone holds it: mediation cases with Vietnamese
+// summaries of 200 to 600 characters and two parties each, security tips, and later edits of
+// some cases' summaries. Words are drawn at random so the text compresses as real text does,
+// not as one repeated phrase.
+struct WeekOfWork {
+  std::vector<std::string> ids;
+  int edits = 0;
+};
+
+std::string VietnameseText(absl::BitGen& gen, size_t length) {
+  static const std::vector<std::string> kWords = {
+      "tranh", "chấp", "đất", "đai", "ranh", "giới", "giữa", "hai", "hộ", "gia", "đình", "ông", "bà",
+      "thôn", "khu", "phố", "hoà", "giải", "viên", "đã", "mời", "các", "bên", "đến", "nhà", "văn", "hoá",
+      "để", "trao", "đổi", "về", "lối", "đi", "chung", "nước", "tưới", "ruộng", "vay", "nợ", "tiền",
+      "không", "trả", "đúng", "hạn", "xích", "mích", "hàng", "xóm", "tiếng", "ồn", "chăn", "nuôi", "gà",
+      "vịt", "làm", "ảnh", "hưởng", "môi", "trường", "sau", "buổi", "họp", "thống", "nhất", "cam", "kết",
+      "thực", "hiện", "theo", "thoả", "thuận", "biên", "bản", "ký", "tên", "xác", "nhận", "của", "trưởng"};
+  std::string text;
+  while (text.size() < length) {
+    if (!text.empty()) text += ' ';
+    text += kWords[absl::Uniform<size_t>(gen, 0, kWords.size())];
+  }
+  return text;
+}
+
+WeekOfWork RecordWeekOfWork(field::FieldDevice& phone, int cases, int tips, int edits, const std::string& author) {
+  absl::BitGen gen;
+  WeekOfWork work;
+  for (int i = 0; i < cases + tips; ++i) {
+    Record draft;
+    draft.set_unit_code(absl::StrFormat("07132-K%02d", 1 + i % 12));
+    draft.set_author(author);
+    if (i < cases) {
+      hamlet::v1::MediationCase* c = draft.mutable_mediation_case();
+      c->set_summary(VietnameseText(gen, absl::Uniform<size_t>(gen, 200, 600)));
+      c->set_status(hamlet::v1::MEDIATION_STATUS_RECEIVED);
+      c->set_round(1);
+      c->set_dispute_type(hamlet::v1::DISPUTE_TYPE_LAND);
+      for (int p = 0; p < 2; ++p) {
+        hamlet::v1::Party* party = c->add_parties();
+        party->set_id(absl::StrCat("p", p + 1));
+        party->set_name(p == 0 ? "Nguyễn Văn Bình" : "Trần Thị Hoa");
+        party->set_age(30 + p * 12);
+        party->set_address(absl::StrFormat("Khu %d, phường Quảng Yên", 1 + i % 12));
+      }
+    } else {
+      hamlet::v1::SecurityTip* tip = draft.mutable_security_tip();
+      tip->set_summary(VietnameseText(gen, absl::Uniform<size_t>(gen, 100, 300)));
+      tip->set_category(hamlet::v1::TIP_CATEGORY_GAMBLING);
+    }
+    auto created = phone.Create(draft);
+    EXPECT_TRUE(created.ok()) << created.status();
+    if (!created.ok()) return work;
+    work.ids.push_back(created->id());
+  }
+  for (int i = 0; i < edits; ++i) {
+    hamlet::v1::MediationCase body;
+    body.set_summary(VietnameseText(gen, absl::Uniform<size_t>(gen, 200, 600)));
+    auto edited = phone.Edit(work.ids[static_cast<size_t>(i % cases)], body,
+                             {hamlet::v1::MediationCase::kSummaryFieldNumber});
+    EXPECT_TRUE(edited.ok()) << edited.status();
+    ++work.edits;
+  }
+  return work;
+}
+
+struct LinkRun {
+  int exit_code = -1;
+  std::string output;
+  double seconds = 0;
+  std::map<std::string, uint64_t> proxy;
+};
+
+// Runs `hamlet-field sync` with its default flags on the phone store `store` through a proxy
+// shaped by `link` in front of `server`.
+LinkRun SyncThroughLink(const hamlet::testing::TempDir& dir, const std::string& store, const ServerProcess& server,
+                        const std::vector<std::string>& link) {
+  LinkRun run;
+  auto proxy = FaultProxy::Start(dir.Sub(store + "-proxy"), server.address(), link);
+  EXPECT_NE(proxy, nullptr);
+  if (proxy == nullptr) return run;
+  const std::string log = dir.Sub(store + "-sync.out");
+  const auto start = std::chrono::steady_clock::now();
+  const pid_t pid =
+      hamlet::testing::Spawn({HAMLET_FIELD_PATH, "--store=" + dir.Sub(store), "--server=" + proxy->address(), "sync"},
+                             log);
+  run.exit_code = pid < 0 ? -1 : hamlet::testing::WaitExit(pid);
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  run.output = ReadFile(log);
+  EXPECT_EQ(proxy->Stop(), 0);
+  run.proxy = proxy->Stats();
+  return run;
+}
+
+// Every one of `ids` is on the server once, as the phone holds it (read by a town officer on a
+// direct line), and the server holds nothing else but the reference units.
+void ExpectOnServerOnce(const ServerProcess& server, const hamlet::testing::TempDir& dir, field::FieldDevice& phone,
+                        const std::vector<std::string>& ids) {
+  hamlet::testing::AdminClient admin(server);
+  auto officer = OpenPhone(dir.Sub("officer"), "0ff1ce00-0000-4000-8000-000000000001", sync::SystemClock::Get());
+  ASSERT_NE(officer, nullptr);
+  ASSERT_TRUE(officer->store()
+                  .SetEnrolment(admin.Enroll(officer->device_id(), hamlet::v1::ROLE_TOWN_OFFICER, "206", "officer"),
+                                hamlet::v1::ROLE_TOWN_OFFICER)
+                  .ok());
+  auto stub = NewStub(server.address());
+  auto report = officer->Sync(*stub, field::FieldDevice::SyncOptions());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->records_pulled, 289 + ids.size());
+  for (const std::string& id : ids) {
+    auto on_server = officer->store().GetRecord(id);
+    auto on_phone = phone.store().GetRecord(id);
+    ASSERT_TRUE(on_server.ok() && on_server->has_value()) << id;
+    ASSERT_TRUE(on_phone.ok() && on_phone->has_value()) << id;
+    Record server_copy = **on_server, phone_copy = **on_phone;
+    server_copy.clear_server_seq();
+    phone_copy.clear_server_seq();
+    EXPECT_EQ(DeterministicBytes(server_copy), DeterministicBytes(phone_copy)) << id;
+  }
+}
+
+// A week of offline work (500 records, 170 edits) reaches the town in one `hamlet-field sync`
+// with its default flags, through a rural 3G link: 100 kbit/s each way, 200 ms one way, 5% of
+// connections cut. Then a smaller week over a 2G-class link (30 kbit/s, 300 ms one way) that
+// cuts half of its connections.
+TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags) {
+#ifdef HAMLET_SANITIZED
+  // Sanitizers slow the ends, not the link: fewer records say the same.
+  const int kCases = 72, kTips = 28, kEdits = 34, kSmall = 30;
+#else
+  const int kCases = 360, kTips = 140, kEdits = 170, kSmall = 150;
+#endif
+  auto server = StartServer("data");
+  ASSERT_NE(server, nullptr);
+  hamlet::testing::AdminClient admin(*server);
+  struct Link {
+    std::string name;
+    std::vector<std::string> flags;
+    int cases, tips, edits;
+  };
+  const std::vector<Link> links = {
+      {"rural3g", {"--seed=3", "--rate_kbit=100", "--delay_ms=200", "--cut=0.05"}, kCases, kTips, kEdits},
+      {"2g", {"--seed=4", "--rate_kbit=30", "--delay_ms=300", "--cut=0.5"}, kSmall * 7 / 10, kSmall * 3 / 10,
+       kSmall / 3},
+  };
+  for (const Link& link : links) {
+    SCOPED_TRACE(link.name);
+    WeekOfWork work;
+    uint64_t pushed_bytes = 0;
+    {
+      auto phone = OpenPhone(dir_.Sub(link.name), link.name == "2g" ? "0b000000-0000-4000-8000-000000000002"
+                                                                      : "0a000000-0000-4000-8000-000000000001",
+                             sync::SystemClock::Get());
+      ASSERT_NE(phone, nullptr);
+      ASSERT_TRUE(phone->store()
+                      .SetEnrolment(admin.Enroll(phone->device_id(), hamlet::v1::ROLE_MEMBER, "07132",
+                                                 "hgv-" + link.name),
+                                    hamlet::v1::ROLE_MEMBER)
+                      .ok());
+      work = RecordWeekOfWork(*phone, link.cases, link.tips, link.edits, "hgv-" + link.name);
+      auto outbox = phone->store().ReadOutbox(SIZE_MAX);
+      ASSERT_TRUE(outbox.ok());
+      ASSERT_EQ(outbox->size(), work.ids.size() + static_cast<size_t>(work.edits));
+      for (const auto& item : *outbox) pushed_bytes += item.change.ByteSizeLong();
+    }  // The CLI opens the store next.
+
+    const LinkRun run = SyncThroughLink(dir_, link.name, *server, link.flags);
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_THAT(run.output, ::testing::HasSubstr(absl::StrCat("synced: pushed ", work.ids.size() + work.edits,
+                                                              " records")));
+    EXPECT_THAT(run.output, ::testing::HasSubstr("pushed 0 of"));  // Progress from the start...
+    EXPECT_THAT(run.output, ::testing::HasSubstr(absl::StrCat("pushed ", work.ids.size() + work.edits, " of")));
+    EXPECT_THAT(run.output, ::testing::HasSubstr("pulled "));  // ...and through the pull.
+    std::cout << "[ link     ] " << link.name << ": " << work.ids.size() << " records and " << work.edits
+              << " edits (" << pushed_bytes / 1024 << " KiB serialized) in " << run.seconds << " s; wire bytes up "
+              << run.proxy.at("bytes_up") << ", down " << run.proxy.at("bytes_down") << "; connections "
+              << run.proxy.at("connections") << ", cuts " << run.proxy.at("cuts") << "\n";
+    // Compressed on the way up.
+    EXPECT_LT(run.proxy.at("bytes_up"), pushed_bytes);
+
+    auto phone = field::FieldDevice::Open(dir_.Sub(link.name), sync::SystemClock::Get());
+    ASSERT_TRUE(phone.ok()) << phone.status();
+    auto rejected = (*phone)->store().ListRejected();
+    ASSERT_TRUE(rejected.ok());
+    EXPECT_TRUE(rejected->empty());
+    auto outbox = (*phone)->store().OutboxSize();
+    ASSERT_TRUE(outbox.ok());
+    EXPECT_EQ(*outbox, 0u);
+    if (link.name == "rural3g") ExpectOnServerOnce(*server, dir_, **phone, work.ids);
+  }
 }
 
 }  // namespace

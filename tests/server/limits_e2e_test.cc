@@ -519,6 +519,28 @@ TEST_F(LimitsE2eTest, UnparsableRequestsAreInvalidArgumentAndWriteNothing) {
   EXPECT_EQ(NewSinceStart().size(), 1u);
 }
 
+// A gzip-compressed request that unfolds beyond --max_message_bytes (a
+// decompression bomb: 9 MiB of one letter is about 9 KiB compressed) is
+// RESOURCE_EXHAUSTED and writes nothing; the same client's ordinary
+// compressed push, and the server's compressed answers, work.
+TEST_F(LimitsE2eTest, ACompressedRequestIsLimitedByItsDecompressedSize) {
+  Start();
+  grpc::ChannelArguments args;
+  args.SetCompressionAlgorithm(GRPC_COMPRESS_GZIP);
+  Device gzip(OwnChannel(server_->address(), args), kDevice, device_->token());
+  Record bomb = NewCase(Uuid(1), "07132", MakeStamp(NowMs(), 0, kDevice));
+  bomb.mutable_mediation_case()->set_summary(std::string(9 << 20, 'x'));
+  PushResponse response;
+  const grpc::Status refused = gzip.Push(Batch(Uuid(100), {bomb}), &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_TRUE(NewSinceStart().empty());
+  const grpc::Status pushed =
+      gzip.Push(Batch(Uuid(101), {NewCase(Uuid(2), "07132", MakeStamp(NowMs(), 0, kDevice))}), &response);
+  ASSERT_TRUE(pushed.ok()) << pushed.error_message();
+  std::string cursor = start_cursor_;
+  EXPECT_EQ(gzip.PullAll(&cursor).size(), 1u);
+}
+
 // A stamp beyond the allowed skew, however far, is CLOCK_SKEW; one that is not
 // positive is malformed. Either way the batch writes nothing.
 TEST_F(LimitsE2eTest, StampsFarInTheFutureOrNotPositiveAreRefusedAndWriteNothing) {

@@ -96,40 +96,109 @@ absl::StatusOr<FieldDevice::SyncReport> FieldDevice::Sync(hamlet::v1::SyncServic
         "`hamlet-field set-token TOKEN --role=ROLE`"));
   }
   SyncReport report;
-  HAMLET_RETURN_IF_ERROR(PushOutbox(stub, options, &report));
-  HAMLET_RETURN_IF_ERROR(PullAll(stub, options, &report));
+  // One pace for the whole sync: what the push learns of the link sizes the
+  // pull's first page.
+  LinkPace pace(options.pace);
+  HAMLET_RETURN_IF_ERROR(PushOutbox(stub, options, &pace, &report));
+  HAMLET_RETURN_IF_ERROR(PullAll(stub, options, &pace, &report));
   return report;
 }
 
+namespace {
+
+// The estimated time left at `rate` bytes a second.
+absl::Duration TimeLeft(uint64_t done, uint64_t total, double rate) {
+  if (rate <= 0 || total < done) return absl::InfiniteDuration();
+  return absl::Seconds(static_cast<double>(total - done) / rate);
+}
+
+// The retry policy of a paced call: its deadline is the pace's for `bytes`,
+// and a timeout comes back to the caller, which makes the call smaller.
+RetryPolicy Paced(const RetryPolicy& policy, const LinkPace& pace, size_t bytes) {
+  RetryPolicy paced = policy;
+  paced.call_timeout = pace.DeadlineFor(bytes);
+  paced.on_deadline = RetryPolicy::OnDeadline::kReturn;
+  return paced;
+}
+
+}  // namespace
+
+absl::Status FieldDevice::SplitPendingBatch(const storage::PendingBatch& pending,
+                                            const std::vector<storage::OutboxItem>& items) {
+  if (items.size() < 2) return absl::OkStatus();
+  absl::BitGen gen;
+  storage::PendingBatch half;
+  half.set_batch_id(sync::NewUuid(gen));
+  half.set_last_outbox_seq(items[(items.size() + 1) / 2 - 1].seq);
+  return store_->SetPendingBatch(half);
+}
+
 absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
-                                     SyncReport* report) {
+                                     LinkPace* pace, SyncReport* report) {
+  const absl::Time start = absl::Now();
+  SyncProgress progress;
+  progress.phase = SyncProgress::Phase::kPush;
+  {
+    HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> outbox, store_->ReadOutbox(SIZE_MAX));
+    progress.records_total = outbox.size();
+    for (const storage::OutboxItem& item : outbox) progress.bytes_total += item.change.ByteSizeLong();
+  }
+  const auto tell = [&] {
+    if (!options.on_progress) return;
+    progress.bytes_per_second = pace->bytes_per_second();
+    progress.elapsed = absl::Now() - start;
+    progress.left = TimeLeft(progress.bytes_done, progress.bytes_total, progress.bytes_per_second);
+    options.on_progress(progress);
+  };
+  tell();
+  int timeouts = 0;
   while (true) {
     HAMLET_ASSIGN_OR_RETURN(std::optional<storage::PendingBatch> pending, store_->GetPendingBatch());
-    HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> items,
-                            store_->ReadOutbox(static_cast<size_t>(options.batch_records)));
     if (!pending.has_value()) {
+      HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> items,
+                              store_->ReadOutbox(static_cast<size_t>(options.batch_records)));
       if (items.empty()) return absl::OkStatus();
+      // As many changes as the pace allows, and at least one.
+      size_t take = 0, bytes = 0;
+      while (take < items.size() && (take == 0 || bytes + items[take].change.ByteSizeLong() <= pace->budget_bytes())) {
+        bytes += items[take++].change.ByteSizeLong();
+      }
       // The batch is fixed on disk before it is sent, so that after a crash the
       // retry carries the same id and the same content.
       absl::BitGen gen;
       pending.emplace();
       pending->set_batch_id(sync::NewUuid(gen));
-      pending->set_last_outbox_seq(items.back().seq);
+      pending->set_last_outbox_seq(items[take - 1].seq);
       HAMLET_RETURN_IF_ERROR(store_->SetPendingBatch(*pending));
     }
-    HAMLET_ASSIGN_OR_RETURN(items, store_->ReadOutboxThrough(pending->last_outbox_seq()));
+    HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> items,
+                            store_->ReadOutboxThrough(pending->last_outbox_seq()));
     hamlet::v1::PushRequest request;
     request.set_device_id(device_id());
     request.set_batch_id(pending->batch_id());
     request.set_app_version(options.app_version);
     request.set_set_aside_refused(true);
-    for (storage::OutboxItem& item : items) *request.add_changes() = std::move(item.change);
+    for (const storage::OutboxItem& item : items) *request.add_changes() = item.change;
     HAMLET_ASSIGN_OR_RETURN(size_t outbox, store_->OutboxSize());
     request.set_pending_changes(static_cast<uint32_t>(outbox - std::min<size_t>(outbox, items.size())));
+    const size_t request_bytes = request.ByteSizeLong();
     hamlet::v1::PushResponse response;
-    CallResult result = CallWithRetry(options.retry, token_, [&](grpc::ClientContext* context) {
-      return stub.Push(context, request, &response);
-    });
+    const absl::Time sent = absl::Now();
+    CallResult result = CallWithRetry(Paced(options.retry, *pace, request_bytes), token_,
+                                      [&](grpc::ClientContext* context) {
+                                        return stub.Push(context, request, &response);
+                                      });
+    if (result.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      // Too big for the link as it is now: smaller, not the same again.
+      if (++timeouts >= options.retry.max_attempts) {
+        return FromGrpc(result.status, absl::StrCat("push of batch ", pending->batch_id(), " (", timeouts,
+                                                    " attempts, each smaller, ran out of time)"));
+      }
+      pace->TimedOut();
+      HAMLET_RETURN_IF_ERROR(SplitPendingBatch(*pending, items));
+      continue;
+    }
+    timeouts = 0;
     if (Refused(result.status.error_code()) && result.reason != "CLOCK_SKEW") {
       // Sending it again cannot succeed: set the batch's edits aside where the
       // user can see them, and go on with the rest of the outbox.
@@ -140,6 +209,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
       continue;
     }
     if (!result.status.ok()) return FromGrpc(result.status, absl::StrCat("push of batch ", pending->batch_id()));
+    pace->Finished(request_bytes, absl::Now() - sent);
     // The changes the server set aside go where the user can see them, with
     // its reason; the rest of the batch arrived.
     std::map<uint32_t, std::string> set_aside;
@@ -160,11 +230,34 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     ++report->batches_pushed;
     report->records_pushed += request.changes_size() - set_aside.size();
     report->changes_set_aside += set_aside.size();
+    progress.records_done += request.changes_size();
+    for (const Record& change : request.changes()) progress.bytes_done += change.ByteSizeLong();
+    tell();
   }
 }
 
 absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
-                                  SyncReport* report) {
+                                  LinkPace* pace, SyncReport* report) {
+  const absl::Time start = absl::Now();
+  SyncProgress progress;
+  progress.phase = SyncProgress::Phase::kPull;
+  const auto tell = [&](uint64_t remaining) {
+    if (!options.on_progress) return;
+    progress.records_done = report->records_pulled;
+    progress.records_total = report->records_pulled + remaining;
+    // What remains is estimated at the size of what came so far.
+    progress.bytes_total = progress.records_done == 0
+                               ? 0
+                               : progress.bytes_done + progress.bytes_done * remaining / progress.records_done;
+    progress.bytes_per_second = pace->bytes_per_second();
+    progress.elapsed = absl::Now() - start;
+    progress.left = progress.bytes_total == 0
+                        ? absl::InfiniteDuration()
+                        : TimeLeft(progress.bytes_done, progress.bytes_total, progress.bytes_per_second);
+    options.on_progress(progress);
+  };
+  tell(0);
+  int timeouts = 0;
   // Fields with unsynced edits, per record: a pulled value must not replace them.
   std::unordered_map<std::string, sync::FieldNumbers> unsynced;
   HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> outbox, store_->ReadOutbox(SIZE_MAX));
@@ -178,10 +271,22 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     request.set_scope_unit_code(options.scope_unit_code);
     request.set_cursor(cursor);
     request.set_page_size(static_cast<uint32_t>(options.page_size));
+    const size_t budget = pace->budget_bytes();
+    request.set_max_page_bytes(static_cast<uint32_t>(budget));
     hamlet::v1::PullResponse response;
-    CallResult result = CallWithRetry(options.retry, token_, [&](grpc::ClientContext* context) {
+    const absl::Time sent = absl::Now();
+    CallResult result = CallWithRetry(Paced(options.retry, *pace, budget), token_, [&](grpc::ClientContext* context) {
       return stub.Pull(context, request, &response);
     });
+    if (result.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      if (++timeouts >= options.retry.max_attempts) {
+        return FromGrpc(result.status,
+                        absl::StrCat("pull (", timeouts, " attempts, each asking for less, ran out of time)"));
+      }
+      pace->TimedOut();
+      continue;
+    }
+    timeouts = 0;
     if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && result.reason == "CURSOR_INVALIDATED" &&
         !report->cursor_reset) {
       // The server no longer knows our place (restored, or another server):
@@ -191,6 +296,9 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
       continue;
     }
     if (!result.status.ok()) return FromGrpc(result.status, "pull");
+    const size_t response_bytes = response.ByteSizeLong();
+    pace->Finished(response_bytes, absl::Now() - sent);
+    progress.bytes_done += response_bytes;
     std::vector<Record> states;
     states.reserve(response.records_size());
     for (const Record& pulled : response.records()) {
@@ -206,9 +314,7 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     HAMLET_RETURN_IF_ERROR(
         store_->SavePulledPage(states, options.scope_unit_code, response.next_cursor(), clock_.Last()));
     report->records_pulled += states.size();
-    if (options.on_pull_progress) {
-      options.on_pull_progress(report->records_pulled, report->records_pulled + response.remaining());
-    }
+    tell(response.remaining());
     if (response.remaining() == 0) return absl::OkStatus();
   }
 }

@@ -59,17 +59,39 @@ class FieldDevice {
   // Marks record `id` deleted. NOT_FOUND if the device has no such record.
   absl::Status Delete(const std::string& id);
 
+  // Where a sync stands, for a progress display.
+  struct SyncProgress {
+    enum class Phase { kPush, kPull };
+    Phase phase = Phase::kPush;
+    // Push: changes the server has of those in the outbox when the push
+    // began. Pull: records pulled, and that plus what the server says remains.
+    uint64_t records_done = 0;
+    uint64_t records_total = 0;
+    // Bytes moved in this phase, as serialized (gRPC may compress them on the
+    // wire), and the phase's total: exact for a push, estimated for a pull
+    // from the records' average size so far.
+    uint64_t bytes_done = 0;
+    uint64_t bytes_total = 0;
+    // The rate the link has shown (LinkPace), bytes a second; 0 before the first call.
+    double bytes_per_second = 0;
+    absl::Duration elapsed;
+    // Estimated time to the end of the phase; InfiniteDuration() if unknown.
+    absl::Duration left = absl::InfiniteDuration();
+  };
   struct SyncOptions {
     // Commune code to pull, or "" for everything the server lets this device see.
     std::string scope_unit_code;
+    // Most changes in one push and records in one pull page; the bytes of
+    // each call are set by `pace`.
     int batch_records = 200;
     int page_size = 500;
-    // Deadline, attempts and backoff of each call.
+    // How calls are sized in bytes and given deadlines (LinkPace).
+    LinkPace::Options pace;
+    // Attempts and backoff of each call (and the deadline of unpaced calls).
     RetryPolicy retry;
     std::string app_version = "hamlet-field/0.1";
-    // Told after each pulled page: records pulled so far in this sync, and that
-    // plus what the server says remains.
-    std::function<void(uint64_t pulled, uint64_t total)> on_pull_progress;
+    // Told when each phase starts and after each call of it.
+    std::function<void(const SyncProgress&)> on_progress;
   };
   struct SyncReport {
     uint64_t batches_pushed = 0;
@@ -102,8 +124,14 @@ class FieldDevice {
   FieldDevice(std::unique_ptr<storage::DeviceStore> store, const sync::PhysicalClock* clock);
   absl::Status SaveEdit(const hamlet::v1::Record& change, hamlet::v1::Record state);
   absl::Status PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
-                          SyncReport* report);
-  absl::Status PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, SyncReport* report);
+                          LinkPace* pace, SyncReport* report);
+  absl::Status PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, LinkPace* pace,
+                       SyncReport* report);
+  // Replaces the pending batch, which timed out, by a new one holding the
+  // first half of its changes, so the next attempt is smaller. Each change
+  // still reaches the server once in effect: if the old batch did arrive,
+  // merging its changes again changes nothing.
+  absl::Status SplitPendingBatch(const storage::PendingBatch& pending, const std::vector<storage::OutboxItem>& items);
 
   std::unique_ptr<storage::DeviceStore> store_;
   sync::HybridClock clock_;

@@ -5,7 +5,9 @@
 #include <fstream>
 #include <sstream>
 #include <iostream>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -15,6 +17,8 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "sync/merge.h"
@@ -144,6 +148,9 @@ int Edit(hamlet::field::FieldDevice& device, const std::string& id) {
 std::unique_ptr<hamlet::v1::SyncService::Stub> Connect() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
+  // Requests go gzip-compressed; the server compresses its answers for any
+  // client that accepts gzip (gRPC's own negotiation).
+  args.SetCompressionAlgorithm(GRPC_COMPRESS_GZIP);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (const std::string ca = absl::GetFlag(FLAGS_tls_ca_file); !ca.empty()) {
     std::ifstream in(ca);
@@ -179,14 +186,72 @@ int Resolve(hamlet::field::FieldDevice& device, const std::string& id) {
   return 0;
 }
 
+std::string Kilobytes(uint64_t bytes) { return absl::StrCat(WithThousands((bytes + 512) / 1024), " KB"); }
+
+// Prints a sync's progress to stderr: after each call, and every 2 s while a
+// call is in flight, so that a slow link never leaves the user without news.
+class ProgressLine {
+ public:
+  using SyncProgress = hamlet::field::FieldDevice::SyncProgress;
+
+  ProgressLine() : ticker_([this] { Tick(); }) {}
+  ~ProgressLine() {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    ticker_.join();
+  }
+
+  void Update(const SyncProgress& progress) {
+    absl::MutexLock lock(&mu_);
+    last_ = progress;
+    updated_ = absl::Now();
+    PrintLocked();
+  }
+
+ private:
+  void Tick() {
+    absl::MutexLock lock(&mu_);
+    while (!mu_.AwaitWithTimeout(absl::Condition(&done_), absl::Milliseconds(250))) {
+      if (last_.has_value() && absl::Now() - printed_ >= absl::Seconds(2)) PrintLocked();
+    }
+  }
+
+  void PrintLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const SyncProgress& p = *last_;
+    const bool push = p.phase == SyncProgress::Phase::kPush;
+    const absl::Duration elapsed = p.elapsed + (absl::Now() - updated_);
+    std::string line = absl::StrCat(push ? "pushed " : "pulled ", WithThousands(p.records_done), " of ",
+                                    WithThousands(p.records_total), push ? " changes" : " records", ", ",
+                                    Kilobytes(p.bytes_done));
+    if (p.bytes_total > 0) absl::StrAppend(&line, " of ", push ? "" : "~", Kilobytes(p.bytes_total));
+    if (p.bytes_per_second > 0) {
+      absl::StrAppend(&line, ", ", Kilobytes(static_cast<uint64_t>(p.bytes_per_second)), "/s");
+    }
+    absl::StrAppend(&line, ", ", absl::FormatDuration(absl::Trunc(elapsed, absl::Seconds(1))));
+    if (p.left != absl::InfiniteDuration()) {
+      absl::StrAppend(&line, ", about ", absl::FormatDuration(absl::Ceil(p.left, absl::Seconds(1))), " left");
+    }
+    std::fprintf(stderr, "%s\n", line.c_str());
+    printed_ = absl::Now();
+  }
+
+  absl::Mutex mu_;
+  std::optional<SyncProgress> last_ ABSL_GUARDED_BY(mu_);
+  absl::Time updated_ ABSL_GUARDED_BY(mu_);
+  absl::Time printed_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread ticker_;
+};
+
 int Sync(hamlet::field::FieldDevice& device) {
   auto stub = Connect();
   hamlet::field::FieldDevice::SyncOptions options = OptionsFromFlags();
   options.batch_records = absl::GetFlag(FLAGS_batch_records);
   options.page_size = absl::GetFlag(FLAGS_page_size);
-  options.on_pull_progress = [](uint64_t pulled, uint64_t total) {
-    std::fprintf(stderr, "pulled %s of %s records\n", WithThousands(pulled).c_str(), WithThousands(total).c_str());
-  };
+  ProgressLine progress;
+  options.on_progress = [&progress](const ProgressLine::SyncProgress& p) { progress.Update(p); };
   auto report = device.Sync(*stub, options);
   if (!report.ok()) return Fail(report.status());
   std::printf("synced: pushed %d records in %d batches, pulled %d records%s%s\n",

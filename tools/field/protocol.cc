@@ -63,11 +63,44 @@ CallResult CallWithRetry(const RetryPolicy& policy, const std::string& token,
     if (auto it = trailers.find("hamlet-error-reason"); it != trailers.end()) {
       result.reason.assign(it->second.data(), it->second.size());
     }
-    if (result.status.ok() || !Retryable(result.status.error_code()) || attempt >= policy.max_attempts) {
+    const bool timed_out = result.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (result.status.ok() || !Retryable(result.status.error_code()) || attempt >= policy.max_attempts ||
+        (timed_out && policy.on_deadline == RetryPolicy::OnDeadline::kReturn)) {
       return result;
     }
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff * absl::Uniform(gen, 0.5, 1.5)));
     backoff = std::min(backoff * 2, policy.max_backoff);
+  }
+}
+
+LinkPace::LinkPace(const Options& options)
+    : options_(options), budget_(std::clamp(options.first_bytes, options.min_bytes, options.max_bytes)) {}
+
+absl::Duration LinkPace::DeadlineFor(size_t bytes) const {
+  const double rate = rate_ > 0 ? rate_ : options_.assumed_bytes_per_second;
+  return options_.overhead + absl::Seconds(options_.slack * static_cast<double>(bytes) / rate);
+}
+
+void LinkPace::Finished(size_t bytes, absl::Duration took) {
+  // The time includes the round trips, so a small call understates the
+  // rate: deadlines err long, which is the safe side.
+  const double seconds = std::max(absl::ToDoubleSeconds(took), 1e-3);
+  const double sample = static_cast<double>(bytes) / seconds;
+  rate_ = rate_ > 0 ? (rate_ + sample) / 2 : sample;
+  if (took < options_.quick) {
+    budget_ = std::min(budget_ * 2, options_.max_bytes);
+  } else if (took > options_.quick * 4) {
+    budget_ = std::max(budget_ / 2, options_.min_bytes);
+  }
+}
+
+void LinkPace::TimedOut() {
+  budget_ = std::max(budget_ / 2, options_.min_bytes);
+  // Whatever was measured, or assumed, overstated what the link does now.
+  if (rate_ > 0) {
+    rate_ /= 2;
+  } else {
+    options_.assumed_bytes_per_second /= 2;
   }
 }
 
