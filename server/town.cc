@@ -661,14 +661,17 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
                                              options_.max_page_bytes);
   hamlet::v1::PullResponse response;
   storage::ChangePage page;
-  // Records the caller may not read are skipped; a page of nothing but those
-  // is followed by the next (a few at most), so a device rarely gets an empty
-  // page while changes remain.
-  for (int pages = 0; pages < 8 && response.records_size() == 0; ++pages) {
+  // Records the caller may not read are skipped, and so are those it wrote
+  // every value of if it asks (it holds them already: no echo of its push). A page of
+  // nothing but those is followed by the next, so a device rarely gets an
+  // empty page while changes remain; a phone that pushed a week of work
+  // skips past all of it in a few calls.
+  for (int pages = 0; pages < 64 && response.records_size() == 0; ++pages) {
     HAMLET_ASSIGN_OR_RETURN(page, store_->ReadChanges(IndexScope(commune), after, page_size, page_bytes,
                                                       storage::CountRemaining::kYes));
     absl::MutexLock lock(&units_mu_);
     for (Record& record : page.records) {
+      if (request.omit_own_writes() && sync::WrittenOnlyBy(record, caller.device_id)) continue;
       if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
       sync::Redact(caller.principal, &record);
       *response.add_records() = std::move(record);

@@ -442,4 +442,20 @@ bool MergeRecord(const Record& change, Record* state, const FieldNumbers& keep_l
   return state->SerializeAsString() != before;
 }
 
+bool WrittenOnlyBy(const Record& state, absl::string_view node) {
+  if (state.field_stamps_size() == 0 && !state.deleted()) return false;
+  if (state.conflicts_size() > 0) return false;
+  const auto by = [node](const hamlet::v1::Stamp& stamp) { return stamp.node() == node; };
+  for (const hamlet::v1::FieldStamp& fs : state.field_stamps()) {
+    if (!by(fs.stamp())) return false;
+    if (fs.has_removed() && !by(fs.removed())) return false;
+    if (fs.has_supersedes() && !by(fs.supersedes())) return false;
+  }
+  if (state.deleted() && !by(state.deleted_stamp())) return false;
+  for (const hamlet::v1::SupersededValue& lost : state.superseded()) {
+    if (!by(lost.stamp())) return false;
+  }
+  return true;
+}
+
 }  // namespace hamlet::sync

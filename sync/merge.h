@@ -5,6 +5,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "hamlet/v1/sync.pb.h"
 
 namespace hamlet::sync {
@@ -71,6 +72,14 @@ void PutFieldStamp(hamlet::v1::Record* record, const hamlet::v1::FieldStamp& ent
 
 // The open conflict on lifecycle field `field`, or nullptr.
 const hamlet::v1::Conflict* FindConflict(const hamlet::v1::Record& record, uint32_t field);
+
+// True if every value `state` holds was written by `node`: it has a stamp,
+// and every stamp in it (field, element, removal, supersedes, deletion, and
+// those of superseded values) names `node`, with no open conflict. The device
+// `node` then holds this state already, but for server_seq: it wrote each
+// value, and its own copy merged the same changes in the same order
+// (MergeRecord is deterministic), so a pull need not send it back.
+bool WrittenOnlyBy(const hamlet::v1::Record& state, absl::string_view node);
 
 }  // namespace hamlet::sync
 

@@ -564,5 +564,41 @@ RC_GTEST_PROP(MergeLaws, ConvergesAndLosesNothing, ()) {
   }
 }
 
+// The law behind a pull that sends no echo (WrittenOnlyBy): when every value
+// of the server's state, merged from every device's changes in any order, was
+// written by one device, that state is byte for byte the copy the device
+// built from its own changes alone.
+RC_GTEST_PROP(MergeLaws, AStateWrittenOnlyByOneDeviceIsThatDevicesOwnCopy, ()) {
+  const History h = RandomHistory(8);
+  std::vector<Record> delivery = h.changes;
+  for (size_t i = delivery.size(); i > 1; --i) std::swap(delivery[i - 1], delivery[*rc::gen::inRange<size_t>(0, i)]);
+  Record server;
+  for (const Record& c : delivery) MergeRecord(c, &server);
+  const auto node_of = [](const Record& change) {
+    return change.field_stamps_size() > 0 ? change.field_stamps(0).stamp().node() : change.deleted_stamp().node();
+  };
+  const std::string node = node_of(h.changes[*rc::gen::inRange<size_t>(0, h.changes.size())]);
+  Record own;
+  for (const Record& c : h.changes) {
+    if (node_of(c) == node) MergeRecord(c, &own);
+  }
+  const bool only = WrittenOnlyBy(server, node);
+  RC_TAG(only ? "written only by the device" : "others' values too");
+  if (only) RC_ASSERT(Bytes(server) == Bytes(own));
+}
+
+TEST(MergeTest, WrittenOnlyByNamesTheOneWriterOfEveryValue) {
+  Record created = NewCase(kId, "07132", MakeStamp(1000, 0, "a"), "first summary");
+  EXPECT_TRUE(WrittenOnlyBy(created, "a"));
+  EXPECT_FALSE(WrittenOnlyBy(created, "b"));
+  EXPECT_FALSE(WrittenOnlyBy(Record(), "a"));
+  Record edit = EmptyChangeOf(created);
+  edit.mutable_mediation_case()->set_summary("B's summary");
+  SetFieldStamp(&edit, MediationCase::kSummaryFieldNumber, MakeStamp(2000, 0, "b"));
+  Record state = Merged({&created, &edit});
+  EXPECT_FALSE(WrittenOnlyBy(state, "b"));  // a's summary is kept as superseded.
+  EXPECT_FALSE(WrittenOnlyBy(state, "a"));
+}
+
 }  // namespace
 }  // namespace hamlet::sync

@@ -271,6 +271,8 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     request.set_scope_unit_code(options.scope_unit_code);
     request.set_cursor(cursor);
     request.set_page_size(static_cast<uint32_t>(options.page_size));
+    // Its own pushes are merged into its copies already (SaveEdit).
+    request.set_omit_own_writes(true);
     const size_t budget = pace->budget_bytes();
     request.set_max_page_bytes(static_cast<uint32_t>(budget));
     hamlet::v1::PullResponse response;
