@@ -641,7 +641,7 @@ absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::st
 }
 
 std::string Town::MakeCursor(const std::string& commune, uint64_t seq) const {
-  sync::Cursor cursor{store_->server_id(), store_->epoch(), commune, seq};
+  sync::Cursor cursor{store_->server_id(), store_->epoch(), commune, seq, ""};
   cursor.tag = CursorTag(cursor);
   return sync::EncodeCursor(cursor);
 }

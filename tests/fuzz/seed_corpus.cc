@@ -134,7 +134,7 @@ void PushSeeds() {
   hamlet::v1::PullRequest pull;
   pull.set_device_id(kDevice);
   pull.set_scope_unit_code("07132");
-  pull.set_cursor(sync::EncodeCursor({kServer, 1, "07132", 42}));
+  pull.set_cursor(sync::EncodeCursor({kServer, 1, "07132", 42, ""}));
   Write("push", "pull_with_cursor", WithControl(0x80 | 0x04 | 0x18, pull));  // ROLE_TOWN_OFFICER of 206
 }
 
@@ -211,11 +211,11 @@ void DecodeSeeds() {
   storage::ReplicationState replication;
   replication.set_upstream("province:7443");
   replication.set_acked_seq(12);
-  replication.set_down_cursor(sync::EncodeCursor({kServer, 2, "~reference", 9}));
+  replication.set_down_cursor(sync::EncodeCursor({kServer, 2, "~reference", 9, ""}));
   Write("decode", "replication_state", Selected(5, EncodeValue(replication)));
   storage::PullPosition position;
   position.set_scope("07132");
-  position.set_cursor(sync::EncodeCursor({kServer, 1, "07132", 42}));
+  position.set_cursor(sync::EncodeCursor({kServer, 1, "07132", 42, ""}));
   Write("decode", "pull_position", Selected(6, EncodeValue(position)));
   storage::PendingBatch pending;
   pending.set_batch_id(kBatch);
@@ -230,7 +230,7 @@ void DecodeSeeds() {
   rejected.set_reason("PERMISSION_DENIED: not yours");
   Write("decode", "rejected_edit", Selected(9, EncodeValue(rejected)));
   Write("decode", "stamp", Selected(10, EncodeValue(MakeStamp(1'796'000'000'000, 3, "node"))));
-  Write("decode", "cursor", Selected(11, sync::EncodeCursor({kServer, 1, "07132", 42})));
+  Write("decode", "cursor", Selected(11, sync::EncodeCursor({kServer, 1, "07132", 42, ""})));
   auto sealer = storage::Sealer::Create(std::string(32, 'k'), {std::string(32, 'o')});
   Write("decode", "sealed", Selected(12, *(*sealer)->Seal(created.SerializeAsString(), kCase)));
   Write("decode", "sealed_tail", Selected(13, (*sealer)->Seal("x", kCase)->substr(20)));
@@ -319,7 +319,7 @@ void StoreSeeds(const std::string& scratch) {
     pending.set_batch_id(kBatch);
     pending.set_last_outbox_seq(1);
     if (!store->SetPendingBatch(pending).ok()) std::exit(1);
-    if (!store->SavePulledPage({}, "07132", sync::EncodeCursor({kServer, 1, "07132", 2}),
+    if (!store->SavePulledPage({}, "07132", sync::EncodeCursor({kServer, 1, "07132", 2, ""}),
                                MakeStamp(1'796'000'001'000, 1, kDevice))
              .ok()) {
       std::exit(1);

@@ -22,7 +22,7 @@ RC_GTEST_PROP(CursorTest, RoundTrips, (const std::string& server_id, uint64_t ep
 
 RC_GTEST_PROP(CursorTest, TruncatedCursorIsRefused, (const std::string& scope, uint64_t seq)) {
   RC_PRE(scope.size() < 256);
-  const std::string bytes = EncodeCursor({"server", 1, scope, seq});
+  const std::string bytes = EncodeCursor({"server", 1, scope, seq, ""});
   const size_t cut = *rc::gen::inRange<size_t>(0, bytes.size());
   RC_ASSERT(DecodeCursor(bytes.substr(0, cut)).status().code() == absl::StatusCode::kInvalidArgument);
 }
@@ -42,7 +42,7 @@ TEST(CursorTest, TheTagGoesLastAfterThePayload) {
 TEST(CursorTest, GarbageIsInvalidArgument) {
   EXPECT_THAT(DecodeCursor("not a cursor"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(DecodeCursor(""), StatusIs(absl::StatusCode::kInvalidArgument));
-  std::string trailing = EncodeCursor({"s", 1, "07132", 5}) + "x";
+  std::string trailing = EncodeCursor({"s", 1, "07132", 5, ""}) + "x";
   EXPECT_THAT(DecodeCursor(trailing), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
