@@ -123,8 +123,7 @@ RetryPolicy Paced(const RetryPolicy& policy, const LinkPace& pace, size_t bytes)
 
 }  // namespace
 
-absl::Status FieldDevice::SplitPendingBatch(const storage::PendingBatch& pending,
-                                            const std::vector<storage::OutboxItem>& items) {
+absl::Status FieldDevice::SplitPendingBatch(const std::vector<storage::OutboxItem>& items) {
   if (items.size() < 2) return absl::OkStatus();
   absl::BitGen gen;
   storage::PendingBatch half;
@@ -195,7 +194,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
                                                     " attempts, each smaller, ran out of time)"));
       }
       pace->TimedOut();
-      HAMLET_RETURN_IF_ERROR(SplitPendingBatch(*pending, items));
+      HAMLET_RETURN_IF_ERROR(SplitPendingBatch(items));
       continue;
     }
     timeouts = 0;

@@ -127,11 +127,11 @@ class FieldDevice {
                           LinkPace* pace, SyncReport* report);
   absl::Status PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, LinkPace* pace,
                        SyncReport* report);
-  // Replaces the pending batch, which timed out, by a new one holding the
-  // first half of its changes, so the next attempt is smaller. Each change
-  // still reaches the server once in effect: if the old batch did arrive,
-  // merging its changes again changes nothing.
-  absl::Status SplitPendingBatch(const storage::PendingBatch& pending, const std::vector<storage::OutboxItem>& items);
+  // Replaces the pending batch (whose changes are `items`), which timed out,
+  // by a new one holding the first half of them, so the next attempt is
+  // smaller. Each change still reaches the server once in effect: if the old
+  // batch did arrive, merging its changes again changes nothing.
+  absl::Status SplitPendingBatch(const std::vector<storage::OutboxItem>& items);
 
   std::unique_ptr<storage::DeviceStore> store_;
   sync::HybridClock clock_;
