@@ -46,11 +46,17 @@ TEST(LinkPaceTest, SlowCallsAndTimeoutsShrinkTheNextDownToTheFloor) {
   EXPECT_EQ(pace.budget_bytes(), 2u << 10);
 }
 
-TEST(LinkPaceTest, ATimeoutBeforeAnyMeasureHalvesTheAssumedRate) {
+TEST(LinkPaceTest, ATimeoutBeforeAnyMeasureHalvesTheAssumedRateAndDoublesTheAllowance) {
   LinkPace pace;
   const absl::Duration before = pace.DeadlineFor(4 << 10);
   pace.TimedOut();
-  EXPECT_EQ(pace.DeadlineFor(4 << 10) - absl::Seconds(10), (before - absl::Seconds(10)) * 2);
+  EXPECT_EQ(pace.DeadlineFor(4 << 10), before * 2);
+  for (int i = 0; i < 10; ++i) pace.TimedOut();
+  // The allowance stops at two minutes; the transfer part keeps growing.
+  EXPECT_GT(pace.DeadlineFor(4 << 10), absl::Minutes(2));
+  // A call that finishes halves the allowance back, and sets the rate.
+  pace.Finished(4 << 10, absl::Seconds(1));
+  EXPECT_EQ(pace.DeadlineFor(4 << 10), absl::Minutes(1) + absl::Seconds(3));
 }
 
 }  // namespace

@@ -958,5 +958,36 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
   }
 }
 
+// A push too big for its deadline on a slow link is not sent again as it was: the client splits
+// the batch and slows its pace until the calls fit, and every change still arrives exactly once.
+// (The pace starts far too optimistic here, so that the first calls time out.)
+TEST_F(FaultProxyE2eTest, APushThatTimesOutIsSplitAndEveryChangeArrivesOnce) {
+  auto server = StartServer("data");
+  ASSERT_NE(server, nullptr);
+  hamlet::testing::AdminClient admin(*server);
+  auto phone = OpenPhone(dir_.Sub("phone"), "0c000000-0000-4000-8000-000000000003", sync::SystemClock::Get());
+  ASSERT_NE(phone, nullptr);
+  ASSERT_TRUE(phone->store()
+                  .SetEnrolment(admin.Enroll(phone->device_id(), hamlet::v1::ROLE_MEMBER, "07132", "hgv-split"),
+                                hamlet::v1::ROLE_MEMBER)
+                  .ok());
+  ASSERT_TRUE(phone->Sync(*NewStub(server->address()), field::FieldDevice::SyncOptions()).ok());
+  const WeekOfWork work = RecordWeekOfWork(*phone, 24, 0, 6, "hgv-split");
+  auto proxy = FaultProxy::Start(dir_.Sub("proxy"), server->address(), {"--rate_kbit=30", "--delay_ms=100"});
+  ASSERT_NE(proxy, nullptr);
+  field::FieldDevice::SyncOptions options;
+  options.pace.first_bytes = 64 << 10;
+  options.pace.overhead = absl::Milliseconds(500);
+  options.pace.assumed_bytes_per_second = 1e6;
+  options.retry.max_attempts = 12;
+  auto report = phone->Sync(*NewStub(proxy->address()), options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(proxy->Stop(), 0);
+  EXPECT_EQ(report->records_pushed, work.ids.size() + static_cast<size_t>(work.edits));
+  EXPECT_GT(report->batches_pushed, 1u);
+  EXPECT_THAT(ReadFile(dir_.Sub("data.log")), ::testing::HasSubstr("ended by its client"));
+  ExpectOnServerOnce(*server, dir_, *phone, work.ids);
+}
+
 }  // namespace
 }  // namespace hamlet

@@ -74,11 +74,13 @@ CallResult CallWithRetry(const RetryPolicy& policy, const std::string& token,
 }
 
 LinkPace::LinkPace(const Options& options)
-    : options_(options), budget_(std::clamp(options.first_bytes, options.min_bytes, options.max_bytes)) {}
+    : options_(options),
+      budget_(std::clamp(options.first_bytes, options.min_bytes, options.max_bytes)),
+      overhead_(options.overhead) {}
 
 absl::Duration LinkPace::DeadlineFor(size_t bytes) const {
   const double rate = rate_ > 0 ? rate_ : options_.assumed_bytes_per_second;
-  return options_.overhead + absl::Seconds(options_.slack * static_cast<double>(bytes) / rate);
+  return overhead_ + absl::Seconds(options_.slack * static_cast<double>(bytes) / rate);
 }
 
 void LinkPace::Finished(size_t bytes, absl::Duration took) {
@@ -87,6 +89,7 @@ void LinkPace::Finished(size_t bytes, absl::Duration took) {
   const double seconds = std::max(absl::ToDoubleSeconds(took), 1e-3);
   const double sample = static_cast<double>(bytes) / seconds;
   rate_ = rate_ > 0 ? (rate_ + sample) / 2 : sample;
+  overhead_ = std::max(overhead_ / 2, options_.overhead);
   if (took < options_.quick) {
     budget_ = std::min(budget_ * 2, options_.max_bytes);
   } else if (took > options_.quick * 4) {
@@ -96,6 +99,7 @@ void LinkPace::Finished(size_t bytes, absl::Duration took) {
 
 void LinkPace::TimedOut() {
   budget_ = std::max(budget_ / 2, options_.min_bytes);
+  overhead_ = std::min(overhead_ * 2, std::max(options_.max_overhead, options_.overhead));
   // Whatever was measured, or assumed, overstated what the link does now.
   if (rate_ > 0) {
     rate_ /= 2;

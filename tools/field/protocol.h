@@ -52,8 +52,12 @@ class LinkPace {
     // that took more than four times this, half as big.
     absl::Duration quick = absl::Seconds(2);
     // Allowed on top of the transfer for round trips, connecting and the
-    // server's work (its sync to disk).
+    // server's work (its sync to disk). Doubled by each timeout (bytes a
+    // cancelled call already sent still drain through the link's buffers
+    // ahead of the next call), up to max_overhead, and halved back by each
+    // call that finishes.
     absl::Duration overhead = absl::Seconds(10);
+    absl::Duration max_overhead = absl::Minutes(2);
     // A deadline allows this many times the transfer time at the rate known.
     double slack = 3;
     // The rate assumed before a call was measured, in bytes a second (about
@@ -77,6 +81,7 @@ class LinkPace {
   Options options_;
   size_t budget_;
   double rate_ = 0;
+  absl::Duration overhead_;
 };
 
 struct CallResult {
