@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -942,9 +943,11 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
               << " edits (" << pushed_bytes / 1024 << " KiB serialized) in " << run.seconds << " s; wire bytes up "
               << run.proxy.at("bytes_up") << ", down " << run.proxy.at("bytes_down") << "; connections "
               << run.proxy.at("connections") << ", cuts " << run.proxy.at("cuts") << "\n";
-    // Compressed on the way up, and not downloaded again on the way down.
+    // Compressed on the way up, and not downloaded again on the way down: under 5% of what
+    // went up, or under 2 KiB for a small week (a sync's answers cost about half a KiB of
+    // headers, acknowledgements and cursors whatever it carries).
     EXPECT_LT(run.proxy.at("bytes_up"), pushed_bytes / 2);
-    EXPECT_LT(run.proxy.at("bytes_down"), run.proxy.at("bytes_up") / 20);
+    EXPECT_LT(run.proxy.at("bytes_down"), std::max<uint64_t>(run.proxy.at("bytes_up") / 20, 2048));
 
     auto phone = field::FieldDevice::Open(dir_.Sub(link.name), sync::SystemClock::Get());
     ASSERT_TRUE(phone.ok()) << phone.status();
