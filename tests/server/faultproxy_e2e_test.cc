@@ -857,17 +857,28 @@ LinkRun SyncThroughLink(const hamlet::testing::TempDir& dir, const std::string& 
   return run;
 }
 
+// A phone with id `device_id` in `dir`, enrolled on `server` as `role` of `unit` for `person`;
+// nullptr on failure (with the test failed).
+std::unique_ptr<field::FieldDevice> EnrolledPhone(const std::string& dir, const std::string& device_id,
+                                                  const ServerProcess& server, hamlet::v1::Role role,
+                                                  const std::string& unit, const std::string& person) {
+  auto phone = OpenPhone(dir, device_id, sync::SystemClock::Get());
+  if (phone == nullptr) return nullptr;
+  hamlet::testing::AdminClient admin(server);
+  const absl::Status saved = phone->store().SetEnrolment(admin.Enroll(device_id, role, unit, person), role);
+  EXPECT_TRUE(saved.ok()) << saved;
+  if (!saved.ok()) return nullptr;
+  phone->set_role(role);
+  return phone;
+}
+
 // Every one of `ids` is on the server once, as the phone holds it (read by a town officer on a
 // direct line), and the server holds nothing else but the reference units.
 void ExpectOnServerOnce(const ServerProcess& server, const hamlet::testing::TempDir& dir, field::FieldDevice& phone,
                         const std::vector<std::string>& ids) {
-  hamlet::testing::AdminClient admin(server);
-  auto officer = OpenPhone(dir.Sub("officer"), "0ff1ce00-0000-4000-8000-000000000001", sync::SystemClock::Get());
+  auto officer = EnrolledPhone(dir.Sub("officer"), "0ff1ce00-0000-4000-8000-000000000001", server,
+                               hamlet::v1::ROLE_TOWN_OFFICER, "206", "officer");
   ASSERT_NE(officer, nullptr);
-  ASSERT_TRUE(officer->store()
-                  .SetEnrolment(admin.Enroll(officer->device_id(), hamlet::v1::ROLE_TOWN_OFFICER, "206", "officer"),
-                                hamlet::v1::ROLE_TOWN_OFFICER)
-                  .ok());
   auto stub = NewStub(server.address());
   auto report = officer->Sync(*stub, field::FieldDevice::SyncOptions());
   ASSERT_TRUE(report.ok()) << report.status();
@@ -897,31 +908,26 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
 #endif
   auto server = StartServer("data");
   ASSERT_NE(server, nullptr);
-  hamlet::testing::AdminClient admin(*server);
   struct Link {
     std::string name;
+    std::string device_id;
     std::vector<std::string> flags;
     int cases, tips, edits;
   };
   const std::vector<Link> links = {
-      {"rural3g", {"--seed=3", "--rate_kbit=100", "--delay_ms=200", "--cut=0.05"}, kCases, kTips, kEdits},
-      {"2g", {"--seed=4", "--rate_kbit=30", "--delay_ms=300", "--cut=0.5"}, kSmall * 7 / 10, kSmall * 3 / 10,
-       kSmall / 3},
+      {"rural3g", "0a000000-0000-4000-8000-000000000001",
+       {"--seed=3", "--rate_kbit=100", "--delay_ms=200", "--cut=0.05"}, kCases, kTips, kEdits},
+      {"2g", "0b000000-0000-4000-8000-000000000002", {"--seed=4", "--rate_kbit=30", "--delay_ms=300", "--cut=0.5"},
+       kSmall * 7 / 10, kSmall * 3 / 10, kSmall / 3},
   };
   for (const Link& link : links) {
     SCOPED_TRACE(link.name);
     WeekOfWork work;
     uint64_t pushed_bytes = 0;
     {
-      auto phone = OpenPhone(dir_.Sub(link.name), link.name == "2g" ? "0b000000-0000-4000-8000-000000000002"
-                                                                      : "0a000000-0000-4000-8000-000000000001",
-                             sync::SystemClock::Get());
+      auto phone = EnrolledPhone(dir_.Sub(link.name), link.device_id, *server, hamlet::v1::ROLE_MEMBER, "07132",
+                                 "hgv-" + link.name);
       ASSERT_NE(phone, nullptr);
-      ASSERT_TRUE(phone->store()
-                      .SetEnrolment(admin.Enroll(phone->device_id(), hamlet::v1::ROLE_MEMBER, "07132",
-                                                 "hgv-" + link.name),
-                                    hamlet::v1::ROLE_MEMBER)
-                      .ok());
       // Set up in the office, on the server's own network: the admin units come down there.
       auto office = phone->Sync(*NewStub(server->address()), field::FieldDevice::SyncOptions());
       ASSERT_TRUE(office.ok()) << office.status();
@@ -967,13 +973,9 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
 TEST_F(FaultProxyE2eTest, APushThatTimesOutIsSplitAndEveryChangeArrivesOnce) {
   auto server = StartServer("data");
   ASSERT_NE(server, nullptr);
-  hamlet::testing::AdminClient admin(*server);
-  auto phone = OpenPhone(dir_.Sub("phone"), "0c000000-0000-4000-8000-000000000003", sync::SystemClock::Get());
+  auto phone = EnrolledPhone(dir_.Sub("phone"), "0c000000-0000-4000-8000-000000000003", *server,
+                             hamlet::v1::ROLE_MEMBER, "07132", "hgv-split");
   ASSERT_NE(phone, nullptr);
-  ASSERT_TRUE(phone->store()
-                  .SetEnrolment(admin.Enroll(phone->device_id(), hamlet::v1::ROLE_MEMBER, "07132", "hgv-split"),
-                                hamlet::v1::ROLE_MEMBER)
-                  .ok());
   ASSERT_TRUE(phone->Sync(*NewStub(server->address()), field::FieldDevice::SyncOptions()).ok());
   const WeekOfWork work = RecordWeekOfWork(*phone, 24, 0, 6, "hgv-split");
   auto proxy = FaultProxy::Start(dir_.Sub("proxy"), server->address(), {"--rate_kbit=30", "--delay_ms=100"});
