@@ -73,6 +73,7 @@ absl::StatusOr<std::string> NewCursorKey() {
   }
   return key;
 }
+
 const std::vector<std::string>& FamilyNames() {
   static const auto* names = new std::vector<std::string>{
       "default", "records", "changes", "commune_changes", "devices", "batches", "enrolments", "audit", "conflicted",
@@ -463,14 +464,17 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
     absl::MutexLock lock(&store->sync_mu_);
     store->written_seq_ = store->last_seq_.load();
   }
-  if (db->Get(rocksdb::ReadOptions(), store->meta_, "cursor_key", &store->cursor_key_).IsNotFound()) {
+  // A store made before cursors were authenticated gets its key now.
+  if (const rocksdb::Status got = db->Get(rocksdb::ReadOptions(), store->meta_, "cursor_key", &store->cursor_key_);
+      got.IsNotFound()) {
     HAMLET_ASSIGN_OR_RETURN(store->cursor_key_, NewCursorKey());
     rocksdb::WriteOptions write;
     write.sync = true;
     HAMLET_RETURN_IF_ERROR(
         FromRocks(db->Put(write, store->meta_, "cursor_key", store->cursor_key_), "saving the cursor key"));
-  } else if (store->cursor_key_.size() != kCursorKeyBytes) {
-    return absl::DataLossError("stored cursor_key is damaged");
+  } else {
+    HAMLET_RETURN_IF_ERROR(FromRocks(got, "reading the cursor key"));
+    if (store->cursor_key_.size() != kCursorKeyBytes) return absl::DataLossError("stored cursor_key is damaged");
   }
   if (options.sealer == nullptr &&
       !db->Get(rocksdb::ReadOptions(), store->meta_, "holds_sealed", &value).IsNotFound()) {
