@@ -149,7 +149,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     progress.left = TimeLeft(progress.bytes_done, progress.bytes_total, progress.bytes_per_second);
     options.on_progress(progress);
   };
-  tell();
+  if (progress.records_total > 0) tell();  // Nothing to push: no push to show.
   int timeouts = 0;
   while (true) {
     HAMLET_ASSIGN_OR_RETURN(std::optional<storage::PendingBatch> pending, store_->GetPendingBatch());
