@@ -662,11 +662,14 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
   hamlet::v1::PullResponse response;
   storage::ChangePage page;
   // Records the caller may not read are skipped, and so are those it wrote
-  // every value of if it asks (it holds them already: no echo of its push). A page of
-  // nothing but those is followed by the next, so a device rarely gets an
-  // empty page while changes remain; a phone that pushed a week of work
-  // skips past all of it in a few calls.
-  for (int pages = 0; pages < 64 && response.records_size() == 0; ++pages) {
+  // every value of if it asks (it holds them already: no echo of its push). A
+  // page of nothing but those is followed by the next, so a device rarely gets
+  // an empty page while changes remain: up to 8 pages, or as many as make
+  // 1 MiB when pages are small (a slow link's), so that a phone that pushed a
+  // week of work skips past it in a few calls while one call never reads
+  // more than 8 pages of the largest size.
+  const int max_reads = std::clamp((1 << 20) / std::max(page_bytes, 1), 8, 64);
+  for (int pages = 0; pages < max_reads && response.records_size() == 0; ++pages) {
     HAMLET_ASSIGN_OR_RETURN(page, store_->ReadChanges(IndexScope(commune), after, page_size, page_bytes,
                                                       storage::CountRemaining::kYes));
     absl::MutexLock lock(&units_mu_);

@@ -134,9 +134,9 @@ class Town {
   // written; checking them again could only refuse what the origin accepted.
   enum class LifecycleCheck { kMoves, kNone };
   absl::Status ValidatePushedChange(const hamlet::v1::Record& change, sync::ChangeOrigin origin) const;
-  // REQUIRES: push_mu_ held.
   // Each change is checked and merged into its record's state as left by the
   // changes before it that were not refused.
+  // REQUIRES: push_mu_ held.
   absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller,
                                       WriteCheck check, LifecycleCheck lifecycle = LifecycleCheck::kMoves,
                                       OnRefusal on_refusal = OnRefusal::kRefuseBatch);

@@ -27,6 +27,14 @@ bool GetShortString(absl::string_view* in, std::string* s) {
   return true;
 }
 
+// Reads a payload of `version` from the front of `bytes`; false if it is not one.
+bool GetPayload(absl::string_view* bytes, uint8_t version, Cursor* cursor) {
+  if (bytes->empty() || static_cast<uint8_t>((*bytes)[0]) != version) return false;
+  bytes->remove_prefix(1);
+  return GetShortString(bytes, &cursor->server_id) && GetU64(bytes, &cursor->epoch) && GetU64(bytes, &cursor->seq) &&
+         GetShortString(bytes, &cursor->scope);
+}
+
 }  // namespace
 
 std::string CursorPayload(const Cursor& cursor) {
@@ -46,14 +54,6 @@ std::string EncodeCursor(const Cursor& cursor) {
   std::string tag = cursor.tag.substr(0, kCursorTagBytes);
   tag.resize(kCursorTagBytes, '\0');
   return out + tag;
-}
-
-// Reads a payload of `version` from the front of `bytes`; false if it is not one.
-static bool GetPayload(absl::string_view* bytes, uint8_t version, Cursor* cursor) {
-  if (bytes->empty() || static_cast<uint8_t>((*bytes)[0]) != version) return false;
-  bytes->remove_prefix(1);
-  return GetShortString(bytes, &cursor->server_id) && GetU64(bytes, &cursor->epoch) && GetU64(bytes, &cursor->seq) &&
-         GetShortString(bytes, &cursor->scope);
 }
 
 absl::StatusOr<Cursor> DecodeCursor(absl::string_view bytes) {

@@ -159,8 +159,11 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
       if (items.empty()) return absl::OkStatus();
       // As many changes as the pace allows, and at least one.
       size_t take = 0, bytes = 0;
-      while (take < items.size() && (take == 0 || bytes + items[take].change.ByteSizeLong() <= pace->budget_bytes())) {
-        bytes += items[take++].change.ByteSizeLong();
+      while (take < items.size()) {
+        const size_t next = items[take].change.ByteSizeLong();
+        if (take > 0 && bytes + next > pace->budget_bytes()) break;
+        bytes += next;
+        ++take;
       }
       // The batch is fixed on disk before it is sent, so that after a crash the
       // retry carries the same id and the same content.
