@@ -19,6 +19,7 @@ enum class Relation {
   kOwnUnitAuthored,  // kOwnUnit, and the principal wrote it.
   kReferredToPolice, // A mediation case of the own commune transferred to the police.
   kWithinUnit,       // The record's unit lies anywhere below the principal's (a town, for its replicator).
+  kUnitOfConcern,    // An admin unit the principal's work names: UnitOfConcern below.
 };
 
 struct Row {
@@ -70,13 +71,15 @@ constexpr Row kRows[] = {
     {Record::kTeam, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kWrite},
     {Record::kTeam, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
     {Record::kTeam, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kWithinUnit, Reach::kWrite},
-    // Admin units: reference data everyone reads; admins and replication write.
-    {Record::kAdminUnit, hamlet::v1::ROLE_MEMBER, Relation::kAnyInServer, Reach::kRead},
-    {Record::kAdminUnit, hamlet::v1::ROLE_TEAM_LEADER, Relation::kAnyInServer, Reach::kRead},
-    {Record::kAdminUnit, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kAnyInServer, Reach::kRead},
-    {Record::kAdminUnit, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kAnyInServer, Reach::kRead},
-    {Record::kAdminUnit, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kAnyInServer, Reach::kRead},
-    {Record::kAdminUnit, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kAnyInServer, Reach::kRead},
+    // Admin units: reference data; each person reads the units their work
+    // names (a phone of one commune does not carry the province's tree);
+    // admins and replication write.
+    {Record::kAdminUnit, hamlet::v1::ROLE_MEMBER, Relation::kUnitOfConcern, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_TEAM_LEADER, Relation::kUnitOfConcern, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_COMMUNE_POLICE, Relation::kUnitOfConcern, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_COMMUNE_JUSTICE, Relation::kUnitOfConcern, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_TOWN_OFFICER, Relation::kUnitOfConcern, Reach::kRead},
+    {Record::kAdminUnit, hamlet::v1::ROLE_PROVINCE_OFFICER, Relation::kUnitOfConcern, Reach::kRead},
     {Record::kAdminUnit, hamlet::v1::ROLE_ADMIN, Relation::kAnyInServer, Reach::kWrite},
     // A lower tier takes the admin units from the province; it never sends them up.
     {Record::kAdminUnit, hamlet::v1::ROLE_REPLICATION_NODE, Relation::kAnyInServer, Reach::kRead},
@@ -86,6 +89,25 @@ constexpr Row kRows[] = {
 std::string CommuneOfPrincipal(const Principal& p, const UnitDirectory& units) {
   const std::string commune = units.CommuneOf(p.unit_code);
   return commune.empty() ? p.unit_code : commune;
+}
+
+// True if `unit` is one the principal's work names: a unit above the
+// principal's own (the town and province it reports to), or any unit in its
+// area (its commune and villages; for a town or province officer, the town or
+// province). Read from the unit itself, so a deleted unit's tombstone reaches
+// whoever held it. A unit merged away (successor_codes) stays of concern while
+// a successor is: older records still name it.
+bool UnitOfConcern(const Principal& p, const hamlet::v1::AdminUnit& unit, const UnitDirectory& units,
+                   int depth = 0) {
+  const std::string area = CommuneOfPrincipal(p, units);
+  if (units.IsWithin(p.unit_code, unit.code()) || unit.code() == area || units.IsWithin(unit.parent_code(), area)) {
+    return true;
+  }
+  if (depth >= 4) return false;  // The bound guards against a cycle of successors.
+  return std::any_of(unit.successor_codes().begin(), unit.successor_codes().end(), [&](const std::string& code) {
+    const hamlet::v1::AdminUnit* successor = units.Find(code);
+    return successor != nullptr && UnitOfConcern(p, *successor, units, depth + 1);
+  });
 }
 
 bool Holds(Relation relation, const Principal& p, const Record& record, const UnitDirectory& units) {
@@ -105,6 +127,8 @@ bool Holds(Relation relation, const Principal& p, const Record& record, const Un
     }
     case Relation::kWithinUnit:
       return units.IsWithin(record.unit_code(), p.unit_code);
+    case Relation::kUnitOfConcern:
+      return record.has_admin_unit() && UnitOfConcern(p, record.admin_unit(), units);
     case Relation::kReferredToPolice:
       return Holds(Relation::kOwnCommune, p, record, units) && record.has_mediation_case() &&
              record.mediation_case().transferred_to() == hamlet::v1::TRANSFER_TARGET_COMMUNE_POLICE;

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "tests/support/admin.h"
 #include "tests/support/server_process.h"
+#include "tests/support/records.h"
 #include "tests/support/temp_dir.h"
 #include "tools/field/device.h"
 
@@ -139,7 +140,7 @@ TEST_F(FieldE2eTest, TwoDevicesEditOfflineSyncAndEndIdentical) {
   EXPECT_EQ(a.count(tip_id), 0u);
   ASSERT_EQ(b.count(tip_id), 1u);
   b.erase(tip_id);
-  EXPECT_EQ(a.size(), 289u + 2u);
+  EXPECT_EQ(a.size(), hamlet::testing::kUnitsOfOneCommune + 2u);
   EXPECT_EQ(a, b);
   EXPECT_THAT(Field(dir_, "phone-a", {"show", case_id}).output,
               ::testing::AllOf(HasSubstr("MEDIATION_STATUS_ASSIGNED"), HasSubstr("Tranh chấp lối đi chung"),
@@ -345,7 +346,7 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
     s.erase(std::remove(s.begin(), s.end(), ','), s.end());
     return std::stoi(s);
   };
-  EXPECT_LT(number(m[2]), kRecords + 289) << "the resumed pull started over";
+  EXPECT_LT(number(m[2]), kRecords + hamlet::testing::kSeededUnits) << "the resumed pull started over";
 
   int cases = 0;
   std::map<std::string, int> summaries;
@@ -367,7 +368,7 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
   request.set_page_size(1);
   hamlet::v1::PullResponse response;
   ASSERT_TRUE(stub->Pull(&context, request, &response).ok());
-  EXPECT_EQ(response.remaining() + response.records_size(), static_cast<uint64_t>(289 + kRecords));
+  EXPECT_EQ(response.remaining() + response.records_size(), static_cast<uint64_t>(hamlet::testing::kSeededUnits + kRecords));
   EXPECT_EQ(response.records(0).server_seq(), 1u);
 }
 

@@ -478,7 +478,7 @@ TEST_F(FaultProxyE2eTest, LostAnswersDuplicatesAndCutStreamsLeaveTheSameRecords)
   ASSERT_NE(faulty_server, nullptr);
   auto proxy = FaultProxy::Start(dir_.Sub("proxy"), faulty_server->address(),
                                  {"--seed=7", "--drop_response=0.2", "--duplicate=0.3", "--cut_stream=0.3",
-                                  "--cut_after_min_bytes=256", "--cut_after_max_bytes=16384"});
+                                  "--cut_after_min_bytes=64", "--cut_after_max_bytes=2048"});
   ASSERT_NE(proxy, nullptr) << ReadFile(dir_.Sub("proxy.log"));
   EndState faulty;
   ASSERT_NO_FATAL_FAILURE(
@@ -517,8 +517,9 @@ TEST_F(FaultProxyE2eTest, LostAnswersDuplicatesAndCutStreamsLeaveTheSameRecords)
   std::cout << "); " << pushes_per_batch.size() << " batches, " << batches_seen_again
             << " of them pushed more than once\n";
 
-  // Every record came once in a pull from zero: 289 admin units, 7 cases, 4 households, a team, a tip.
-  constexpr size_t kRecords = 289 + 7 + 4 + 1 + 1;
+  // Every record came once in a pull from zero: the town's admin units, 7 cases, 4 households, a
+  // team, a tip.
+  constexpr size_t kRecords = hamlet::testing::kUnitsOfQuangYen + 7 + 4 + 1 + 1;
   EXPECT_EQ(faulty.server.size(), kRecords);
   for (const auto& [id, times] : faulty.pulled_times) EXPECT_EQ(times, 1) << id;
   for (const auto& [id, times] : clean.pulled_times) EXPECT_EQ(times, 1) << id;
@@ -592,7 +593,7 @@ TEST_F(FaultProxyE2eTest, APullCutMidStreamResumesWhereItStopped) {
     const grpc::Status status = direct->Push(&context, push, &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
   }
-  const size_t total = 289 + kCases;
+  const size_t total = hamlet::testing::kUnitsOfOneCommune + kCases;
 
   // The server gzips its pages, and the client sizes them by bytes, starting at 16 KB (a few KB
   // once compressed) and doubling while they come quickly; each connection is cut after 4 to 12
@@ -719,7 +720,7 @@ TEST_F(FaultProxyE2eTest, TwoPhonesConvergeOverRural3g) {
   field::FieldDevice::SyncOptions options = QuickRetries();
   options.retry.call_timeout = absl::Seconds(15);
   SyncTally office, field_tally;
-  // Set up in the office, on the server's own network: the 289 admin units come down there.
+  // Set up in the office, on the server's own network: its admin units come down there.
   ASSERT_TRUE(SyncUntilDone(*member, server->address(), options, &office).ok());
   ASSERT_TRUE(SyncUntilDone(*leader, server->address(), options, &office).ok());
 
@@ -885,7 +886,7 @@ void ExpectOnServerOnce(const ServerProcess& server, const hamlet::testing::Temp
   auto stub = NewStub(server.address());
   auto report = officer->Sync(*stub, field::FieldDevice::SyncOptions());
   ASSERT_TRUE(report.ok()) << report.status();
-  EXPECT_EQ(report->records_pulled, 289 + ids.size());
+  EXPECT_EQ(report->records_pulled, hamlet::testing::kUnitsOfQuangYen + ids.size());
   for (const std::string& id : ids) {
     auto on_server = officer->store().GetRecord(id);
     auto on_phone = phone.store().GetRecord(id);

@@ -12,6 +12,15 @@
 
 namespace hamlet::testing {
 
+// How many of the 289 seeded admin units (sync::ReferenceUnits) each reader
+// receives: a device of one commune gets the province, its town, its commune
+// and the commune's 12 villages; a town officer of Quảng Yên (206) the
+// province, the town and its 19 communes with their villages; a replication
+// node all of them.
+inline constexpr size_t kSeededUnits = 289;
+inline constexpr size_t kUnitsOfOneCommune = 1 + 1 + 1 + 12;
+inline constexpr size_t kUnitsOfQuangYen = 1 + 1 + 19 * 13;
+
 inline hamlet::v1::Stamp MakeStamp(int64_t physical_ms, uint32_t logical, const std::string& node) {
   hamlet::v1::Stamp s;
   s.set_physical_ms(physical_ms);

@@ -47,6 +47,39 @@ TEST_F(AccessTest, AReplicationNodeReadsAdminUnitsButNeverWritesThem) {
   EXPECT_EQ(ReachOf(Replicator("206"), unit, units_), Reach::kRead);
 }
 
+// A phone carries the admin units its person's work names, not the province's tree: the units
+// above its own, and those of its commune (or, for an officer, of the town it serves).
+TEST_F(AccessTest, EachPersonReadsTheAdminUnitsTheirWorkNames) {
+  const auto reads = [this](const Principal& p, const std::string& code) {
+    Record unit;
+    unit.set_id(kId);
+    unit.set_unit_code("22");
+    *unit.mutable_admin_unit() = *units_.Find(code);
+    return ReachOf(p, unit, units_) >= Reach::kRead;
+  };
+  const Principal member{hamlet::v1::ROLE_MEMBER, "07132-K03", "m"};
+  for (const char* code : {"22", "206", "07132", "07132-K03", "07132-K12"}) EXPECT_TRUE(reads(member, code)) << code;
+  for (const char* code : {"07135", "07135-K01", "207", "07192"}) EXPECT_FALSE(reads(member, code)) << code;
+
+  const Principal justice{hamlet::v1::ROLE_COMMUNE_JUSTICE, "07132", "j"};
+  EXPECT_TRUE(reads(justice, "07132-K07"));
+  EXPECT_FALSE(reads(justice, "07138"));
+
+  const Principal town{hamlet::v1::ROLE_TOWN_OFFICER, "206", "t"};
+  for (const char* code : {"22", "206", "07135", "07189-K12"}) EXPECT_TRUE(reads(town, code)) << code;
+  for (const char* code : {"207", "07192", "07195-K01"}) EXPECT_FALSE(reads(town, code)) << code;
+  const Principal province{hamlet::v1::ROLE_PROVINCE_OFFICER, "22", "p"};
+  EXPECT_TRUE(reads(province, "07195-K01"));
+
+  // A commune merged into the member's stays theirs: older records still name it.
+  hamlet::v1::AdminUnit merged = *units_.Find("07138");
+  merged.set_valid_to("2025-07-01");
+  merged.add_successor_codes("07132");
+  units_.Put(merged);
+  EXPECT_TRUE(reads(member, "07138"));
+  EXPECT_FALSE(reads(member, "07138-K01")) << "its villages were not merged with it";
+}
+
 TEST_F(AccessTest, SealedRecordsAndAdminUnitsNeverLeaveTheTown) {
   Record informant = NewCase(kId, "07132", MakeStamp(1000, 0, "dev"));
   informant.mutable_informant_identity()->set_name("Nguyễn Văn A");
