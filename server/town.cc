@@ -286,6 +286,17 @@ absl::StatusOr<Town::Committed> Town::CommitMerged(const std::string& device_id,
 
 absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request, const Caller& caller) {
   HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
+  const bool lean = std::any_of(request.changes().begin(), request.changes().end(), [](const Record& change) {
+    return !change.default_node().empty() || sync::HasLeanStamps(change);
+  });
+  if (!lean) return PushWhole(request, caller);
+  hamlet::v1::PushRequest whole = request;
+  for (Record& change : *whole.mutable_changes()) sync::ExpandStamps(&change, whole.device_id());
+  return PushWhole(whole, caller);
+}
+
+absl::StatusOr<hamlet::v1::PushResponse> Town::PushWhole(const hamlet::v1::PushRequest& request,
+                                                         const Caller& caller) {
   if (!sync::IsUuid(request.batch_id())) {
     return absl::InvalidArgumentError("batch_id must be a UUID generated for this batch");
   }
@@ -677,6 +688,7 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
       if (request.omit_own_writes() && sync::WrittenOnlyBy(record, caller.device_id)) continue;
       if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
       sync::Redact(caller.principal, &record);
+      if (request.lean_stamps()) sync::LeanStamps(&record, "");
       *response.add_records() = std::move(record);
     }
     after = page.through_seq;

@@ -76,6 +76,8 @@ class Town {
   //                        that contradicts the stored record (type, unit, author)
   //   UNAVAILABLE, RESOURCE_EXHAUSTED, DATA_LOSS   from the store
   //   FAILED_PRECONDITION  also: an illegal lifecycle move (sync/lifecycle.h)
+  // Lean stamps are filled in first (sync::ExpandStamps), so a batch is the
+  // same batch, for its receipt too, in its lean and its whole form.
   absl::StatusOr<hamlet::v1::PushResponse> Push(const hamlet::v1::PushRequest& request, const Caller& caller);
 
   // Settles an open conflict (see sync.proto). Errors: INVALID_ARGUMENT,
@@ -118,6 +120,8 @@ class Town {
   const TownOptions& options() const { return options_; }
 
  private:
+  // Push, once every stamp names its writer.
+  absl::StatusOr<hamlet::v1::PushResponse> PushWhole(const hamlet::v1::PushRequest& request, const Caller& caller);
   Town(std::unique_ptr<storage::TownStore> store, const sync::PhysicalClock* clock, const TownOptions& options);
   // A batch's merged records, only those that changed.
   struct Merged {

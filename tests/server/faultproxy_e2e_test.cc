@@ -32,6 +32,7 @@
 #include "storage/device_store.h"
 #include "sync/clock.h"
 #include "sync/merge.h"
+#include "sync/stamp.h"
 #include "tests/support/admin.h"
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
@@ -931,7 +932,7 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
   for (const Link& link : links) {
     SCOPED_TRACE(link.name);
     WeekOfWork work;
-    uint64_t pushed_bytes = 0;
+    uint64_t pushed_bytes = 0, lean_bytes = 0;
     {
       auto phone = EnrolledPhone(dir_.Sub(link.name), link.device_id, *server, hamlet::v1::ROLE_MEMBER, "07132",
                                  "hgv-" + link.name);
@@ -943,7 +944,12 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
       auto outbox = phone->store().ReadOutbox(SIZE_MAX);
       ASSERT_TRUE(outbox.ok());
       ASSERT_EQ(outbox->size(), work.ids.size() + static_cast<size_t>(work.edits));
-      for (const auto& item : *outbox) pushed_bytes += item.change.ByteSizeLong();
+      for (const auto& item : *outbox) {
+        pushed_bytes += item.change.ByteSizeLong();
+        Record lean = item.change;
+        sync::LeanStamps(&lean, link.device_id);
+        lean_bytes += lean.ByteSizeLong();
+      }
     }  // The CLI opens the store next.
 
     const LinkRun run = SyncThroughLink(dir_, link.name, *server, link.flags);
@@ -962,7 +968,8 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
     EXPECT_THAT(run.output, ::testing::HasSubstr(absl::StrCat("pushed ", work.ids.size() + work.edits, " of")));
     EXPECT_THAT(run.output, ::testing::HasSubstr("pulled "));  // ...and through the pull.
     std::cout << "[ link     ] " << link.name << ": " << work.ids.size() << " records and " << work.edits
-              << " edits (" << pushed_bytes / 1024 << " KiB serialized) in " << run.seconds << " s; wire bytes up "
+              << " edits (" << pushed_bytes / 1024 << " KiB serialized, " << lean_bytes / 1024
+              << " KiB with lean stamps) in " << run.seconds << " s; wire bytes up "
               << run.proxy.at("bytes_up") << ", down " << run.proxy.at("bytes_down") << "; connections "
               << run.proxy.at("connections") << ", cuts " << run.proxy.at("cuts") << "\n";
     // Compressed on the way up, and not downloaded again on the way down: under 5% of what

@@ -14,6 +14,7 @@
 #include "sync/clock.h"
 #include "sync/cursor.h"
 #include "sync/merge.h"
+#include "sync/stamp.h"
 #include "tests/support/admin.h"
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
@@ -188,6 +189,57 @@ TEST_F(SyncE2eTest, ANewerAppsFieldsAndEnumValuesComeBackOnPull) {
   EXPECT_THAT(client_->Push(Batch(Uuid(102), {unknown_state}), &response),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a state this server does not know")));
   EXPECT_EQ(NewSinceStart().size(), 1u);
+}
+
+// Lean stamps on the wire (docs/PROTOCOL.md, "Lean stamps"): a push whose stamps leave out the
+// pushing device's id is stored with whole stamps; it is the same batch as its whole form (a
+// retry in the other form is answered from the receipt); a pull that asks for lean stamps names
+// each record's most frequent writer once, and one that does not gets every stamp whole.
+TEST_F(SyncE2eTest, LeanStampsArriveWholeAndTravelLeanToThoseWhoAsk) {
+  const Record whole = NewCase(Uuid(1), "07132", MakeStamp(NowMs(), 0, kDevice));
+  Record lean = whole;
+  for (auto& fs : *lean.mutable_field_stamps()) fs.mutable_stamp()->clear_node();
+  ASSERT_GE(lean.field_stamps_size(), 2);
+  PushResponse first, again;
+  ASSERT_TRUE(client_->Push(Batch(Uuid(100), {lean}), &first).ok());
+  ASSERT_TRUE(client_->Push(Batch(Uuid(100), {whole}), &again).ok()) << "the same batch in its whole form";
+  EXPECT_EQ(first.SerializeAsString(), again.SerializeAsString());
+
+  std::vector<Record> pulled = NewSinceStart();
+  ASSERT_EQ(pulled.size(), 1u);
+  Record expected = whole;
+  expected.set_server_seq(first.server_seq());
+  EXPECT_EQ(pulled[0].SerializeAsString(), expected.SerializeAsString());
+
+  // Another writer's edit: the lean pull names the creator once and the editor in its stamp.
+  const std::string editor = Uuid(77);
+  Record edit = sync::EmptyChangeOf(whole);
+  edit.mutable_mediation_case()->set_summary("Hai bên đã thống nhất");
+  sync::SetFieldStamp(&edit, hamlet::v1::MediationCase::kSummaryFieldNumber, MakeStamp(NowMs() + 1, 0, ""));
+  edit.set_default_node(editor);
+  ASSERT_TRUE(client_->Push(Batch(Uuid(101), {edit}), &first).ok());
+  PullRequest request;
+  request.set_device_id(kDevice);
+  request.set_cursor(start_cursor_);
+  request.set_lean_stamps(true);
+  PullResponse response;
+  ASSERT_TRUE(client_->Pull(request, &response).ok());
+  ASSERT_EQ(response.records_size(), 1);
+  const Record got = response.records(0);
+  EXPECT_EQ(got.default_node(), kDevice);
+  int named = 0;
+  for (const auto& fs : got.field_stamps()) {
+    if (fs.stamp().node().empty()) continue;
+    ++named;
+    EXPECT_EQ(fs.stamp().node(), editor);
+  }
+  EXPECT_EQ(named, 1);
+  Record expanded = got;
+  sync::ExpandStamps(&expanded, "");
+  request.set_lean_stamps(false);
+  ASSERT_TRUE(client_->Pull(request, &response).ok());
+  EXPECT_EQ(expanded.SerializeAsString(), response.records(0).SerializeAsString());
+  EXPECT_LT(got.ByteSizeLong(), response.records(0).ByteSizeLong());
 }
 
 TEST_F(SyncE2eTest, RetriedBatchIsAppliedOnceAndAnsweredAlike) {

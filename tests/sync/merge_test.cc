@@ -587,6 +587,65 @@ RC_GTEST_PROP(MergeLaws, AStateWrittenOnlyByOneDeviceIsThatDevicesOwnCopy, ()) {
   if (only) RC_ASSERT(Bytes(server) == Bytes(own));
 }
 
+// Lean stamps (sync/stamp.h) lose nothing: a merged state, with its conflicts and superseded
+// values, and each change, come back byte for byte from their lean form, whichever node the
+// reader assumes; a lean state names its writer once and weighs less. So every merge law above
+// holds unchanged for records that travel lean.
+RC_GTEST_PROP(MergeLaws, LeanStampsComeBackWhole, ()) {
+  const History h = RandomHistory(12, 4);
+  Record state;
+  for (const Record& c : h.changes) MergeRecord(c, &state);
+  RC_TAG(state.conflicts_size() > 0 ? "with a conflict" : "no conflict",
+         state.superseded_size() > 0 ? "with superseded values" : "none superseded");
+  const std::string implied = *rc::gen::element<std::string>("", "device-0", "device-1");
+  std::vector<Record> records = h.changes;
+  records.push_back(state);
+  for (const Record& whole : records) {
+    Record lean = whole;
+    LeanStamps(&lean, implied);
+    RC_ASSERT(lean.ByteSizeLong() <= whole.ByteSizeLong());
+    RC_ASSERT(!lean.default_node().empty() || !HasLeanStamps(lean) || !implied.empty());
+    // The writer left out is named nowhere else in the lean bytes: not in a nested value either.
+    const std::string writer = lean.default_node().empty() ? implied : lean.default_node();
+    if (HasLeanStamps(lean)) {
+      const std::string bytes = lean.SerializeAsString();
+      size_t named = 0;
+      for (size_t at = bytes.find(writer); at != std::string::npos; at = bytes.find(writer, at + 1)) ++named;
+      RC_ASSERT(named == (lean.default_node().empty() ? 0u : 1u));
+    }
+    Record back = lean;
+    ExpandStamps(&back, implied);
+    RC_ASSERT(!HasLeanStamps(back));
+    RC_ASSERT(Bytes(back) == Bytes(whole));
+  }
+}
+
+TEST(MergeTest, LeanStampsNameTheMostFrequentWriterOnce) {
+  Record created = NewCase(kId, "07132", MakeStamp(1000, 0, "phone-a"), "first summary");
+  Record edit = EmptyChangeOf(created);
+  edit.mutable_mediation_case()->set_summary("B's summary");
+  SetFieldStamp(&edit, MediationCase::kSummaryFieldNumber, MakeStamp(2000, 0, "phone-b"));
+  Record state = Merged({&created, &edit});
+  Record lean = state;
+  LeanStamps(&lean, "");
+  EXPECT_EQ(lean.default_node(), "phone-a");
+  int named = 0;
+  for (const auto& fs : lean.field_stamps()) named += fs.stamp().node().empty() ? 0 : 1;
+  EXPECT_EQ(named, 1) << "only B's summary stamp names its writer";
+  // A push leaves the pushing device's own id out altogether.
+  Record change = created;
+  LeanStamps(&change, "phone-a");
+  EXPECT_TRUE(change.default_node().empty());
+  EXPECT_TRUE(HasLeanStamps(change));
+  ExpandStamps(&change, "phone-a");
+  EXPECT_EQ(Bytes(change), Bytes(created));
+  // A single stamp by another writer is cheaper left whole.
+  Record one = edit;
+  LeanStamps(&one, "someone-else");
+  EXPECT_FALSE(HasLeanStamps(one));
+  EXPECT_TRUE(one.default_node().empty());
+}
+
 TEST(MergeTest, WrittenOnlyByNamesTheOneWriterOfEveryValue) {
   Record created = NewCase(kId, "07132", MakeStamp(1000, 0, "a"), "first summary");
   EXPECT_TRUE(WrittenOnlyBy(created, "a"));

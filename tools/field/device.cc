@@ -9,6 +9,7 @@
 #include "sync/change.h"
 #include "sync/lifecycle.h"
 #include "sync/roles.h"
+#include "sync/stamp.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
 #include "tools/field/protocol.h"
@@ -123,6 +124,12 @@ RetryPolicy Paced(const RetryPolicy& policy, const LinkPace& pace, size_t bytes)
 
 }  // namespace
 
+Record FieldDevice::LeanChange(const Record& change) const {
+  Record lean = change;
+  sync::LeanStamps(&lean, device_id());
+  return lean;
+}
+
 absl::Status FieldDevice::SplitPendingBatch(const std::vector<storage::OutboxItem>& items) {
   if (items.size() < 2) return absl::OkStatus();
   absl::BitGen gen;
@@ -140,7 +147,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
   {
     HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> outbox, store_->ReadOutbox(SIZE_MAX));
     progress.records_total = outbox.size();
-    for (const storage::OutboxItem& item : outbox) progress.bytes_total += item.change.ByteSizeLong();
+    for (const storage::OutboxItem& item : outbox) progress.bytes_total += LeanChange(item.change).ByteSizeLong();
   }
   const auto tell = [&] {
     if (!options.on_progress) return;
@@ -160,7 +167,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
       // As many changes as the pace allows, and at least one.
       size_t take = 0, bytes = 0;
       while (take < items.size()) {
-        const size_t next = items[take].change.ByteSizeLong();
+        const size_t next = LeanChange(items[take].change).ByteSizeLong();
         if (take > 0 && bytes + next > pace->budget_bytes()) break;
         bytes += next;
         ++take;
@@ -180,7 +187,7 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     request.set_batch_id(pending->batch_id());
     request.set_app_version(options.app_version);
     request.set_set_aside_refused(true);
-    for (const storage::OutboxItem& item : items) *request.add_changes() = item.change;
+    for (const storage::OutboxItem& item : items) *request.add_changes() = LeanChange(item.change);
     HAMLET_ASSIGN_OR_RETURN(size_t outbox, store_->OutboxSize());
     request.set_pending_changes(static_cast<uint32_t>(outbox - std::min<size_t>(outbox, items.size())));
     const size_t request_bytes = request.ByteSizeLong();
@@ -275,6 +282,7 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     request.set_page_size(static_cast<uint32_t>(options.page_size));
     // Its own pushes are merged into its copies already (SaveEdit).
     request.set_omit_own_writes(true);
+    request.set_lean_stamps(true);
     const size_t budget = pace->budget_bytes();
     request.set_max_page_bytes(static_cast<uint32_t>(budget));
     hamlet::v1::PullResponse response;
@@ -305,7 +313,8 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     progress.bytes_done += response_bytes;
     std::vector<Record> states;
     states.reserve(response.records_size());
-    for (const Record& pulled : response.records()) {
+    for (Record& pulled : *response.mutable_records()) {
+      sync::ExpandStamps(&pulled, "");
       HAMLET_ASSIGN_OR_RETURN(std::optional<Record> local, store_->GetRecord(pulled.id()));
       Record state = local.value_or(Record());
       auto it = unsynced.find(pulled.id());

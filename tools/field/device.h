@@ -132,6 +132,9 @@ class FieldDevice {
   // smaller. Each change still reaches the server once in effect: if the old
   // batch did arrive, merging its changes again changes nothing.
   absl::Status SplitPendingBatch(const std::vector<storage::OutboxItem>& items);
+  // `change` as this device pushes it: with lean stamps, its own stamps
+  // leaving out its id (the server reads it from PushRequest.device_id).
+  hamlet::v1::Record LeanChange(const hamlet::v1::Record& change) const;
 
   std::unique_ptr<storage::DeviceStore> store_;
   sync::HybridClock clock_;

@@ -15,7 +15,7 @@
 //   --modules=DIR       where the locked install lives (the pouchdb-server script's INSTALL_DIR,
 //                       or its node_modules); default: Node's own lookup (NODE_PATH works too).
 //   --timeout_ms=N      per HTTP request, for the answer's headers and again for its body
-//                       (node-fetch's `timeout`); default 120000. See "Timeouts" below.
+//                       (node-fetch's `timeout`); default 60000. See "Timeouts" below.
 //   --max_attempts=N    replication attempts in all, both directions together; default 50.
 //   --first_backoff_ms=N, --max_backoff_ms=N
 //                       sleep between attempts: first_backoff, doubled each time up to
@@ -28,29 +28,43 @@
 // between them included; the local writes are not timed). docs_written: docs the push wrote to
 // the remote; docs_read: docs the phone read from the remote (the pull direction). Both are
 // summed over attempts, so a batch sent again after a cut counts again. attempts: replication
-// attempts in all. errors: one short message per failed attempt. "phases" gives the same per
-// direction, "local_docs" the doc count of the local database at the end. Exit status 0 when
-// every replication completed, 1 when one never did (attempts ran out or a fatal HTTP error),
-// 2 for bad usage or input. Progress goes to stderr.
+// attempts in all. errors: one short message per failed attempt. Also: "completed", "local_docs"
+// (doc count of the local database at the end), "requests" (HTTP requests to the remote, each
+// its own TCP connection), "unhandled_rejections" (see below) and "phases" (the same per
+// direction). Exit status 0 when every replication completed, 1 when one never did (attempts
+// ran out or a 4xx answer that retrying cannot fix), 2 for bad usage or input. Progress goes to
+// stderr.
 //
 // What PouchDB 9.0.0 does by default, and this script keeps (a new user's setup):
-//   - local store: the LevelDB adapter (leveldown 6), in DIR;
-//   - replicate(): batch_size 100 changes per batch, batches_limit 10, checkpoints written to
-//     both sides after every batch (so a new attempt resumes after the last whole batch);
-//   - HTTP: node-fetch 2 behind fetch-cookie, no keep-alive agent, so every request sends
-//     "Connection: close" and opens its own TCP connection; _changes read 25 at a time
-//     (CHANGES_BATCH_SIZE); docs fetched with _bulk_get (per-doc GETs, 50 at once, if the
-//     server lacks it);
+//   - local store: the LevelDB adapter (leveldown 6, prebuilt binary in the npm package), in DIR;
+//   - replicate(): batch_size 100 (the _changes feed is read with limit=100, and revs_diff,
+//     _bulk_get and _bulk_docs go 100 docs at a time), batches_limit 10, checkpoints (_local
+//     docs) written to both sides after every batch, so a new attempt resumes after the last
+//     batch whose checkpoint was written;
+//   - HTTP: node-fetch 2 behind fetch-cookie, without an agent, so every request sends
+//     "Connection: close" and opens its own TCP connection; it asks for gzip, and pouchdb-server
+//     (express-pouchdb's `compression`) compresses its answers; request bodies go uncompressed;
+//   - docs are fetched with _bulk_get, but PouchDB probes that once per database URL and process:
+//     if the first _bulk_get fails for any reason, a cut link included, it decides the server
+//     lacks it and fetches every doc with its own GET (6 at a time) for the rest of the run;
 //   - a one-shot replication does not retry by itself (PouchDB's `retry` is for live ones);
-//     this script starts it again, as an app would.
+//     this script starts it again, as an app would. An attempt that failed can go on writing
+//     the batch it was fetching in the background; its docs are counted when the report is made.
 //
 // Timeouts. PouchDB 7+ dropped the `ajax: {timeout}` option with `request`; 9.0.0 sets no
 // timeout on its fetches at all (the http adapter computes a `requestTimeout` and never uses
 // it), so a stalled request would hang forever. The remote database is therefore given a
-// `fetch` that passes node-fetch's `timeout` on each request. The default, 120 s, lets a
-// full batch (100 docs of about 1.5 KB each, with their revision histories) cross a
-// 100 kbit/s link (12.5 KB/s, so about 15 s) many times over; a dropped link shows up at once
-// anyway, as the connection is reset.
+// `fetch` that passes node-fetch's `timeout` on each request: it bounds the wait for the
+// answer's headers (upload included) and, again, the reading of its body. The default, 60 s,
+// lets a full batch (100 docs of about 1 KB with their revision histories, ~110 KB) cross a
+// 100 kbit/s link (12.5 KB/s: about 9 s) with room to spare, and a 30 kbit/s one too; a link
+// that drops shows up at once anyway, as the connection is reset. If no request is in flight
+// and none has finished for the timeout and 10 s more (a promise PouchDB dropped), the attempt
+// is cancelled and counted as failed.
+//
+// Node ends a process on an unhandled promise rejection; PouchDB leaves some of a replication's
+// promises unobserved (replicate() calls src.info() after each batch without a catch), so on a
+// flaky link the phone would crash where a browser would log. They are logged and counted.
 'use strict';
 
 const fs = require('fs');
@@ -86,7 +100,7 @@ function parseArgs(argv) {
     remote: flags.remote,
     db: flags.db,
     modules: flags.modules,
-    timeoutMs: number('timeout_ms', 120000, 1),
+    timeoutMs: number('timeout_ms', 60000, 1),
     maxAttempts: number('max_attempts', 50, 1),
     firstBackoffMs: number('first_backoff_ms', 100, 0),
     maxBackoffMs: number('max_backoff_ms', 5000, 0),
@@ -159,11 +173,29 @@ function retryable(err) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// Resolves as `attempt` does, unless the replication stalls: no request to the remote in flight
+// and none finished for the request timeout and 10 s more, which only a promise PouchDB dropped
+// can cause (a request that hangs is ended by its own timeout). Then the attempt is cancelled.
+function untilDoneOrStalled(attempt, state) {
+  const stallMs = state.options.timeoutMs + 10000;
+  let timer;
+  const watchdog = new Promise((resolve, reject) => {
+    timer = setInterval(() => {
+      if (state.net.inFlight === 0 && Date.now() - state.net.last > stallMs) {
+        attempt.cancel();
+        reject(new Error(`stalled: no request to the remote for ${stallMs} ms`));
+      }
+    }, 1000);
+  });
+  state.net.last = Date.now();
+  return Promise.race([attempt, watchdog]).finally(() => clearInterval(timer));
+}
+
 // Runs one-shot replications of src into target until one completes or the attempts run out.
 async function replicateUntilDone(PouchDB, name, src, target, state) {
-  const phase = { direction: name, attempts: 0, seconds: 0, docs_read: 0, docs_written: 0, doc_write_failures: 0,
-    completed: false };
-  state.phases.push(phase);
+  const phase = { direction: name, attempts: 0, seconds: 0, completed: false };
+  const results = [];
+  state.phases.push({ phase, results });
   const start = process.hrtime.bigint();
   let backoff = state.options.firstBackoffMs;
   try {
@@ -178,16 +210,16 @@ async function replicateUntilDone(PouchDB, name, src, target, state) {
       let result;
       let failure;
       try {
-        result = await attempt;
+        result = await untilDoneOrStalled(attempt, state);
       } catch (err) {
         failure = err;
         result = err && err.result;
       }
-      if (result) {
-        phase.docs_read += result.docs_read || 0;
-        phase.docs_written += result.docs_written || 0;
-        phase.doc_write_failures += result.doc_write_failures || 0;
-      }
+      if (!failure && result && result.status === 'cancelled') failure = new Error('stalled: cancelled');
+      // Kept, not summed now: after an attempt has failed (say its _changes request was cut),
+      // the batch it was fetching goes on in the background and may still write docs, and
+      // PouchDB counts them in this same object.
+      if (result) results.push(result);
       if (!failure && result && result.doc_write_failures > 0) {
         failure = new Error(`${result.doc_write_failures} doc write failures`);
       }
@@ -198,7 +230,8 @@ async function replicateUntilDone(PouchDB, name, src, target, state) {
       }
       const message = shortMessage(failure);
       state.errors.push(`${name}#${phase.attempts}: ${message}`);
-      log(`${name} attempt ${phase.attempts} failed: ${message}`);
+      log(`${name} attempt ${phase.attempts} failed: ${message}` +
+        (result ? ` (this attempt: ${result.docs_read} read, ${result.docs_written} written)` : ' (no result)'));
       if (!retryable(failure)) {
         log(`${name}: not retryable, giving up`);
         return false;
@@ -243,12 +276,27 @@ async function main() {
   const PouchDB = loadPouchDB(options.modules);
   const timeoutMs = options.timeoutMs;
   const local = new PouchDB(path.resolve(options.db));
+  const net = { inFlight: 0, last: Date.now(), requests: 0 };
   const remote = new PouchDB(options.remote, {
-    fetch: (url, init) => PouchDB.fetch(url, Object.assign({}, init, { timeout: timeoutMs })),
+    fetch: async (url, init) => {
+      net.inFlight++;
+      net.requests++;
+      try {
+        return await PouchDB.fetch(url, Object.assign({}, init, { timeout: timeoutMs }));
+      } finally {
+        net.inFlight--;
+        net.last = Date.now();
+      }
+    },
   });
   log(`PouchDB ${PouchDB.version}, local ${local.adapter} in ${options.db}, remote ${remote.adapter}`);
 
-  const state = { options, attempts: 0, errors: [], phases: [] };
+  const state = { options, net, attempts: 0, errors: [], phases: [], unhandled: 0 };
+  // See "Node ends a process" above.
+  process.on('unhandledRejection', (err) => {
+    state.unhandled++;
+    log(`unhandled rejection inside PouchDB (ignored, as a browser would): ${shortMessage(err)}`);
+  });
   let ok;
   let seconds;
   try {
@@ -266,8 +314,6 @@ async function main() {
     process.stderr.write(`field.js: ${err.stack || err}\n`);
     return 1;
   }
-  const sum = (direction, key) =>
-    state.phases.filter((p) => p.direction === direction).reduce((n, p) => n + p[key], 0);
   let localDocs = null;
   try {
     localDocs = (await local.info()).doc_count;
@@ -275,6 +321,16 @@ async function main() {
   } catch (err) {
     log(`local info: ${err.message}`);
   }
+  const phases = state.phases.map(({ phase, results }) => {
+    const total = (key) => results.reduce((n, r) => n + (r[key] || 0), 0);
+    return Object.assign({}, phase, {
+      seconds: Math.round(phase.seconds * 1000) / 1000,
+      docs_read: total('docs_read'),
+      docs_written: total('docs_written'),
+      doc_write_failures: total('doc_write_failures'),
+    });
+  });
+  const sum = (direction, key) => phases.filter((p) => p.direction === direction).reduce((n, p) => n + p[key], 0);
   const report = {
     seconds: Math.round(seconds * 1000) / 1000,
     docs_written: sum('push', 'docs_written'),
@@ -283,15 +339,17 @@ async function main() {
     errors: state.errors,
     completed: ok,
     local_docs: localDocs,
-    phases: state.phases.map((p) => Object.assign({}, p, { seconds: Math.round(p.seconds * 1000) / 1000 })),
+    requests: net.requests,
+    unhandled_rejections: state.unhandled,
+    phases,
   };
   process.stdout.write(JSON.stringify(report) + '\n');
   return ok ? 0 : 1;
 }
 
-main().then((code) => {
-  process.exitCode = code;
-}, (err) => {
+// Exits at once: requests of attempts that failed may still be pending (until their timeout).
+// process.stdout is synchronous for files and pipes, so the report is out by then.
+main().then((code) => process.exit(code), (err) => {
   process.stderr.write(`field.js: ${err.stack || err}\n`);
-  process.exitCode = 1;
+  process.exit(1);
 });
