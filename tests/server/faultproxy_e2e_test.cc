@@ -38,6 +38,8 @@
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
 #include "tools/field/device.h"
+#include "tools/field/week.h"
+#include "tools/harness/fault_proxy.h"
 
 namespace hamlet {
 namespace {
@@ -48,61 +50,13 @@ using hamlet::v1::Record;
 using ::testing::Gt;
 
 // hamlet-faultproxy as a child process, listening on a free loopback port.
-class FaultProxy {
- public:
-  // Starts the proxy in front of `target` with `flags`; files go to `prefix`.log, .ready, .stats.
-  // nullptr if it did not come up within 10 s.
-  static std::unique_ptr<FaultProxy> Start(const std::string& prefix, const std::string& target,
-                                           const std::vector<std::string>& flags) {
-    auto proxy = std::unique_ptr<FaultProxy>(new FaultProxy());
-    proxy->log_path_ = prefix + ".log";
-    proxy->stats_path_ = prefix + ".stats";
-    const std::string ready = prefix + ".ready";
-    std::vector<std::string> argv = {HAMLET_FAULTPROXY_PATH, "--listen=127.0.0.1:0", "--target=" + target,
-                                     "--ready_file=" + ready, "--stats_file=" + proxy->stats_path_};
-    argv.insert(argv.end(), flags.begin(), flags.end());
-    proxy->pid_ = hamlet::testing::Spawn(argv, proxy->log_path_);
-    if (proxy->pid_ < 0) return nullptr;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      const std::string address = ReadFile(ready);
-      if (!address.empty() && address.back() == '\n') {
-        proxy->address_ = address.substr(0, address.size() - 1);
-        return proxy;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return nullptr;
+// hamlet-faultproxy in front of a server (tools/harness/fault_proxy.h); files go to `prefix`.log,
+// .ready and .stats.
+struct FaultProxy {
+  static std::unique_ptr<harness::FaultProxy> Start(const std::string& prefix, const std::string& target,
+                                                    const std::vector<std::string>& flags) {
+    return harness::FaultProxy::Start(HAMLET_FAULTPROXY_PATH, prefix, target, flags);
   }
-  ~FaultProxy() { Stop(); }
-
-  const std::string& address() const { return address_; }
-  std::string Log() const { return ReadFile(log_path_); }
-  // The counters of the stats file: connections, drops, duplicates, cut_streams, cuts, bytes_down...
-  std::map<std::string, uint64_t> Stats() const {
-    std::map<std::string, uint64_t> stats;
-    for (absl::string_view item : absl::StrSplit(ReadFile(stats_path_), absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
-      std::pair<std::string, std::string> kv = absl::StrSplit(item, '=');
-      uint64_t value = 0;
-      if (absl::SimpleAtoi(kv.second, &value)) stats[kv.first] = value;
-    }
-    return stats;
-  }
-  // SIGTERM; returns the exit code (0 when it stopped cleanly).
-  int Stop() {
-    if (pid_ <= 0) return -1;
-    kill(pid_, SIGTERM);
-    const int code = hamlet::testing::WaitExit(pid_);
-    pid_ = -1;
-    return code;
-  }
-
- private:
-  FaultProxy() = default;
-  pid_t pid_ = -1;
-  std::string address_;
-  std::string log_path_;
-  std::string stats_path_;
 };
 
 // Protobuf leaves the byte order of a serialization unspecified unless asked for a deterministic one.
@@ -766,72 +720,13 @@ TEST_F(FaultProxyE2eTest, TwoPhonesConvergeOverRural3g) {
   EXPECT_GT(seconds, 5 * 0.4);
 }
 
-// A week of a member's offline work, as the phone holds it: mediation cases with Vietnamese
-// summaries of 200 to 600 characters and two parties each, security tips, and later edits of
-// some cases' summaries. Words are drawn at random so the text compresses as real text does,
-// not as one repeated phrase.
-struct WeekOfWork {
-  std::vector<std::string> ids;
-  int edits = 0;
-};
-
-std::string VietnameseText(std::mt19937_64& gen, size_t length) {
-  static const std::vector<std::string> kWords = {
-      "tranh", "chấp", "đất", "đai", "ranh", "giới", "giữa", "hai", "hộ", "gia", "đình", "ông", "bà",
-      "thôn", "khu", "phố", "hoà", "giải", "viên", "đã", "mời", "các", "bên", "đến", "nhà", "văn", "hoá",
-      "để", "trao", "đổi", "về", "lối", "đi", "chung", "nước", "tưới", "ruộng", "vay", "nợ", "tiền",
-      "không", "trả", "đúng", "hạn", "xích", "mích", "hàng", "xóm", "tiếng", "ồn", "chăn", "nuôi", "gà",
-      "vịt", "làm", "ảnh", "hưởng", "môi", "trường", "sau", "buổi", "họp", "thống", "nhất", "cam", "kết",
-      "thực", "hiện", "theo", "thoả", "thuận", "biên", "bản", "ký", "tên", "xác", "nhận", "của", "trưởng"};
-  std::string text;
-  while (text.size() < length) {
-    if (!text.empty()) text += ' ';
-    text += kWords[absl::Uniform<size_t>(gen, 0, kWords.size())];
-  }
-  return text;
-}
-
-// The same `seed` gives the same text (the ids differ), so two weeks weigh alike.
-WeekOfWork RecordWeekOfWork(field::FieldDevice& phone, int cases, int tips, int edits, const std::string& author,
-                            uint64_t seed = 1) {
-  std::mt19937_64 gen(seed);
-  WeekOfWork work;
-  for (int i = 0; i < cases + tips; ++i) {
-    Record draft;
-    draft.set_unit_code(absl::StrFormat("07132-K%02d", 1 + i % 12));
-    draft.set_author(author);
-    if (i < cases) {
-      hamlet::v1::MediationCase* c = draft.mutable_mediation_case();
-      c->set_summary(VietnameseText(gen, absl::Uniform<size_t>(gen, 200, 600)));
-      c->set_status(hamlet::v1::MEDIATION_STATUS_RECEIVED);
-      c->set_round(1);
-      c->set_dispute_type(hamlet::v1::DISPUTE_TYPE_LAND);
-      for (int p = 0; p < 2; ++p) {
-        hamlet::v1::Party* party = c->add_parties();
-        party->set_id(absl::StrCat("p", p + 1));
-        party->set_name(p == 0 ? "Nguyễn Văn Bình" : "Trần Thị Hoa");
-        party->set_age(30 + p * 12);
-        party->set_address(absl::StrFormat("Khu %d, phường Quảng Yên", 1 + i % 12));
-      }
-    } else {
-      hamlet::v1::SecurityTip* tip = draft.mutable_security_tip();
-      tip->set_summary(VietnameseText(gen, absl::Uniform<size_t>(gen, 100, 300)));
-      tip->set_category(hamlet::v1::TIP_CATEGORY_GAMBLING);
-    }
-    auto created = phone.Create(draft);
-    EXPECT_TRUE(created.ok()) << created.status();
-    if (!created.ok()) return work;
-    work.ids.push_back(created->id());
-  }
-  for (int i = 0; i < edits; ++i) {
-    hamlet::v1::MediationCase body;
-    body.set_summary(VietnameseText(gen, absl::Uniform<size_t>(gen, 200, 600)));
-    auto edited = phone.Edit(work.ids[static_cast<size_t>(i % cases)], body,
-                             {hamlet::v1::MediationCase::kSummaryFieldNumber});
-    EXPECT_TRUE(edited.ok()) << edited.status();
-    ++work.edits;
-  }
-  return work;
+// A week of a member's offline work (tools/field/week.h), recorded on `phone`; fails the test if
+// the phone refuses an edit.
+field::WeekOfWork RecordWeek(field::FieldDevice& phone, int cases, int tips, int edits,
+                                   const std::string& author) {
+  absl::StatusOr<field::WeekOfWork> work = field::RecordWeekOfWork(phone, cases, tips, edits, author);
+  EXPECT_TRUE(work.ok()) << work.status();
+  return work.ok() ? *work : field::WeekOfWork();
 }
 
 struct LinkRun {
@@ -931,7 +826,7 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
   uint64_t rural3g_bytes_up = 0;
   for (const Link& link : links) {
     SCOPED_TRACE(link.name);
-    WeekOfWork work;
+    field::WeekOfWork work;
     uint64_t pushed_bytes = 0, lean_bytes = 0;
     {
       auto phone = EnrolledPhone(dir_.Sub(link.name), link.device_id, *server, hamlet::v1::ROLE_MEMBER, "07132",
@@ -940,7 +835,7 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
       // Set up in the office, on the server's own network: the admin units come down there.
       auto office = phone->Sync(*NewStub(server->address()), field::FieldDevice::SyncOptions());
       ASSERT_TRUE(office.ok()) << office.status();
-      work = RecordWeekOfWork(*phone, link.cases, link.tips, link.edits, "hgv-" + link.name);
+      work = RecordWeek(*phone, link.cases, link.tips, link.edits, "hgv-" + link.name);
       auto outbox = phone->store().ReadOutbox(SIZE_MAX);
       ASSERT_TRUE(outbox.ok());
       ASSERT_EQ(outbox->size(), work.ids.size() + static_cast<size_t>(work.edits));
@@ -1000,7 +895,7 @@ TEST_F(FaultProxyE2eTest, APushThatTimesOutIsSplitAndEveryChangeArrivesOnce) {
                              hamlet::v1::ROLE_MEMBER, "07132", "hgv-split");
   ASSERT_NE(phone, nullptr);
   ASSERT_TRUE(phone->Sync(*NewStub(server->address()), field::FieldDevice::SyncOptions()).ok());
-  const WeekOfWork work = RecordWeekOfWork(*phone, 24, 0, 6, "hgv-split");
+  const field::WeekOfWork work = RecordWeek(*phone, 24, 0, 6, "hgv-split");
   auto proxy = FaultProxy::Start(dir_.Sub("proxy"), server->address(), {"--rate_kbit=30", "--delay_ms=100"});
   ASSERT_NE(proxy, nullptr);
   field::FieldDevice::SyncOptions options;

@@ -11,12 +11,10 @@
 
 namespace hamlet::testing {
 
-// Runs a program as a child process that dies with the test (see
-// tools/harness/spawn.h).
+// Runs a program as a child process that dies with the test, and waits for
+// one to end (see tools/harness/spawn.h).
 using harness::Spawn;
-
-// Waits for `pid` to end and returns its exit code, or 128 + signal.
-int WaitExit(pid_t pid);
+using harness::WaitExit;
 
 std::string ReadFile(const std::string& path);
 

@@ -17,6 +17,10 @@ namespace hamlet::harness {
 // therefore never leave a server running after they fail. Thread-safe.
 pid_t Spawn(const std::vector<std::string>& argv, const std::string& log);
 
+// Waits for child `pid` to end; returns its exit code, or 128 + the signal
+// that ended it.
+int WaitExit(pid_t pid);
+
 }  // namespace hamlet::harness
 
 #endif  // HAMLET_TOOLS_HARNESS_SPAWN_H_
