@@ -6,6 +6,8 @@
 //   --mode=quick  a second per workload, fewer shapes, a catch-up of what the
 //                 pushes left (about 20k records): for CI, a smoke run
 //   --mode=full   the table: every push shape, catch-up at 10k/100k/1M
+//   --mode=field  phones over a shaped rural link, Hamlet against PouchDB
+//                 (tools/bench/field_bench.h)
 //
 // A push workload is D devices, each on its own connection and thread,
 // pushing batches of B new mediation cases of about 1 KB for a fixed time;
@@ -50,12 +52,16 @@
 #include "hamlet/v1/admin.grpc.pb.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "storage/raw_baseline.h"
+#include "tools/bench/field_bench.h"
+#include "tools/bench/pouch_server.h"
 #include "sync/merge.h"
 #include "sync/uuid.h"
 #include "tools/harness/hamletd_process.h"
 #include "tools/harness/program_flags.h"
 
-ABSL_FLAG(std::string, mode, "quick", "quick (seconds, for CI) or full (the table in docs/BENCHMARKS.md)");
+ABSL_FLAG(std::string, mode, "quick",
+          "quick (seconds, for CI), full (the server table in docs/BENCHMARKS.md) or field (Hamlet and PouchDB "
+          "phones over a shaped rural link: docs/BENCHMARKS.md, \"Field link\")");
 ABSL_FLAG(std::string, hamletd, "", "Path of hamletd (default: ../server/hamletd next to this program).");
 ABSL_FLAG(std::string, work_dir, "", "Directory for the servers' data (default: a new directory under /tmp).");
 ABSL_FLAG(bool, pouchdb, true, "Also measure pouchdb-server (installed with npm by tools/bench/pouchdb-server).");
@@ -444,22 +450,8 @@ struct Echo {
 
 class Pouch {
  public:
-  Pouch(const std::string& script, const std::string& dir, const std::string& install) {
-    port_ = 20000 + static_cast<int>(getpid() % 20000);
-    const std::string out = dir + ".pid";
-    const int rc = std::system(absl::StrCat("'", script, "' ", port_, " '", dir, "' '", install, "' > '", out, "'").c_str());
-    if (rc != 0 || !absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(out)), &pid_)) {
-      Fail("pouchdb-server did not start (see " + dir + "/server.out); run with --pouchdb=false to skip it");
-    }
-    httplib::Client client("127.0.0.1", port_);
-    auto created = client.Put("/bench", "", "application/json");
-    if (!created || created->status / 100 != 2) Fail("pouchdb-server: cannot create the database");
-  }
-  ~Pouch() {
-    kill(pid_, SIGTERM);
-    waitpid(pid_, nullptr, 0);
-  }
-  pid_t pid() const { return pid_; }
+  Pouch(const std::string& dir, const std::string& install) : server_(dir, install, "bench"), port_(server_.port()) {}
+  pid_t pid() const { return server_.pid(); }
 
   // The same shape of record as NewCase, as a CouchDB document with its own
   // revision (new_edits=false is how replication writes).
@@ -548,8 +540,8 @@ class Pouch {
   }
 
  private:
-  int port_ = 0;
-  pid_t pid_ = -1;
+  PouchServer server_;
+  int port_;
 };
 
 // ---------------------------------------------------------------------------
@@ -564,8 +556,9 @@ struct Targets {
 };
 
 int Run() {
-  const bool full = absl::GetFlag(FLAGS_mode) == "full";
-  if (!full && absl::GetFlag(FLAGS_mode) != "quick") Fail("--mode is quick or full");
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  const bool full = mode == "full";
+  if (!full && mode != "quick" && mode != "field") Fail("--mode is quick, full or field");
   std::string hamletd = absl::GetFlag(FLAGS_hamletd);
   if (hamletd.empty()) hamletd = ProgramDir() + "/../server/hamletd";
   std::string work = absl::GetFlag(FLAGS_work_dir);
@@ -573,6 +566,17 @@ int Run() {
     std::string pattern = "/tmp/hamlet-bench-XXXXXX";
     if (mkdtemp(pattern.data()) == nullptr) Fail("cannot make a work directory");
     work = pattern;
+  }
+  if (mode == "field") {
+    FieldBenchOptions options;
+    options.hamletd = hamletd;
+    options.field = ProgramDir() + "/hamlet-field";
+    options.faultproxy = ProgramDir() + "/hamlet-faultproxy";
+    options.work = work;
+    options.pouchdb = absl::GetFlag(FLAGS_pouchdb);
+    options.pouchdb_install = absl::GetFlag(FLAGS_pouchdb_install_dir);
+    if (options.pouchdb_install.empty()) options.pouchdb_install = PouchServer::DefaultInstall();
+    return RunFieldBench(options);
   }
   std::filesystem::create_directories(work);
   const absl::Duration run = full ? absl::Seconds(10) : absl::Seconds(1);
@@ -762,9 +766,8 @@ int Run() {
 
   if (absl::GetFlag(FLAGS_pouchdb)) {
     std::string install = absl::GetFlag(FLAGS_pouchdb_install_dir);
-    if (install.empty()) install = ProgramDir() + "/../pouchdb";
-    const std::string script = ProgramDir() + "/../../tools/bench/pouchdb-server";
-    Pouch pouch(std::filesystem::exists(script) ? script : "tools/bench/pouchdb-server", work + "/pouch", install);
+    if (install.empty()) install = PouchServer::DefaultInstall();
+    Pouch pouch(work + "/pouch", install);
     std::printf("\npouchdb-server (LevelDB store, no fsync), the same records with _bulk_docs new_edits=false:\n");
     std::printf("  %5s %4s %12s %9s %9s %12s\n", "D", "B", "records/s", "p50 ms", "p99 ms", "bytes/rec");
     std::map<std::pair<int, int>, Throughput> pouch_push;
@@ -816,7 +819,7 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Measures hamletd over loopback against plain RocksDB, a bare gRPC echo and pouchdb-server.\n"
-      "Usage: hamlet-bench [--mode=quick|full] [--pouchdb=false]");
+      "Usage: hamlet-bench [--mode=quick|full|field] [--pouchdb=false]");
   hamlet::harness::ListFlagsOf("hamlet_bench.cc");
   absl::ParseCommandLine(argc, argv);
   return hamlet::bench::Run();

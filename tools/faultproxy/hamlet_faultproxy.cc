@@ -14,7 +14,13 @@
 // It never rewrites a byte. Each fault either closes the connection at a chosen byte, or sends a
 // whole connection's client bytes again on a new connection. Replaying single HEADERS frames
 // instead would break HPACK: header blocks are compressed against the state of the connection
-// that carried them.
+// that carried them. A client that does not open with the preface (an HTTP/1.1 client, such as
+// PouchDB's, for hamlet-bench --mode=field) is not read at all: its bytes are only shaped and
+// cut, and the faults that need frames (drop_response, cut_stream, duplicate) never touch it.
+//
+// The shaped link is one link: every connection shares its bandwidth in each direction, and a
+// new connection pays a round trip before its first bytes, as TCP's handshake costs. (So a
+// client that opens many connections at once gains nothing over one that keeps one open.)
 //
 // Why closing before the first HEADERS loses a committed answer: gRPC's synchronous server sends a
 // call's response headers only once the handler has returned, and hamletd's Push handler returns
@@ -97,10 +103,12 @@ ABSL_FLAG(double, cut_stream, 0,
 ABSL_FLAG(int64_t, cut_after_min_bytes, 1024, "Fewest DATA payload bytes forwarded before a --cut_stream cut.");
 ABSL_FLAG(int64_t, cut_after_max_bytes, 64 * 1024, "Most DATA payload bytes forwarded before a --cut_stream cut.");
 ABSL_FLAG(int64_t, rate_kbit, 0,
-          "Bandwidth of each direction, in kbit/s (1 kbit = 1000 bits). 0: as fast as loopback. While shaped, the "
-          "proxy buffers at most 64 KiB per direction, as a modem would, and then stops reading.");
+          "Bandwidth of each direction, in kbit/s (1 kbit = 1000 bits), shared by every connection through the "
+          "proxy, as one radio link is. 0: as fast as loopback. While shaped, the proxy buffers at most 64 KiB per "
+          "connection and direction, as a modem would, and then stops reading.");
 ABSL_FLAG(int64_t, delay_ms, 0,
-          "One-way latency added to every byte, in milliseconds: 200 makes a 400 ms round trip. Default 0.");
+          "One-way latency added to every byte, in milliseconds: 200 makes a 400 ms round trip. A new connection's "
+          "first bytes also wait one round trip, for TCP's handshake. Default 0.");
 ABSL_FLAG(double, cut, 0,
           "Probability, per connection, that the link drops: both sockets are closed at a random moment within "
           "the connection's first --cut_within_ms, wherever the traffic stands. 0 to 1; default off.");
@@ -442,15 +450,20 @@ int StreamsAwaitingAnswer(absl::string_view client_bytes) {
 // ---------------------------------------------------------------------------
 // One direction of the link: when a byte read now comes out at the other end.
 
+// One direction of the link, shared by every connection through the proxy: the bandwidth is the
+// link's, not each connection's, as on a phone's one radio link. Bytes go out in the order they
+// were read, whichever connection they belong to. Thread-safe.
 class ShapedLink {
  public:
   ShapedLink(int64_t rate_kbit, absl::Duration delay)
       : bytes_per_second_(static_cast<double>(rate_kbit) * 1000 / 8), delay_(delay) {}
 
   bool shaped() const { return bytes_per_second_ > 0; }
+  absl::Duration delay() const { return delay_; }
 
   // `n` bytes read at `now` are on the wire after those before them, then travel for the delay.
   absl::Time Due(absl::Time now, size_t n) {
+    absl::MutexLock lock(&mu_);
     absl::Time start = std::max(now, busy_until_);
     busy_until_ = shaped() ? start + absl::Seconds(static_cast<double>(n) / bytes_per_second_) : start;
     return busy_until_ + delay_;
@@ -459,7 +472,15 @@ class ShapedLink {
  private:
   const double bytes_per_second_;
   const absl::Duration delay_;
-  absl::Time busy_until_ = absl::InfinitePast();
+  absl::Mutex mu_;
+  absl::Time busy_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+};
+
+// The two directions of the link.
+struct Link {
+  Link(int64_t rate_kbit, absl::Duration delay) : up(rate_kbit, delay), down(rate_kbit, delay) {}
+  ShapedLink up;    // Client to server.
+  ShapedLink down;  // Server to client.
 };
 
 // ---------------------------------------------------------------------------
@@ -472,12 +493,13 @@ enum class Fault { kNone, kDropResponse, kCutStream, kCut };
 class Connection {
  public:
   Connection(uint64_t id, int client_fd, const ProxyOptions& options, const std::vector<char>& target,
-             ConnectionFaults faults, Stats* stats)
+             ConnectionFaults faults, Link* link, Stats* stats)
       : id_(id),
         client_fd_(client_fd),
         options_(options),
         target_(target),
         faults_(faults),
+        link_(link),
         stats_(stats),
         response_gen_(faults.response_seed),
         start_(absl::Now()) {}
@@ -522,7 +544,13 @@ class Connection {
   const ProxyOptions& options_;
   const std::vector<char>& target_;
   const ConnectionFaults faults_;
+  Link* const link_;
   Stats* const stats_;
+  // Whether the client speaks HTTP/2 (its first bytes are the connection preface): set by the up
+  // pump when the client's first bytes arrive. Only HTTP/2 is read frame by frame; anything else
+  // (an HTTP/1.1 client) passes as plain bytes.
+  enum class Protocol { kUnknown, kHttp2, kOther };
+  std::atomic<Protocol> protocol_{Protocol::kUnknown};
   std::mt19937_64 response_gen_;  // Down pump only.
   const absl::Time start_;
   std::atomic<uint64_t> bytes_up_{0};
@@ -615,11 +643,13 @@ void Connection::Pump(Direction direction) {
   const bool down = direction == Direction::kDown;
   const int from = down ? server_fd_ : client_fd_;
   const int to = down ? client_fd_ : server_fd_;
-  ShapedLink link(options_.rate_kbit, options_.delay);
+  ShapedLink& link = down ? link_->down : link_->up;
   // A modem's buffer when shaped; otherwise enough for loopback speed times the delay.
   const size_t max_queued = link.shaped() ? 64 * 1024 : 4 << 20;
   // Shaped bytes leave in small pieces, so they arrive spread out as over a real link.
   const size_t piece = link.shaped() ? 1400 : SIZE_MAX;
+  // A new connection's first bytes wait for TCP's handshake: one round trip.
+  const absl::Time handshake_done = start_ + 2 * link.delay();
   std::deque<Chunk> queue;
   size_t queued = 0;
   bool reading = true;  // Until end of stream, or a fault decided where this direction ends.
@@ -635,7 +665,7 @@ void Connection::Pump(Direction direction) {
       const size_t n = std::min(piece, bytes.size() - at);
       Chunk chunk;
       chunk.bytes = bytes.substr(at, n);
-      chunk.due = link.Due(now, n);
+      chunk.due = std::max(link.Due(now, n), handshake_done);
       at += n;
       if (at == bytes.size()) {
         chunk.fault = fault;
@@ -688,6 +718,15 @@ void Connection::Pump(Direction direction) {
       continue;
     }
     if (!down) {
+      if (protocol_ == Protocol::kUnknown) {
+        const size_t compared = std::min(static_cast<size_t>(n), kClientPreface.size());
+        protocol_ = absl::string_view(buffer.data(), compared) == kClientPreface.substr(0, compared) ? Protocol::kHttp2
+                                                                                                      : Protocol::kOther;
+      }
+      enqueue(std::string(buffer.data(), static_cast<size_t>(n)), Fault::kNone, "");
+      continue;
+    }
+    if (protocol_ == Protocol::kOther) {
       enqueue(std::string(buffer.data(), static_cast<size_t>(n)), Fault::kNone, "");
       continue;
     }
@@ -876,8 +915,8 @@ class Proxy {
         close(client);
         break;
       }
-      auto connection =
-          std::make_unique<Connection>(next_id++, client, options_, target_, DrawFaults(options_, gen), &stats_);
+      auto connection = std::make_unique<Connection>(next_id++, client, options_, target_, DrawFaults(options_, gen),
+                                                     &link_, &stats_);
       Connection* raw = connection.get();
       live_.push_back({std::move(connection), std::thread([raw] { raw->Run(); })});
     }
@@ -902,7 +941,7 @@ class Proxy {
   };
 
   Proxy(const ProxyOptions& options, std::vector<char> target, int listen_fd)
-      : options_(options), target_(std::move(target)), listen_fd_(listen_fd) {}
+      : options_(options), target_(std::move(target)), listen_fd_(listen_fd), link_(options.rate_kbit, options.delay) {}
 
   // Joins and frees the connections that have ended, or all of them.
   void Reap(bool all) {
@@ -924,6 +963,7 @@ class Proxy {
   const std::vector<char> target_;
   const int listen_fd_;
   std::string address_;
+  Link link_;  // Shared by every connection.
   Stats stats_;
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;

@@ -115,7 +115,7 @@ Device Hamletd::Enroll(hamlet::v1::Role role, const std::string& unit) {
   hamlet::v1::EnrollDeviceResponse response;
   const grpc::Status status = admin_->EnrollDevice(&context, request, &response);
   if (!status.ok()) Fail("enrolment: " + status.error_message());
-  return {response.device_id(), response.token(), unit};
+  return {response.device_id(), response.token(), unit, request.person_id()};
 }
 
 std::vector<Device> Hamletd::EnrollMembers(int n) {

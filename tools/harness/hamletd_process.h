@@ -35,6 +35,7 @@ struct Device {
   std::string id;
   std::string token;
   std::string unit;
+  std::string person;  // The person id it was enrolled for.
 };
 
 // hamletd on loopback ports (device, admin) with its data in `dir`, its log in
