@@ -260,7 +260,7 @@ int RunFieldBench(const FieldBenchOptions& o) {
     const LinkRun p1_cut = PouchSync(o, "pouch-phone1-cuts", pouch_cut.port(), o.cutting_link,
                                      {"push", "--docs=" + docs, "--remote=" + remote,
                                       "--db=" + o.work + "/pouch-phone1-cuts"});
-    PrintRun(absl::StrCat("phone 1 through the link cutting half (", p1_cut.attempts, " tries)"), p1_cut);
+    PrintRun(absl::StrCat("phone 1, link cutting half (", p1_cut.attempts, " tries)"), p1_cut);
     targets.AtMost("phone 1 wire bytes, Hamlet vs PouchDB", Bytes(h1) / Bytes(p1), 0.5);
     targets.AtMost("phone 1 wall time, Hamlet vs PouchDB", h1.seconds / p1.seconds, 0.5);
     targets.AtMost("new phone's first pull wire bytes, Hamlet vs PouchDB", Bytes(h2) / Bytes(p2), 0.7);
