@@ -6,6 +6,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <chrono>
@@ -734,6 +735,10 @@ struct LinkRun {
   std::string output;
   double seconds = 0;
   std::map<std::string, uint64_t> proxy;
+  // When the first line of output appeared, and the longest wait for the next, in seconds, as
+  // seen by polling the output every 50 ms.
+  double first_line = 0;
+  double longest_silence = 0;
 };
 
 // Runs `hamlet-field sync` with its default flags on the phone store `store` through a proxy
@@ -746,11 +751,30 @@ LinkRun SyncThroughLink(const hamlet::testing::TempDir& dir, const std::string& 
   if (proxy == nullptr) return run;
   const std::string log = dir.Sub(store + "-sync.out");
   const auto start = std::chrono::steady_clock::now();
+  const auto since_start = [&start] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   const pid_t pid =
       hamlet::testing::Spawn({HAMLET_FIELD_PATH, "--store=" + dir.Sub(store), "--server=" + proxy->address(), "sync"},
                              log);
-  run.exit_code = pid < 0 ? -1 : hamlet::testing::WaitExit(pid);
-  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Watch the output grow, to time the progress lines.
+  size_t lines = 0;
+  double last_line = -1;
+  int status = 0;
+  while (pid > 0 && waitpid(pid, &status, WNOHANG) == 0) {
+    const std::string output = ReadFile(log);
+    const size_t now_lines = static_cast<size_t>(std::count(output.begin(), output.end(), '\n'));
+    if (now_lines > lines) {
+      const double at = since_start();
+      if (last_line < 0) run.first_line = at;
+      run.longest_silence = std::max(run.longest_silence, last_line < 0 ? 0 : at - last_line);
+      last_line = at;
+      lines = now_lines;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  run.exit_code = pid < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  run.seconds = since_start();
   run.output = ReadFile(log);
   EXPECT_EQ(proxy->Stop(), 0);
   run.proxy = proxy->Stats();
@@ -862,11 +886,16 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
     EXPECT_THAT(run.output, ::testing::HasSubstr("pushed 0 of"));  // Progress from the start...
     EXPECT_THAT(run.output, ::testing::HasSubstr(absl::StrCat("pushed ", work.ids.size() + work.edits, " of")));
     EXPECT_THAT(run.output, ::testing::HasSubstr("pulled "));  // ...and through the pull.
+    // Progress within 3 s of the start, and then no two lines more than 2 s apart (the CLI's own
+    // bound; the test allows 0.5 s more for its 50 ms polling on a busy machine).
+    EXPECT_LE(run.first_line, 3.0);
+    EXPECT_LE(run.longest_silence, 2.5);
     std::cout << "[ link     ] " << link.name << ": " << work.ids.size() << " records and " << work.edits
               << " edits (" << pushed_bytes / 1024 << " KiB serialized, " << lean_bytes / 1024
               << " KiB with lean stamps) in " << run.seconds << " s; wire bytes up "
               << run.proxy.at("bytes_up") << ", down " << run.proxy.at("bytes_down") << "; connections "
-              << run.proxy.at("connections") << ", cuts " << run.proxy.at("cuts") << "\n";
+              << run.proxy.at("connections") << ", cuts " << run.proxy.at("cuts") << "; first progress after "
+              << run.first_line << " s, longest silence " << run.longest_silence << " s\n";
     // Compressed on the way up, and not downloaded again on the way down: under 5% of what
     // went up, or under 2 KiB for a small week (a sync's answers cost about half a KiB of
     // headers, acknowledgements and cursors whatever it carries).

@@ -211,12 +211,15 @@ class ProgressLine {
   }
 
  private:
+  // Wakes every 250 ms and prints if the next wake would be more than 2 s
+  // after the last line: no two lines are more than 2 s apart.
   void Tick() {
     absl::MutexLock lock(&mu_);
-    while (!mu_.AwaitWithTimeout(absl::Condition(&done_), absl::Milliseconds(250))) {
-      if (last_.has_value() && absl::Now() - printed_ >= absl::Seconds(2)) PrintLocked();
+    while (!mu_.AwaitWithTimeout(absl::Condition(&done_), kTick)) {
+      if (last_.has_value() && absl::Now() - printed_ >= absl::Seconds(2) - kTick) PrintLocked();
     }
   }
+  static constexpr absl::Duration kTick = absl::Milliseconds(250);
 
   void PrintLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const SyncProgress& p = *last_;
