@@ -315,6 +315,31 @@ test('reusing a batch_id for different content is ALREADY_EXISTS and keeps the o
   assert.equal(found[0].server_seq, first.server_seq);
 });
 
+// Lean stamps, as docs/PROTOCOL.md describes them to a client author: stamps
+// without a node are the pushing device's; a pull with lean_stamps names the
+// writer once per record, and filling the nodes in gives the whole record.
+test('lean stamps: pushed without node, pulled lean or whole', { timeout: 20_000 }, async () => {
+  const whole = newCase({ summary: 'Tranh chấp lối đi chung', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const lean = structuredClone(whole);
+  for (const fs of lean.field_stamps) delete fs.stamp.node;
+  const before = await pullAll();
+  const pushed = await call('Push', pushRequest([lean]));
+  assert.equal(pushed.applied_records, 1);
+
+  const plain = (await pullAll(before.cursor)).records.find((r) => r.id === whole.id);
+  assertSameRecord(plain, whole);
+  for (const fs of plain.field_stamps) assert.equal(fs.stamp.node, DEVICE_ID, 'a plain pull has whole stamps');
+
+  const res = await call('Pull', { device_id: DEVICE_ID, scope_unit_code: SCOPE, cursor: before.cursor, lean_stamps: true });
+  const got = (res.records || []).find((r) => r.id === whole.id);
+  assert.ok(got, 'the lean pull returns the record');
+  assert.equal(got.default_node, DEVICE_ID);
+  for (const fs of got.field_stamps) assert.ok(!fs.stamp.node, 'the default writer is left out of each stamp');
+  for (const fs of got.field_stamps) fs.stamp.node = fs.stamp.node || got.default_node;
+  delete got.default_node;
+  assertSameRecord(got, whole);
+});
+
 test('a stamp an hour ahead is FAILED_PRECONDITION with CLOCK_SKEW and writes nothing', { timeout: 20_000 }, async () => {
   const caughtUp = await pullAll();
   const record = newCase(
