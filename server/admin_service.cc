@@ -102,6 +102,10 @@ grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const h
       device.set_batches_applied(s.batches_applied());
       device.set_records_applied(s.records_applied());
       device.set_pending_changes(s.pending_changes());
+      device.set_batches_reoffered(s.batches_reoffered());
+      if (s.last_reoffer_ms() > 0) {
+        *device.mutable_last_reoffer_time() = TimeUtil::MillisecondsToTimestamp(s.last_reoffer_ms());
+      }
     }
     for (const std::string& unit : town_->UnitsWithin(device.unit_code())) {
       auto count = conflicts_by_unit.find(unit);
@@ -128,12 +132,21 @@ grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
   if (!conflicts.ok()) return ToGrpc(conflicts.status(), context);
   response->set_open_conflicts(*conflicts);
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  *response->mutable_history() = store.history();
+  const bool restored = store.history().has_restore_time();
+  const int64_t restore_ms = TimeUtil::TimestampToMilliseconds(store.history().restore_time());
   for (const hamlet::v1::Device& device : devices_->List()) {
     if (device.has_revoke_time() || TimeUtil::TimestampToMilliseconds(device.expire_time()) <= now_ms) {
       response->set_devices_revoked(response->devices_revoked() + 1);
-    } else {
-      response->set_devices_enrolled(response->devices_enrolled() + 1);
+      continue;
     }
+    response->set_devices_enrolled(response->devices_enrolled() + 1);
+    if (!restored) continue;
+    absl::StatusOr<std::optional<storage::DeviceState>> state = store.GetDevice(device.device_id());
+    if (!state.ok()) return ToGrpc(state.status(), context);
+    const bool heard = state->has_value() && (*state)->last_seen_ms() >= restore_ms;
+    *(heard ? response->add_devices_heard_since_restore() : response->add_devices_not_heard_since_restore()) =
+        device.device_id();
   }
   *response->mutable_start_time() = TimeUtil::MillisecondsToTimestamp(start_ms_);
   response->set_town_code(town_->options().unit_code);

@@ -156,7 +156,9 @@ absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorizat
   absl::MutexLock lock(&mu_);
   auto id = device_by_token_hash_.find(hash);
   if (id == device_by_token_hash_.end()) {
-    return absl::UnauthenticatedError("unknown token; ask an admin to enrol this device");
+    return absl::UnauthenticatedError(
+        "unknown token; ask an admin to enrol this device (a server restored from a backup made before the device "
+        "was enrolled does not know it: enrol it again)");
   }
   const hamlet::v1::Device& device = by_device_.at(id->second).device();
   if (device.has_revoke_time()) {

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "google/protobuf/util/time_util.h"
 #include "grpc/health/v1/health.pb.h"
 #include "server/admin_service.h"
 #include "server/devices.h"
@@ -312,7 +313,8 @@ int Run() {
       return 1;
     }
     LogLine(absl::StrCat("restored ", data_dir, " from ", backup,
-                         " at a new epoch; devices will pull again from zero. Start hamletd without --restore_from"));
+                         " at a new epoch; devices will pull again from zero and offer again what this server "
+                         "acknowledged after the backup. Start hamletd without --restore_from"));
     return 0;
   }
   auto store = hamlet::storage::TownStore::Open(data_dir, store_options);
@@ -459,6 +461,16 @@ int Run() {
                        admin_address, metrics_address.empty() ? "" : ", metrics on ", metrics_address, "; data in ",
                        data_dir, " (server id ", (*town)->store().server_id(), ", epoch ", (*town)->store().epoch(),
                        ", last seq ", (*town)->store().last_seq(), ")"));
+  if (const hamlet::v1::ServerHistory& history = (*town)->store().history(); history.has_restore_time()) {
+    // What the backup lacked comes back only from the devices that pushed it.
+    LogLine(absl::StrCat(
+        "restored from a backup", history.has_backup_time()
+                                      ? absl::StrCat(" taken ", google::protobuf::util::TimeUtil::ToString(history.backup_time()))
+                                      : std::string(),
+        ", at ", google::protobuf::util::TimeUtil::ToString(history.restore_time()),
+        ": what was acknowledged after the backup is back only once the devices that pushed it sync; "
+        "`tools/hamlet-admin stats` lists the devices not heard from since"));
+  }
   std::printf(
       "hamletd is serving %s %s\n"
       "  devices connect to  %s\n"

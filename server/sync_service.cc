@@ -144,10 +144,11 @@ grpc::Status SyncServiceImpl::AnswerPush(grpc::ServerContext* context, const ham
                       absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())));
     }
   }
-  LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s%s",
+  LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s%s%s",
                           request.device_id(), request.batch_id(), context->peer(), request.changes_size(),
                           result.ok() ? response->applied_records() : 0, result.ok() ? response->server_seq() : 0,
-                          absl::StatusCodeToString(result.status().code()), ms, set_aside,
+                          absl::StatusCodeToString(result.status().code()), ms,
+                          request.reoffer() ? " reoffer=acknowledged-before-the-restore" : "", set_aside,
                           result.ok() ? "" : " error=", result.ok() ? "" : result.status().message()));
   return ToGrpc(result.status(), context);
 }

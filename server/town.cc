@@ -261,6 +261,10 @@ absl::StatusOr<Town::Committed> Town::CommitMerged(const std::string& device_id,
   if (!report.app_version.empty()) commit.device.set_app_version(report.app_version);
   if (report.pending_changes.has_value()) commit.device.set_pending_changes(*report.pending_changes);
   commit.device.set_batches_applied(commit.device.batches_applied() + 1);
+  if (report.reoffer) {
+    commit.device.set_batches_reoffered(commit.device.batches_reoffered() + 1);
+    commit.device.set_last_reoffer_ms(now_ms);
+  }
   commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
   commit.clock = clock_.Last();
   commit.audit = std::move(merged.audit);
@@ -380,9 +384,12 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::PushWhole(const hamlet::v1::PushR
               [](const auto& a, const auto& b) { return a.index() < b.index(); });
     for (hamlet::v1::SetAsideChange& refused : set_aside) *response.add_set_aside() = std::move(refused);
     response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
-    return CommitMerged(request.device_id(), request.batch_id(), {request.app_version(), request.pending_changes()},
+    return CommitMerged(request.device_id(), request.batch_id(),
+                        {request.app_version(), request.pending_changes(), request.reoffer()},
                         hash, std::move(merged), [&](uint64_t last_seq) {
                           response.set_server_seq(last_seq);
+                          response.set_server_id(store_->server_id());
+                          response.set_epoch(store_->epoch());
                           *response.mutable_server_time() =
                               TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
                           return response.SerializeAsString();
@@ -518,9 +525,13 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
                                        std::move(merged), [&](uint64_t last_seq) {
                                          // One record written: it took the last sequence number.
                                          if (changes) response.mutable_record()->set_server_seq(last_seq);
+                                         response.set_server_id(store_->server_id());
+                                         response.set_epoch(store_->epoch());
                                          hamlet::v1::ResolveConflictResponse receipt;
                                          receipt.mutable_record()->set_id(response.record().id());
                                          receipt.mutable_record()->set_server_seq(response.record().server_seq());
+                                         receipt.set_server_id(response.server_id());
+                                         receipt.set_epoch(response.epoch());
                                          return receipt.SerializeAsString();
                                        }));
   HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
@@ -703,6 +714,7 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
   }
   response.set_next_cursor(MakeCursor(commune, page.through_seq));
   response.set_remaining(page.remaining);
+  if (request.cursor().empty()) *response.mutable_history() = store_->history();
   return response;
 }
 

@@ -157,6 +157,8 @@ class Town {
     std::string app_version;
     // Unset when the call says nothing about the outbox (a resolution).
     std::optional<uint32_t> pending_changes;
+    // The call offers again what this server acknowledged before a restore.
+    bool reoffer = false;
   };
   // An applied commit, and the communes whose records it changed.
   struct Committed {

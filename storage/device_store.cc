@@ -21,6 +21,7 @@ constexpr int kMeta = 0;
 constexpr int kRecords = 1;
 constexpr int kOutbox = 2;
 constexpr int kRejected = 3;
+constexpr int kSent = 4;
 constexpr char kFormat[] = "1";
 
 std::string SeqKey(uint64_t seq) {
@@ -41,7 +42,7 @@ DeviceStore::~DeviceStore() = default;
 
 absl::StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& dir,
                                                                absl::string_view new_device_id) {
-  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, {"default", "records", "outbox", "rejected"}));
+  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, {"default", "records", "outbox", "rejected", "sent"}));
   std::unique_ptr<DeviceStore> store(new DeviceStore());
   store->db_ = std::make_unique<internal::OpenedDb>(std::move(opened));
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> format, store->GetMeta("format"));
@@ -155,22 +156,26 @@ absl::Status DeviceStore::SetPendingBatch(const PendingBatch& batch) {
                    "saving pending batch");
 }
 
-absl::Status DeviceStore::AckPendingBatch(const std::map<uint32_t, std::string>& set_aside) {
-  return SettlePendingBatch([&](uint32_t index) -> const std::string* {
-    auto it = set_aside.find(index);
-    return it == set_aside.end() ? nullptr : &it->second;
-  });
+absl::Status DeviceStore::AckPendingBatch(const std::map<uint32_t, std::string>& set_aside, const SentCall* sent) {
+  return SettlePendingBatch(
+      [&](uint32_t index) -> const std::string* {
+        auto it = set_aside.find(index);
+        return it == set_aside.end() ? nullptr : &it->second;
+      },
+      sent);
 }
 
 absl::Status DeviceStore::RejectPendingBatch(const std::string& reason) {
   return SettlePendingBatch([&](uint32_t) { return &reason; });
 }
 
-absl::Status DeviceStore::SettlePendingBatch(const std::function<const std::string*(uint32_t)>& refusal) {
+absl::Status DeviceStore::SettlePendingBatch(const std::function<const std::string*(uint32_t)>& refusal,
+                                             const SentCall* sent) {
   HAMLET_ASSIGN_OR_RETURN(std::optional<PendingBatch> pending, GetPendingBatch());
   if (!pending.has_value()) return absl::OkStatus();
   HAMLET_ASSIGN_OR_RETURN(std::vector<OutboxItem> items, ReadOutboxThrough(pending->last_outbox_seq()));
   rocksdb::WriteBatch batch;
+  if (sent != nullptr) HAMLET_RETURN_IF_ERROR(PutSent(*sent, &batch));
   for (uint32_t i = 0; i < items.size(); ++i) {
     const std::string* reason = refusal(i);
     if (reason == nullptr) continue;
@@ -183,6 +188,68 @@ absl::Status DeviceStore::SettlePendingBatch(const std::function<const std::stri
   batch.DeleteRange(db_->families[kOutbox], SeqKey(0), SeqKey(pending->last_outbox_seq() + 1));
   batch.Delete(db_->families[kMeta], "pending");
   return FromRocks(db_->db->Write(Synced(), &batch), "settling the pushed batch");
+}
+
+absl::Status DeviceStore::PutSent(const SentCall& sent, rocksdb::WriteBatch* batch) {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> next, GetMeta("sent_next"));
+  uint64_t n = next.has_value() && next->size() == 8 ? sync::GetBigEndian64(*next) : 1;
+  batch->Put(db_->families[kSent], SeqKey(n), EncodeValue(sent));
+  batch->Put(db_->families[kMeta], "sent_next", SeqKey(n + 1));
+  return absl::OkStatus();
+}
+
+absl::Status DeviceStore::RetainSent(const SentCall& sent) {
+  rocksdb::WriteBatch batch;
+  HAMLET_RETURN_IF_ERROR(PutSent(sent, &batch));
+  return FromRocks(db_->db->Write(Synced(), &batch), "keeping an acknowledged call");
+}
+
+absl::StatusOr<std::vector<std::pair<uint64_t, SentCall>>> DeviceStore::ListSent() const {
+  std::vector<std::pair<uint64_t, SentCall>> sent;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->families[kSent]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (it->key().size() != 8) return absl::DataLossError("a kept call's key is damaged");
+    SentCall call;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(it->value().ToString(), &call));
+    sent.emplace_back(sync::GetBigEndian64(it->key().ToString()), std::move(call));
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "listing kept calls"));
+  return sent;
+}
+
+absl::Status DeviceStore::UpdateSent(uint64_t key, const SentCall& sent) {
+  return FromRocks(db_->db->Put(Synced(), db_->families[kSent], SeqKey(key), EncodeValue(sent)),
+                   "updating a kept call");
+}
+
+absl::Status DeviceStore::PruneSent(int64_t older_than_ms, uint64_t max_bytes) {
+  HAMLET_ASSIGN_OR_RETURN(auto sent, ListSent());
+  uint64_t bytes = 0;
+  for (const auto& [key, call] : sent) bytes += call.ByteSizeLong();
+  rocksdb::WriteBatch batch;
+  for (const auto& [key, call] : sent) {
+    if (call.acked_ms() >= older_than_ms && bytes <= max_bytes) break;
+    batch.Delete(db_->families[kSent], SeqKey(key));
+    bytes -= call.ByteSizeLong();
+  }
+  if (batch.Count() == 0) return absl::OkStatus();
+  return FromRocks(db_->db->Write(Synced(), &batch), "dropping old acknowledged calls");
+}
+
+absl::Status DeviceStore::SetReofferDue(const std::optional<hamlet::v1::ServerHistory>& history) {
+  if (!history.has_value()) {
+    return FromRocks(db_->db->Delete(Synced(), db_->families[kMeta], "reoffer_due"), "clearing the re-offer");
+  }
+  return FromRocks(db_->db->Put(Synced(), db_->families[kMeta], "reoffer_due", EncodeValue(*history)),
+                   "saving the re-offer");
+}
+
+absl::StatusOr<std::optional<hamlet::v1::ServerHistory>> DeviceStore::GetReofferDue() const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("reoffer_due"));
+  if (!value.has_value()) return std::nullopt;
+  hamlet::v1::ServerHistory history;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(*value, &history));
+  return history;
 }
 
 absl::StatusOr<std::vector<RejectedEdit>> DeviceStore::ListRejected() const {

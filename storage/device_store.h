@@ -15,6 +15,10 @@
 #include "hamlet/v1/sync.pb.h"
 #include "storage/storage.pb.h"
 
+namespace rocksdb {
+class WriteBatch;
+}  // namespace rocksdb
+
 namespace hamlet::storage {
 namespace internal {
 struct OpenedDb;
@@ -32,10 +36,12 @@ struct OutboxItem {
 // Key layout (docs/STORAGE.md):
 //   default  "format" -> "1"; "device_id" -> UUID text; "cursor" -> v1 PullPosition;
 //            "token" -> bearer token text; "role" -> decimal hamlet.v1.Role;
-//            "outbox_next" -> be64; "pending" -> v1 PendingBatch; "clock" -> v1 Stamp
+//            "outbox_next" -> be64; "pending" -> v1 PendingBatch; "clock" -> v1 Stamp;
+//            "sent_next" -> be64; "reoffer_due" -> v1 ServerHistory
 //   records  record_id -> v1 Record
 //   outbox   be64(seq) -> v1 OutboxEntry
 //   rejected be64(seq) -> v1 RejectedEdit   (seq: the edit's outbox seq)
+//   sent     be64(n)   -> v1 SentCall       (n: from "sent_next" in default)
 //
 // Not thread-safe: one sync client owns a store at a time (RocksDB's lock
 // keeps a second process out).
@@ -71,7 +77,23 @@ class DeviceStore {
   // The server acknowledged the pending batch: drops it and its outbox
   // entries, except that those it set aside (keyed by their position in the
   // batch, with the server's reason) move to the rejected list.
-  absl::Status AckPendingBatch(const std::map<uint32_t, std::string>& set_aside = {});
+  // `sent`, if given, is kept in the same write (RetainSent).
+  absl::Status AckPendingBatch(const std::map<uint32_t, std::string>& set_aside = {},
+                               const SentCall* sent = nullptr);
+
+  // Acknowledged calls kept for a server restored from an older backup
+  // (SentCall): kept with Retain (or AckPendingBatch), listed oldest first
+  // with their keys, updated once offered again, and dropped by PruneSent
+  // when acknowledged before `older_than_ms`, and then the oldest while all
+  // of them weigh more than `max_bytes`.
+  absl::Status RetainSent(const SentCall& sent);
+  absl::StatusOr<std::vector<std::pair<uint64_t, SentCall>>> ListSent() const;
+  absl::Status UpdateSent(uint64_t key, const SentCall& sent);
+  absl::Status PruneSent(int64_t older_than_ms, uint64_t max_bytes);
+  // The history of a server found restored, while kept calls remain to be
+  // offered to it again; nullopt when none are due.
+  absl::Status SetReofferDue(const std::optional<hamlet::v1::ServerHistory>& history);
+  absl::StatusOr<std::optional<hamlet::v1::ServerHistory>> GetReofferDue() const;
   // The server refused the pending batch for good: moves its outbox entries to
   // the rejected list with `reason`, and drops the batch.
   absl::Status RejectPendingBatch(const std::string& reason);
@@ -111,7 +133,10 @@ class DeviceStore {
   absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const;
   // Drops the pending batch and its outbox entries in one write; the entry at
   // position i goes to the rejected list if refusal(i) names a reason.
-  absl::Status SettlePendingBatch(const std::function<const std::string*(uint32_t)>& refusal);
+  absl::Status SettlePendingBatch(const std::function<const std::string*(uint32_t)>& refusal,
+                                  const SentCall* sent = nullptr);
+  // Adds `sent` to `batch` under the next key.
+  absl::Status PutSent(const SentCall& sent, rocksdb::WriteBatch* batch);
 
   std::unique_ptr<internal::OpenedDb> db_;
   std::string device_id_;

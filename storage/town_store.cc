@@ -3,12 +3,14 @@
 #include <algorithm>
 
 #include "absl/random/random.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -44,6 +46,8 @@ using sync::PutBigEndian64;
 //     "clock"        -> v1 Stamp
 //     "holds_sealed" -> "1" once a sealed record was written
 //     "replication"  -> v1 ReplicationState
+//     "history"      -> v1 ServerHistory (earlier epochs, restore and backup
+//                       times), written by a restore
 //   records          record_id -> v1 Record (current merged state), or for a
 //                    sealed record: 0x02 key_id:8 nonce:12 AES-256-GCM(Record) tag:16
 //                    with the record id as additional data (storage/sealing.h)
@@ -348,12 +352,14 @@ absl::Status TownStore::Backup(const std::string& dir, const ProgressCallback& p
   HAMLET_RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_->db.get(), &raw), "preparing backup"));
   std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
   const uint64_t seq = last_seq_.load();
+  const int64_t backup_ms = absl::ToUnixMillis(absl::Now());
   HAMLET_RETURN_IF_ERROR(FromRocks(checkpoint->CreateCheckpoint(staging), "taking checkpoint"));
   absl::Status copied = CopyFiles(staging, dir, progress);
   fs::remove_all(staging, error);
   HAMLET_RETURN_IF_ERROR(copied);
   std::ofstream marker(dir + "/" + kBackupMarker);
-  marker << "server_id " << server_id_ << "\nepoch " << epoch_ << "\nlast_seq_at_start " << seq << "\n";
+  marker << "server_id " << server_id_ << "\nepoch " << epoch_ << "\nlast_seq_at_start " << seq << "\ntime_ms "
+         << backup_ms << "\n";
   marker.close();
   if (!marker) return absl::UnavailableError(absl::StrCat("writing the backup marker in ", dir));
   return absl::OkStatus();
@@ -373,19 +379,43 @@ absl::Status TownStore::Restore(const std::string& backup_dir, const std::string
   }
   fs::remove(data_dir, error);
   HAMLET_RETURN_IF_ERROR(CopyFiles(backup_dir, data_dir, progress));
+  // When the backup was taken (backups made before the marker said so: unknown).
+  int64_t backup_ms = 0;
+  {
+    std::ifstream marker(fs::path(data_dir) / kBackupMarker);
+    for (std::string key, value; marker >> key >> value;) {
+      if (key == "time_ms" && !absl::SimpleAtoi(value, &backup_ms)) backup_ms = 0;
+    }
+  }
   fs::remove(fs::path(data_dir) / kBackupMarker, error);
   HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<TownStore> store, Open(data_dir, options));
   // A new epoch: cursors handed out after the backup point into a history
   // this store no longer has. The restore time makes it one no earlier restore
   // of the same backup had.
-  const uint64_t now_ms = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-  const uint64_t epoch = std::max(store->epoch_ + 1, now_ms);
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  const uint64_t epoch = std::max(store->epoch_ + 1, static_cast<uint64_t>(now_ms));
+  // What the new epoch holds of the ones before it: the backed-up epoch
+  // through the last change in the backup, and each earlier one through no
+  // more than that.
+  hamlet::v1::ServerHistory history = store->history_;
+  for (hamlet::v1::EpochHeld& earlier : *history.mutable_earlier()) {
+    earlier.set_through_seq(std::min(earlier.through_seq(), store->last_seq_.load()));
+  }
+  hamlet::v1::EpochHeld& backed_up = *history.add_earlier();
+  backed_up.set_epoch(store->epoch_);
+  backed_up.set_through_seq(store->last_seq_.load());
+  *history.mutable_restore_time() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(now_ms);
+  if (backup_ms > 0) {
+    *history.mutable_backup_time() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(backup_ms);
+  } else {
+    history.clear_backup_time();
+  }
+  rocksdb::WriteBatch batch;
+  batch.Put(store->meta_, "epoch", SeqKey(epoch));
+  batch.Put(store->meta_, "history", EncodeValue(history));
   rocksdb::WriteOptions write;
   write.sync = true;
-  HAMLET_RETURN_IF_ERROR(
-      FromRocks(store->db_->db->Put(write, store->meta_, "epoch", SeqKey(epoch)), "moving to a new epoch"));
+  HAMLET_RETURN_IF_ERROR(FromRocks(store->db_->db->Write(write, &batch), "moving to a new epoch"));
   return absl::OkStatus();
 }
 
@@ -493,6 +523,13 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
     HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading clock"));
     HAMLET_RETURN_IF_ERROR(DecodeValue(value, &store->persisted_clock_));
   }
+  s = db->Get(rocksdb::ReadOptions(), store->meta_, "history", &value);
+  if (!s.IsNotFound()) {
+    HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading the restore history"));
+    HAMLET_RETURN_IF_ERROR(DecodeValue(value, &store->history_));
+  }
+  store->history_.set_server_id(store->server_id_);
+  store->history_.set_epoch(store->epoch_);
   return store;
 }
 

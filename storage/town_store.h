@@ -141,6 +141,9 @@ class TownStore {
   // keeps one, kept in backups: the key that authenticates the cursors this
   // server issues.
   const std::string& cursor_key() const { return cursor_key_; }
+  // What this store's history holds of earlier epochs (after a restore from
+  // a backup), with its server id and epoch.
+  const hamlet::v1::ServerHistory& history() const { return history_; }
   // Sequence number of the latest committed change; 0 for an empty store.
   uint64_t last_seq() const { return last_seq_.load(); }
   // The server clock persisted by the latest commit (unset for a new store).
@@ -286,6 +289,7 @@ class TownStore {
   std::string server_id_;
   uint64_t epoch_ = 0;
   std::string cursor_key_;
+  hamlet::v1::ServerHistory history_;
   hamlet::v1::Stamp persisted_clock_;
   absl::Mutex commit_mu_;
   std::atomic<uint64_t> last_seq_{0};

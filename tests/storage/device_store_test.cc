@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 #include <string>
 #include <vector>
 
@@ -82,7 +84,7 @@ TEST(DeviceStoreTest, OutboxKeyOfAnotherLengthIsDataLoss) {
   auto record = NewCase(kCase, "07132", MakeStamp(1000, 0, kDevice));
   ASSERT_TRUE(OpenStore(dir.path())->SaveLocalEdit(record, record, MakeStamp(1000, 0, kDevice)).ok());
   {
-    const std::vector<std::string> names = {"default", "records", "outbox", "rejected"};
+    const std::vector<std::string> names = {"default", "records", "outbox", "rejected", "sent"};
     std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
     for (const std::string& name : names) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -98,6 +100,51 @@ TEST(DeviceStoreTest, OutboxKeyOfAnotherLengthIsDataLoss) {
   auto store = OpenStore(dir.path());
   EXPECT_THAT(store->ReadOutbox(10), StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_THAT(store->ReadOutboxThrough(10), StatusIs(absl::StatusCode::kDataLoss));
+}
+
+// Acknowledged calls are kept with the acknowledgement, in order, and dropped when older than the
+// retention window, or oldest first while they weigh more than the byte bound.
+TEST(DeviceStoreTest, KeptCallsArePrunedByAgeThenBySize) {
+  hamlet::testing::TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto record = NewCase(kCase, "07132", MakeStamp(1000, 0, kDevice));
+  ASSERT_TRUE(store->SaveLocalEdit(record, record, MakeStamp(1000, 0, kDevice)).ok());
+  PendingBatch pending;
+  pending.set_batch_id("batch-0");
+  pending.set_last_outbox_seq(1);
+  ASSERT_TRUE(store->SetPendingBatch(pending).ok());
+  SentCall acked;
+  acked.mutable_push()->set_batch_id("batch-0");
+  *acked.mutable_push()->add_changes() = record;
+  acked.set_epoch(1);
+  acked.set_server_seq(290);
+  acked.set_acked_ms(1000);
+  ASSERT_TRUE(store->AckPendingBatch({}, &acked).ok());
+  for (int i = 1; i <= 3; ++i) {
+    SentCall later = acked;
+    later.mutable_push()->set_batch_id(absl::StrCat("batch-", i));
+    later.set_acked_ms(1000 + i * 1000);
+    ASSERT_TRUE(store->RetainSent(later).ok());
+  }
+  auto kept = store->ListSent();
+  ASSERT_TRUE(kept.ok());
+  ASSERT_EQ(kept->size(), 4u);
+  EXPECT_EQ((*kept)[0].second.push().batch_id(), "batch-0") << "kept in the write that settled the batch";
+  EXPECT_EQ(*store->OutboxSize(), 0u);
+
+  ASSERT_TRUE(store->PruneSent(/*older_than_ms=*/2000, /*max_bytes=*/1 << 20).ok());
+  kept = store->ListSent();
+  ASSERT_EQ(kept->size(), 3u);
+  EXPECT_EQ((*kept)[0].second.push().batch_id(), "batch-1");
+  ASSERT_TRUE(store->PruneSent(0, (*kept)[0].second.ByteSizeLong() + 1).ok());
+  kept = store->ListSent();
+  ASSERT_EQ(kept->size(), 1u);
+  EXPECT_EQ((*kept)[0].second.push().batch_id(), "batch-3");
+
+  SentCall offered = (*kept)[0].second;
+  offered.set_epoch(2);
+  ASSERT_TRUE(store->UpdateSent((*kept)[0].first, offered).ok());
+  EXPECT_EQ((*store->ListSent())[0].second.epoch(), 2u);
 }
 
 }  // namespace

@@ -100,8 +100,12 @@ absl::StatusOr<FieldDevice::SyncReport> FieldDevice::Sync(hamlet::v1::SyncServic
   // One pace for the whole sync: what the push learns of the link sizes the
   // pull's first page.
   LinkPace pace(options.pace);
+  // What a restored server lacks goes first, before newer edits (the pull
+  // that finds a restore saves its history for this).
+  HAMLET_RETURN_IF_ERROR(Reoffer(stub, options, &pace, &report));
   HAMLET_RETURN_IF_ERROR(PushOutbox(stub, options, &pace, &report));
   HAMLET_RETURN_IF_ERROR(PullAll(stub, options, &pace, &report));
+  HAMLET_RETURN_IF_ERROR(Reoffer(stub, options, &pace, &report));
   return report;
 }
 
@@ -163,7 +167,9 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     if (!pending.has_value()) {
       HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> items,
                               store_->ReadOutbox(static_cast<size_t>(options.batch_records)));
-      if (items.empty()) return absl::OkStatus();
+      if (items.empty()) {
+        return store_->PruneSent(absl::ToUnixMillis(absl::Now() - options.keep_sent), options.keep_sent_bytes);
+      }
       // As many changes as the pace allows, and at least one.
       size_t take = 0, bytes = 0;
       while (take < items.size()) {
@@ -226,7 +232,27 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
       set_aside[refused.index()] =
           absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())), ": ", refused.message());
     }
-    HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch(set_aside));
+    // Kept a while, for a server restored from an older backup; without
+    // sealed records, which stay on the phone only until the server has them
+    // (so such a batch is kept under a new id: it is no longer the same one).
+    storage::SentCall acked;
+    *acked.mutable_push() = request;
+    auto* kept = acked.mutable_push()->mutable_changes();
+    kept->erase(std::remove_if(kept->begin(), kept->end(),
+                               [](const Record& change) {
+                                 return change.has_informant_identity() ||
+                                        change.sensitivity() == hamlet::v1::SENSITIVITY_SEALED;
+                               }),
+                kept->end());
+    if (kept->size() != request.changes_size()) {
+      absl::BitGen gen;
+      acked.mutable_push()->set_batch_id(sync::NewUuid(gen));
+    }
+    acked.set_server_id(response.server_id());
+    acked.set_epoch(response.epoch());
+    acked.set_server_seq(response.server_seq());
+    acked.set_acked_ms(absl::ToUnixMillis(absl::Now()));
+    HAMLET_RETURN_IF_ERROR(store_->AckPendingBatch(set_aside, kept->empty() ? nullptr : &acked));
     // A sealed record stays on the phone only until the server has it.
     bool forgot = false;
     for (int i = 0; i < request.changes_size(); ++i) {
@@ -243,6 +269,102 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     for (const Record& change : request.changes()) progress.bytes_done += change.ByteSizeLong();
     tell();
   }
+}
+
+namespace {
+
+// Whether a restored server's history holds the call a device kept.
+bool HistoryHolds(const hamlet::v1::ServerHistory& history, const storage::SentCall& call) {
+  if (call.server_id() != history.server_id()) return false;  // Unknown (an older server's answer): offer it.
+  if (call.epoch() == history.epoch()) return true;
+  for (const hamlet::v1::EpochHeld& held : history.earlier()) {
+    if (held.epoch() == call.epoch()) return call.server_seq() <= held.through_seq();
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::Status FieldDevice::Reoffer(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
+                                  LinkPace* pace, SyncReport* report) {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<hamlet::v1::ServerHistory> due, store_->GetReofferDue());
+  if (!due.has_value()) return absl::OkStatus();
+  HAMLET_ASSIGN_OR_RETURN(auto kept, store_->ListSent());
+  bool waiting = false;  // A resolution that may succeed once others have offered theirs.
+  for (auto& [key, call] : kept) {
+    if (HistoryHolds(*due, call)) continue;
+    const size_t bytes = call.ByteSizeLong();
+    const absl::Time sent = absl::Now();
+    CallResult result;
+    uint64_t seq = 0;
+    std::string server_id;
+    uint64_t epoch = 0;
+    if (call.has_push()) {
+      hamlet::v1::PushRequest request = call.push();
+      request.set_reoffer(true);
+      request.set_set_aside_refused(true);
+      hamlet::v1::PushResponse response;
+      result = CallWithRetry(Paced(options.retry, *pace, bytes), token_, [&](grpc::ClientContext* context) {
+        return stub.Push(context, request, &response);
+      });
+      seq = response.server_seq();
+      server_id = response.server_id();
+      epoch = response.epoch();
+      // A lifecycle move from a state the server does not have back yet
+      // (another device has still to offer it) is set aside as
+      // FAILED_PRECONDITION: kept, under a new batch id, for the next sync.
+      // Any other refusal is final.
+      storage::SentCall later = call;
+      later.mutable_push()->clear_changes();
+      for (const hamlet::v1::SetAsideChange& refused : response.set_aside()) {
+        if (refused.code() != static_cast<int32_t>(grpc::StatusCode::FAILED_PRECONDITION)) {
+          ++report->reoffers_refused;
+          continue;
+        }
+        *later.mutable_push()->add_changes() = call.push().changes(static_cast<int>(refused.index()));
+      }
+      if (result.status.ok() && later.push().changes_size() > 0) {
+        absl::BitGen gen;
+        later.mutable_push()->set_batch_id(sync::NewUuid(gen));
+        HAMLET_RETURN_IF_ERROR(store_->RetainSent(later));
+        waiting = true;
+      }
+    } else if (call.has_resolve()) {
+      hamlet::v1::ResolveConflictResponse response;
+      result = CallWithRetry(Paced(options.retry, *pace, bytes), token_, [&](grpc::ClientContext* context) {
+        return stub.ResolveConflict(context, call.resolve(), &response);
+      });
+      seq = response.record().server_seq();
+      server_id = response.server_id();
+      epoch = response.epoch();
+      if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        // No open conflict (yet): the values it settled may still be on
+        // their way back from other devices. Try again at the next sync.
+        waiting = true;
+        continue;
+      }
+    } else {
+      continue;
+    }
+    if (Refused(result.status.error_code())) {
+      // The server's ordinary checks refuse it now (a device revoked, a
+      // record moved on): it cannot be given back. Counted, and not offered
+      // again.
+      ++report->reoffers_refused;
+      server_id = due->server_id();
+      epoch = due->epoch();
+    } else if (!result.status.ok()) {
+      return FromGrpc(result.status, "offering again what the restored server lacks");
+    } else {
+      pace->Finished(bytes, absl::Now() - sent);
+      ++report->calls_reoffered;
+    }
+    call.set_server_id(server_id);
+    call.set_epoch(epoch);
+    call.set_server_seq(seq);
+    HAMLET_RETURN_IF_ERROR(store_->UpdateSent(key, call));
+  }
+  return waiting ? absl::OkStatus() : store_->SetReofferDue(std::nullopt);
 }
 
 absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
@@ -308,6 +430,12 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
       continue;
     }
     if (!result.status.ok()) return FromGrpc(result.status, "pull");
+    // A pull from zero tells what the server's history holds: after a
+    // restore, what this device had acknowledged since the backup is due
+    // to be offered again.
+    if (response.has_history() && response.history().has_restore_time()) {
+      HAMLET_RETURN_IF_ERROR(store_->SetReofferDue(response.history()));
+    }
     const size_t response_bytes = response.ByteSizeLong();
     pace->Finished(response_bytes, absl::Now() - sent);
     progress.bytes_done += response_bytes;
@@ -358,6 +486,13 @@ absl::StatusOr<Record> FieldDevice::ResolveConflict(hamlet::v1::SyncService::Stu
     return stub.ResolveConflict(context, request, &response);
   });
   if (!result.status.ok()) return FromGrpc(result.status, "resolving conflict");
+  storage::SentCall sent;
+  *sent.mutable_resolve() = request;
+  sent.set_server_id(response.server_id());
+  sent.set_epoch(response.epoch());
+  sent.set_server_seq(response.record().server_seq());
+  sent.set_acked_ms(absl::ToUnixMillis(absl::Now()));
+  HAMLET_RETURN_IF_ERROR(store_->RetainSent(sent));
   // The device gets the resolved record on its next pull, like every device.
   return response.record();
 }

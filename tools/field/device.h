@@ -92,6 +92,10 @@ class FieldDevice {
     std::string app_version = "hamlet-field/0.1";
     // Told when each phase starts and after each call of it.
     std::function<void(const SyncProgress&)> on_progress;
+    // How long acknowledged calls are kept, and how many bytes of them at
+    // most, to be offered again to a server restored from an older backup.
+    absl::Duration keep_sent = absl::Hours(24 * 30);
+    uint64_t keep_sent_bytes = 64 << 20;
   };
   struct SyncReport {
     uint64_t batches_pushed = 0;
@@ -104,6 +108,10 @@ class FieldDevice {
     // batch; also in the rejected list, with the server's reason.
     uint64_t changes_set_aside = 0;
     bool cursor_reset = false;
+    // After the server was restored from a backup: kept calls it did not
+    // hold, offered again and acknowledged; and those it refused for good.
+    uint64_t calls_reoffered = 0;
+    uint64_t reoffers_refused = 0;
   };
   // Settles an open conflict on the device's copy of record `record_id`:
   // `value` (a body of the record's type) holds the lifecycle field `field` and
@@ -125,6 +133,10 @@ class FieldDevice {
   absl::Status SaveEdit(const hamlet::v1::Record& change, hamlet::v1::Record state);
   absl::Status PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
                           LinkPace* pace, SyncReport* report);
+  // Offers again the kept calls a restored server does not hold (its history
+  // saved by PullAll), oldest first; clears the due history once all are.
+  absl::Status Reoffer(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, LinkPace* pace,
+                       SyncReport* report);
   absl::Status PullAll(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, LinkPace* pace,
                        SyncReport* report);
   // Replaces the pending batch (whose changes are `items`), which timed out,
