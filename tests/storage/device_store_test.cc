@@ -2,11 +2,10 @@
 
 #include <gtest/gtest.h>
 
-#include "absl/strings/str_cat.h"
-
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
 #include "storage/rocks.h"
 #include "tests/support/records.h"
