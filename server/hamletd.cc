@@ -478,14 +478,14 @@ int Run() {
       "  metrics at          %s\n"
       "  admin token         %s\n"
       "  try:  tools/hamlet-admin --server=%s stats\n"
-      "   or:  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $(cat %s)\" \\\n"
-      "          http://%s/hamlet.v1.AdminService/GetServerStats\n",
+      "   or:  buf curl --protocol grpc --http2-prior-knowledge -H @- \\\n"
+      "          http://%s/hamlet.v1.AdminService/GetServerStats <<<\"authorization: Bearer $(cat %s)\"\n",
       tier.c_str(), town_options.unit_code.c_str(), address.c_str(), admin_address.c_str(),
       metrics_address.empty() ? "off" : absl::StrCat("http://", metrics_address, "/metrics").c_str(),
       (*admin_token == previous_token ? absl::StrCat("in ", token_file)
                                       : absl::StrCat(*admin_token, "  (new; kept in ", token_file, ")"))
           .c_str(),
-      admin_address.c_str(), token_file.c_str(), admin_address.c_str());
+      admin_address.c_str(), admin_address.c_str(), token_file.c_str());
   if (absl::GetFlag(FLAGS_tls_cert_file).empty() && listen.rfind("127.", 0) != 0 && listen.rfind("[::1]", 0) != 0 &&
       listen.rfind("localhost", 0) != 0) {
     LogLine(absl::StrCat("WARNING: devices connect to ", address,

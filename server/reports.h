@@ -8,7 +8,7 @@
 
 namespace hamlet::server {
 
-// DOMAIN.md's report for one unit and period (admin.proto GetReport), summed
+// docs/DOMAIN.md's report for one unit and period (admin.proto GetReport), summed
 // from the store's running tallies. INVALID_ARGUMENT for an unknown unit or a
 // malformed or reversed period.
 absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, const DeviceRegistry& devices,

@@ -29,7 +29,7 @@ struct Row {
   Reach reach;
 };
 
-// DOMAIN.md, "Who may see what". Roles and record types not listed get nothing.
+// docs/DOMAIN.md, "Who may see what". Roles and record types not listed get nothing.
 constexpr Row kRows[] = {
     // Mediation case: own team read/write; police the referred cases; justice
     // the commune; town reads; the province reads the non-sealed fields.

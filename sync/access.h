@@ -26,9 +26,9 @@ enum class Reach {
   kWrite,
 };
 
-// The one table that decides who may see and change what (DOMAIN.md, "Who may
+// The one table that decides who may see and change what (docs/DOMAIN.md, "Who may
 // see what"); the rows are in access.cc, one per (record type, role, relation).
-// A reviewer holds those rows against DOMAIN.md. Teams are identified with the
+// A reviewer holds those rows against docs/DOMAIN.md. Teams are identified with the
 // unit they serve: "own team" is "own unit" (the village, or the commune and
 // its villages, the person is enrolled for). A record of any type marked
 // SENSITIVITY_SEALED is guarded like an informant identity.
@@ -48,7 +48,7 @@ bool SeesWholeServer(hamlet::v1::Role role);
 // REQUIRES: ReachOf(...) >= kRead.
 void Redact(const Principal& principal, hamlet::v1::Record* record);
 
-// What of a town's record goes up to the province (DOMAIN.md): false for a
+// What of a town's record goes up to the province (docs/DOMAIN.md): false for a
 // record that never leaves the town (informant identities and any record
 // marked SENSITIVITY_SEALED) and for admin units (the province owns them and
 // sends them down); otherwise redacts `record` as for a province officer and

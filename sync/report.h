@@ -10,7 +10,7 @@
 
 namespace hamlet::sync {
 
-// Reports (DOMAIN.md, "Reports") are sums of tallies that each record
+// Reports (docs/DOMAIN.md, "Reports") are sums of tallies that each record
 // contributes to its unit and month, kept up to date as records change, so a
 // report reads the tallies of its units and months and never the records.
 //

@@ -22,7 +22,7 @@ inline Authority LifecycleAuthority(hamlet::v1::Role role) {
   }
 }
 
-// Who may settle a conflict (DOMAIN.md: team leaders resolve conflicting
+// Who may settle a conflict (docs/DOMAIN.md: team leaders resolve conflicting
 // edits; commune-level roles supervise them).
 inline bool MayResolveConflicts(hamlet::v1::Role role) {
   return role == hamlet::v1::ROLE_TEAM_LEADER || role == hamlet::v1::ROLE_COMMUNE_POLICE ||

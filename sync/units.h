@@ -39,7 +39,7 @@ class UnitDirectory {
 
 // The reference admin units every server starts from (the province owns them
 // and sends its changes down): province 22 (Quảng Ninh); town 206 (Quảng Yên,
-// DOMAIN.md) with its 19 communes and wards; district 207 (Cô Tô) with its
+// docs/DOMAIN.md) with its 19 communes and wards; district 207 (Cô Tô) with its
 // three communes, as a second town for multi-town deployments and tests; and
 // generated villages "Khu 1".."Khu 12" per commune with codes
 // "<commune>-K01".."<commune>-K12" (real village codes are not public).

@@ -1,6 +1,6 @@
 // Who may see what, end to end: every RPC of both services, for every role,
 // on records of its own commune and of another, against the real hamletd.
-// The expectations below restate DOMAIN.md ("Who may see what") on their own;
+// The expectations below restate docs/DOMAIN.md ("Who may see what") on their own;
 // they are not derived from sync/access.cc, so a wrong row there fails here.
 
 #include <grpcpp/generic/generic_stub.h>
@@ -44,7 +44,7 @@ struct Seeded {
   std::string id;
 };
 
-// What each role may do with a record made by someone else, per DOMAIN.md.
+// What each role may do with a record made by someone else, per docs/DOMAIN.md.
 // Every role sits in commune 07132 or at the town; "own" records are in
 // village 07132-K01, "other" in 07135-K01.
 struct Expect {

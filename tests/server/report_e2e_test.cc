@@ -1,4 +1,4 @@
-// Reports end to end: Quảng Yên's 2012–2017 summary (DOMAIN.md) is pushed as
+// Reports end to end: Quảng Yên's 2012–2017 summary (docs/DOMAIN.md) is pushed as
 // records, and the admin service's report gives the summary back.
 
 #include <grpcpp/grpcpp.h>

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -69,6 +71,28 @@ class TownStoreTest : public ::testing::Test {
   hamlet::testing::TempDir dir_;
   std::unique_ptr<TownStore> store_;
 };
+
+// docs/STORAGE.md names the town store's column families in the order Open creates them; a store
+// on disk has exactly those.
+TEST_F(TownStoreTest, StorageMdListsTheColumnFamiliesInOrder) {
+  store_.reset();
+  std::vector<std::string> on_disk;
+  ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.path(), &on_disk).ok());
+  std::ifstream doc(HAMLET_SOURCE_DIR "/docs/STORAGE.md");
+  std::stringstream text;
+  text << doc.rdbuf();
+  const std::string all = text.str();
+  const size_t start = all.find("column families, opened in this order by `TownStore::Open`");
+  ASSERT_NE(start, std::string::npos) << "STORAGE.md no longer lists the town store's column families";
+  const std::string sentence = all.substr(start, all.find('.', all.find("`default`", start)) - start);
+  std::vector<std::string> documented;
+  for (size_t at = sentence.find("`default`"); at != std::string::npos; at = sentence.find('`', at)) {
+    const size_t end = sentence.find('`', at + 1);
+    documented.push_back(sentence.substr(at + 1, end - at - 1));
+    at = end + 1;
+  }
+  EXPECT_EQ(documented, on_disk);
+}
 
 TEST_F(TownStoreTest, NewStoreHasIdentityAndNoChanges) {
   EXPECT_EQ(store_->server_id().size(), 36u);

@@ -128,6 +128,7 @@ rc_is() { [[ $rc == "$1" ]]; }
 out_has() { grep -qF -- "$1" <<<"$out"; }
 out_matches() { grep -qE -- "$1" <<<"$out"; }
 err_has() { grep -qF -- "$1" <<<"$err"; }
+not() { ! "$@"; }
 out_is() { [[ $out == "$1" ]]; }
 # The call failed (the server refused it) and stderr says why.
 refused_with() { [[ $rc != 0 ]] && err_has "$1"; }
@@ -177,6 +178,18 @@ echo "grpcurl must not be called by this test" >&2
 exit 99
 EOF
 chmod +x "$dir/bin/grpcurl"
+# buf, through a stand-in that keeps each call's arguments and standard input,
+# to check that the admin token is never on a command line.
+real_buf=$(command -v buf 2>/dev/null || echo "$ROOT/tests/node/node_modules/.bin/buf")
+cat >"$dir/bin/buf" <<EOF
+#!/bin/sh
+printf '%s\n' "\$@" >"$dir/buf-args"
+case " \$* " in
+  *" @- "*) tee "$dir/buf-stdin" | exec "$real_buf" "\$@" ;;
+  *) exec "$real_buf" "\$@" ;;
+esac
+EOF
+chmod +x "$dir/bin/buf"
 export PATH=$dir/bin:$PATH
 
 "$HAMLETD" --listen=127.0.0.1:0 --admin_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --data_dir="$dir/data" \
@@ -210,14 +223,14 @@ echo "# hamletd ready in $((SECONDS - started)) s, admin listener $admin_address
 # --- Help.
 admin_raw --help
 check "--help exits with 0" rc_is 0
-check "--help shows the raw grpcurl line" out_has "$ grpcurl -plaintext -H 'authorization: Bearer TOKEN'"
+check "--help shows the raw grpcurl line" out_has "$ HAMLET_ADMIN_TOKEN=TOKEN grpcurl -plaintext -expand-headers -H 'authorization: Bearer \${HAMLET_ADMIN_TOKEN}'"
 for command in "devices list" "devices enroll" "devices revoke" "stats" "conflicts list" "conflicts resolve" \
   "audit list" "replication status" "replication pause" "replication resume" "services" "health"; do
   check "--help describes '$command'" out_matches "^  $command( |$)"
 done
 for method in EnrollDevice RevokeDevice ListDevices GetServerStats ListConflicts ResolveConflict ListAuditEntries \
   GetReplicationStatus PauseReplication ResumeReplication; do
-  check "--help shows the grpcurl line for $method" out_matches "^ +\\$ grpcurl -plaintext .* hamlet\\.v1\\.AdminService/$method\$"
+  check "--help shows the grpcurl line for $method" out_matches "^ +\\$ HAMLET_ADMIN_TOKEN=TOKEN grpcurl -plaintext .* hamlet\\.v1\\.AdminService/$method\$"
 done
 help_text=$out
 admin_raw help
@@ -365,16 +378,23 @@ admin_raw --server="$admin_address" --token-file="$token_file" --dry-run \
   devices enroll --person=dry-run --role=member --unit="$UNIT"
 check "--dry-run devices enroll exits with 0" rc_is 0
 check "--dry-run prints the grpcurl command when grpcurl is on PATH" out_matches \
-  "^grpcurl -plaintext -H 'authorization: Bearer hmt_[A-Za-z0-9_-]+' -d '\\{\"personId\":\"dry-run\",\"role\":\"ROLE_MEMBER\",\"unitCode\":\"$UNIT\"\\}' $admin_address hamlet\\.v1\\.AdminService/EnrollDevice\$"
+  "^HAMLET_ADMIN_TOKEN=hmt_[A-Za-z0-9_-]+ grpcurl -plaintext -expand-headers -H 'authorization: Bearer \\\$\\{HAMLET_ADMIN_TOKEN\\}' -d '\\{\"personId\":\"dry-run\",\"role\":\"ROLE_MEMBER\",\"unitCode\":\"$UNIT\"\\}' $admin_address hamlet\\.v1\\.AdminService/EnrollDevice\$"
 admin --dry-run devices enroll --person=dry-run --role=member --unit="$UNIT"
 check "--client=buf --dry-run prints the buf curl command" out_matches \
-  "buf curl --protocol grpc --http2-prior-knowledge -H 'authorization: Bearer hmt_[A-Za-z0-9_-]+' -d '.*' http://$admin_address/hamlet\\.v1\\.AdminService/EnrollDevice\$"
+  "buf curl --protocol grpc --http2-prior-knowledge -H @- -d '.*' http://$admin_address/hamlet\\.v1\\.AdminService/EnrollDevice <<<'authorization: Bearer hmt_[A-Za-z0-9_-]+'\$"
 admin devices list
 check "--dry-run enrolled nothing" equal "$(grep -c '"deviceId"' <<<"$out")" "$devices_before"
 check "--dry-run enrolled no device for person dry-run" lacks_object '"personId": "dry-run"'
 admin --dry-run stats
 out=$(timeout "$CALL_LIMIT" bash -c "$out" 2>&1)
 check "the command --dry-run prints runs as is" equal "$(json_value lastSeq)" "$SEEDED_UNITS"
+
+# --- The token is never on a command line (the process list shows those).
+rm -f "$dir/buf-args" "$dir/buf-stdin"
+admin stats
+check "a call gets its answer with the token on standard input" equal "$(json_value townCode)" "$TOWN_CODE"
+check "buf's arguments hold no token" not grep -q "hmt_" "$dir/buf-args"
+check "buf read the token from its standard input" grep -q "^authorization: Bearer hmt_" "$dir/buf-stdin"
 
 # --- Defaults: ./data/admin.token, $HAMLET_ADMIN_SERVER, $HAMLET_ADMIN_TOKEN_FILE, 127.0.0.1:7421.
 cd "$dir" || exit 1

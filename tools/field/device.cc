@@ -232,21 +232,28 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
       set_aside[refused.index()] =
           absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())), ": ", refused.message());
     }
-    // Kept a while, for a server restored from an older backup; without
-    // sealed records, which stay on the phone only until the server has them
-    // (so such a batch is kept under a new id: it is no longer the same one).
+    // Kept a while, for a server restored from an older backup: what the
+    // server applied, without sealed records, which stay on the phone only
+    // until the server has them (a batch that lost changes here is kept
+    // under a new id: it is no longer the same batch).
     storage::SentCall acked;
-    *acked.mutable_push() = request;
-    auto* kept = acked.mutable_push()->mutable_changes();
-    kept->erase(std::remove_if(kept->begin(), kept->end(),
-                               [](const Record& change) {
-                                 return change.has_informant_identity() ||
-                                        change.sensitivity() == hamlet::v1::SENSITIVITY_SEALED;
-                               }),
-                kept->end());
+    hamlet::v1::PushRequest& again = *acked.mutable_push();
+    again.set_device_id(request.device_id());
+    again.set_batch_id(request.batch_id());
+    again.set_app_version(request.app_version());
+    again.set_set_aside_refused(true);
+    auto* kept = again.mutable_changes();
+    for (int i = 0; i < request.changes_size(); ++i) {
+      const Record& change = request.changes(i);
+      if (set_aside.count(static_cast<uint32_t>(i)) > 0 || change.has_informant_identity() ||
+          change.sensitivity() == hamlet::v1::SENSITIVITY_SEALED) {
+        continue;
+      }
+      *kept->Add() = change;
+    }
     if (kept->size() != request.changes_size()) {
       absl::BitGen gen;
-      acked.mutable_push()->set_batch_id(sync::NewUuid(gen));
+      again.set_batch_id(sync::NewUuid(gen));
     }
     acked.set_server_id(response.server_id());
     acked.set_epoch(response.epoch());
