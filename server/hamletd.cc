@@ -87,6 +87,9 @@ ABSL_FLAG(std::vector<std::string>, old_sealed_key_files, {},
 ABSL_FLAG(std::string, restore_from, "",
           "Restore --data_dir (which must not exist, or be empty) from this backup directory, move it to a new "
           "epoch so devices pull again from zero, and exit.");
+ABSL_FLAG(bool, print_server_id, false,
+          "Print this server's id (creating --data_dir with a new identity if it is new) and exit without "
+          "serving: the id a province enrols a town's replication node with (docs/REPLICATION.md).");
 ABSL_FLAG(bool, reseal, false,
           "At start, seal again under --sealed_key_file every record sealed under an older key (key rotation), "
           "then serve.");
@@ -321,6 +324,10 @@ int Run() {
   if (!store.ok()) {
     LogLine(absl::StrCat("cannot open data dir ", data_dir, ": ", store.status().ToString()));
     return 1;
+  }
+  if (absl::GetFlag(FLAGS_print_server_id)) {
+    std::printf("%s\n", (*store)->server_id().c_str());
+    return 0;
   }
   if (absl::GetFlag(FLAGS_reseal)) {
     auto resealed = (*store)->Reseal();

@@ -36,6 +36,7 @@
 #include "sync/change.h"
 #include "sync/clock.h"
 #include "sync/uuid.h"
+#include "sync/validate.h"
 #include "tests/support/admin.h"
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
@@ -217,23 +218,19 @@ class ReplicationE2eTest : public ::testing::Test {
     return province_->up();
   }
 
-  // Starts a town once to learn its server id, enrols that id at the
-  // province as the town's replication node, and starts the town replicating.
+  // Learns a new town's server id without serving (hamletd --print_server_id), enrols that id
+  // at the province as the town's replication node, and starts the town replicating.
   std::unique_ptr<Node> StartTown(const std::string& name, const std::string& code) {
     const std::string data_dir = dir_.Sub(name);
-    std::string server_id;
-    {
-      auto first = ServerProcess::Start(data_dir, {"--town_code=" + code});
-      EXPECT_NE(first, nullptr) << ReadFile(data_dir + ".log");
-      if (first == nullptr) return nullptr;
-      {
-        AdminClient admin(*first);  // Closed before the stop, which would wait for it.
-        hamlet::v1::GetServerStatsResponse stats;
-        EXPECT_TRUE(admin.stub().GetServerStats(admin.Context().get(), {}, &stats).ok());
-        server_id = stats.server_id();
-      }
-      EXPECT_EQ(first->Stop(), 0);
-    }
+    const std::string id_file = data_dir + ".id";
+    const pid_t printer = hamlet::testing::Spawn(
+        {HAMLETD_PATH, "--data_dir=" + data_dir, "--town_code=" + code, "--print_server_id"}, id_file);
+    EXPECT_EQ(hamlet::testing::WaitExit(printer), 0) << ReadFile(id_file);
+    const std::string printed = ReadFile(id_file);
+    const size_t line = printed.rfind('\n', printed.size() - 2);
+    std::string server_id = printed.substr(line == std::string::npos ? 0 : line + 1);
+    server_id = server_id.substr(0, server_id.find('\n'));
+    EXPECT_TRUE(sync::IsUuid(server_id)) << printed;
     const std::string token = AdminClient(province_->process())
                                   .Enroll(server_id, hamlet::v1::ROLE_REPLICATION_NODE, code, "replicator-" + code);
     const std::string token_file = dir_.Sub(name + ".upstream-token");
@@ -242,6 +239,12 @@ class ReplicationE2eTest : public ::testing::Test {
         data_dir, std::vector<std::string>{"--town_code=" + code, "--upstream=" + province_->address(),
                                            "--upstream_token_file=" + token_file, "--replication_poll=300ms"});
     EXPECT_TRUE(town->up()) << town->Log();
+    {
+      AdminClient admin(town->process());
+      hamlet::v1::GetServerStatsResponse stats;
+      EXPECT_TRUE(admin.stub().GetServerStats(admin.Context().get(), {}, &stats).ok());
+      EXPECT_EQ(stats.server_id(), server_id) << "the printed id is the id the town serves with";
+    }
     return town;
   }
 
