@@ -90,6 +90,19 @@ absl::StatusOr<hamlet::v1::EnrollDeviceResponse> DeviceRegistry::Enroll(const ha
   enrolment.set_token_sha256(Sha256(token));
 
   absl::MutexLock lock(&mu_);
+  if (one_replication_node_per_unit_ && request.role() == hamlet::v1::ROLE_REPLICATION_NODE) {
+    for (const auto& [id, other] : by_device_) {
+      const hamlet::v1::Device& d = other.device();
+      if (id == device_id || d.role() != hamlet::v1::ROLE_REPLICATION_NODE || d.unit_code() != request.unit_code() ||
+          d.has_revoke_time() || TimeUtil::TimestampToMilliseconds(d.expire_time()) <= now_ms) {
+        continue;
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "unit ", request.unit_code(), " already has a replication node, ", id, " (", d.person_id(),
+          "); two could both write its records here. Revoke it first (tools/hamlet-admin devices revoke "
+          "--device-id=", id, "), or enrol that same id again for a new token"));
+    }
+  }
   if (auto old = by_device_.find(device_id); old != by_device_.end() && old->second.device().has_revoke_time()) {
     return absl::FailedPreconditionError(absl::StrCat("device ", device_id,
                                                       " was revoked; a revoked device stays revoked. Enrol the "

@@ -54,6 +54,11 @@ class DeviceRegistry {
   // Replication nodes must connect with a verified client certificate as well
   // as their token (set when the server has a client CA). Default false.
   void RequireClientCertificateForReplication(bool required) { replication_needs_cert_ = required; }
+  // At most one working replication node per unit (set on a province, where
+  // a node writes its town's records): enrolling a second one for a unit is
+  // FAILED_PRECONDITION until the first is revoked or has expired. The same
+  // node may be enrolled again (a new token). Default false.
+  void OneReplicationNodePerUnit(bool one) { one_replication_node_per_unit_ = one; }
 
   std::vector<hamlet::v1::Device> List() const;
 
@@ -68,6 +73,7 @@ class DeviceRegistry {
   storage::TownStore* const store_;
   const sync::PhysicalClock* const clock_;
   bool replication_needs_cert_ = false;
+  bool one_replication_node_per_unit_ = false;
   mutable absl::Mutex mu_;
   std::map<std::string, storage::Enrolment> by_device_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> device_by_token_hash_ ABSL_GUARDED_BY(mu_);

@@ -421,6 +421,7 @@ int Run() {
     return 1;
   }
   (*devices)->RequireClientCertificateForReplication(!absl::GetFlag(FLAGS_tls_client_ca_file).empty());
+  (*devices)->OneReplicationNodePerUnit(town_options.tier == hamlet::server::Tier::kProvince);
   builder.AddListeningPort(listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));

@@ -724,8 +724,33 @@ TEST_F(ReplicationE2eTest, EachServerKeepsToItsOwnUnits) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("unit 07192 is not in 206"));
 
-  // At the province, a conflict is not settled on the copy.
+  // At the province, a town has one replication node: a second enrolment for 206 is refused
+  // (it could write the town's records too) until the first is revoked; the town's own node may
+  // be enrolled again for a new token.
   AdminClient admin(province_->process());
+  {
+    hamlet::v1::GetServerStatsResponse stats;
+    ASSERT_TRUE(AdminClient(town->process()).stub().GetServerStats(
+        AdminClient(town->process()).Context().get(), {}, &stats).ok());
+    hamlet::v1::EnrollDeviceRequest second;
+    second.set_device_id("00000000-0000-4000-8000-000000000b06");
+    second.set_person_id("another-206");
+    second.set_role(hamlet::v1::ROLE_REPLICATION_NODE);
+    second.set_unit_code("206");
+    hamlet::v1::EnrollDeviceResponse response;
+    const grpc::Status refused = admin.stub().EnrollDevice(admin.Context().get(), second, &response);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_THAT(refused.error_message(), ::testing::HasSubstr(absl::StrCat("already has a replication node, ",
+                                                                           stats.server_id())));
+    hamlet::v1::EnrollDeviceRequest again = second;
+    again.set_device_id(stats.server_id());
+    EXPECT_TRUE(admin.stub().EnrollDevice(admin.Context().get(), again, &response).ok());
+    EXPECT_TRUE(admin.Revoke(stats.server_id(), "replaced").ok());
+    EXPECT_TRUE(admin.stub().EnrollDevice(admin.Context().get(), second, &response).ok())
+        << "once the first is revoked, another may take its place";
+  }
+
+  // At the province, a conflict is not settled on the copy.
   hamlet::v1::AdminServiceResolveConflictResponse resolved;
   const grpc::Status resolve = admin.stub().ResolveConflict(admin.Context().get(), {}, &resolved);
   EXPECT_EQ(resolve.error_code(), grpc::StatusCode::FAILED_PRECONDITION);

@@ -107,8 +107,12 @@ TEST(TlsE2eTest, ATownReplicatesToItsProvinceOverMutualTls) {
       {"--tier=province", "--tls_cert_file=" + dir.Sub("server.pem"), "--tls_key_file=" + dir.Sub("server.key"),
        "--tls_client_ca_file=" + dir.Sub("ca.pem")});
   ASSERT_NE(province, nullptr) << ReadFile(dir.Sub("province.log"));
+  std::string previous_node;  // A province takes one replication node per town: the next replaces it.
   for (const bool with_certificate : {true, false}) {
     const std::string name = with_certificate ? "town-mtls" : "town-no-cert";
+    if (!previous_node.empty()) {
+      ASSERT_TRUE(hamlet::testing::AdminClient(*province).Revoke(previous_node, "replaced by " + name).ok());
+    }
     std::string server_id;
     {
       auto first = ServerProcess::Start(dir.Sub(name));
@@ -119,6 +123,7 @@ TEST(TlsE2eTest, ATownReplicatesToItsProvinceOverMutualTls) {
     }
     const std::string token =
         hamlet::testing::AdminClient(*province).Enroll(server_id, hamlet::v1::ROLE_REPLICATION_NODE, "206", name);
+    previous_node = server_id;
     std::ofstream(dir.Sub(name + ".token")) << token << "\n";
     std::vector<std::string> flags = {"--upstream=" + province->address(),
                                       "--upstream_token_file=" + dir.Sub(name + ".token"),
