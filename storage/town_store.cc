@@ -398,6 +398,8 @@ absl::Status TownStore::Restore(const std::string& backup_dir, const std::string
   // through the last change in the backup, and each earlier one through no
   // more than that.
   hamlet::v1::ServerHistory history = store->history_;
+  history.clear_server_id();  // Open sets these from their own keys.
+  history.clear_epoch();
   for (hamlet::v1::EpochHeld& earlier : *history.mutable_earlier()) {
     earlier.set_through_seq(std::min(earlier.through_seq(), store->last_seq_.load()));
   }
