@@ -210,12 +210,18 @@ function stampsOf(record) {
   }));
 }
 
+// A Timestamp as a comparable plain value: proto3 drops a zero `nanos` on the
+// wire, so a time on a whole second comes back without it.
+function timeOf(ts) {
+  return { seconds: String(ts.seconds), nanos: ts.nanos || 0 };
+}
+
 // Asserts that `pulled` is the merged state of the new record `sent`.
 function assertSameRecord(pulled, sent) {
   assert.equal(pulled.id, sent.id);
   assert.equal(pulled.unit_code, sent.unit_code);
   assert.equal(pulled.author, sent.author);
-  assert.deepEqual(pulled.create_time, sent.create_time);
+  assert.deepEqual(timeOf(pulled.create_time), timeOf(sent.create_time));
   assert.equal(pulled.sensitivity, sent.sensitivity);
   assert.deepEqual(pulled.mediation_case, sent.mediation_case);
   assert.deepEqual(stampsOf(pulled), stampsOf(sent));
