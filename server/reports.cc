@@ -26,7 +26,13 @@ absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, cons
   const std::set<std::string> unit_set(units.begin(), units.end());
   const hamlet::v1::UnitLevel level = town.UnitLevel(request.unit_code());
   const bool below_commune = level == hamlet::v1::UNIT_LEVEL_VILLAGE;
-  const bool leaves_town = request.audience() == hamlet::v1::REPORT_AUDIENCE_PROVINCE;
+  // A province's reports are read above the towns: unless the town audience
+  // is asked for by name, they withhold what the province audience withholds.
+  const hamlet::v1::ReportAudience audience =
+      request.audience() != hamlet::v1::REPORT_AUDIENCE_UNSPECIFIED ? request.audience()
+      : town.options().tier == Tier::kProvince                      ? hamlet::v1::REPORT_AUDIENCE_PROVINCE
+                                                                    : hamlet::v1::REPORT_AUDIENCE_TOWN;
+  const bool leaves_town = audience == hamlet::v1::REPORT_AUDIENCE_PROVINCE;
 
   HAMLET_ASSIGN_OR_RETURN(auto by_unit, town.store().SumTallies(units, from, to));
   std::map<std::string, int64_t> totals;

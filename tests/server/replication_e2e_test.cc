@@ -175,17 +175,25 @@ bool CaughtUp(const hamlet::v1::ReplicationStatus& status) {
   return status.lag_records() == 0 && status.state() == hamlet::v1::REPLICATION_STATE_RUNNING;
 }
 
-std::map<std::string, int64_t> ReportFigures(const Node& node, const std::string& unit, uint32_t* villages_registered) {
+hamlet::v1::GetReportResponse Report(const Node& node, const std::string& unit, const std::string& from,
+                                     const std::string& to, hamlet::v1::ReportAudience audience) {
   auto stub = hamlet::v1::AdminService::NewStub(Channel(node.admin_address()));
   grpc::ClientContext context;
   context.AddMetadata("authorization", "Bearer " + node.admin_token());
   hamlet::v1::GetReportRequest request;
   request.set_unit_code(unit);
-  request.set_from_date("2026-01-01");
-  request.set_to_date("2026-12-31");
+  request.set_from_date(from);
+  request.set_to_date(to);
+  request.set_audience(audience);
   hamlet::v1::GetReportResponse response;
   const grpc::Status status = stub->GetReport(&context, request, &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
+std::map<std::string, int64_t> ReportFigures(const Node& node, const std::string& unit, uint32_t* villages_registered) {
+  const hamlet::v1::GetReportResponse response =
+      Report(node, unit, "2026-01-01", "2026-12-31", hamlet::v1::REPORT_AUDIENCE_UNSPECIFIED);
   std::map<std::string, int64_t> figures;
   for (const auto& figure : response.figures()) figures[figure.metric()] = figure.count();
   *villages_registered = response.villages_registered();
@@ -530,6 +538,26 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
   EXPECT_EQ(province_report, sum);
   EXPECT_EQ(province_villages, qy_villages + ct_villages);
   EXPECT_EQ(province_report.at("mediation.cases"), 4 * days);
+
+  // A village's November (days 10 and 21 fall in it: one or two of each record) at the
+  // province: its small counts are withheld unless the town audience is asked for by name,
+  // as the town withholds them from the province.
+  const std::string village = phones[0].unit;
+  const auto month = [&](const Node& node, hamlet::v1::ReportAudience audience) {
+    return Report(node, village, "2026-11-01", "2026-11-30", audience);
+  };
+  const auto in_town = month(*quang_yen, hamlet::v1::REPORT_AUDIENCE_TOWN);
+  const auto by_default = month(*province_, hamlet::v1::REPORT_AUDIENCE_UNSPECIFIED);
+  const auto for_province = month(*quang_yen, hamlet::v1::REPORT_AUDIENCE_PROVINCE);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(by_default, for_province))
+      << "province, by default:\n" << by_default.DebugString() << "town, for the province:\n"
+      << for_province.DebugString();
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+      month(*province_, hamlet::v1::REPORT_AUDIENCE_TOWN), in_town));
+  int small = 0;
+  for (const auto& figure : in_town.figures()) small += figure.count() > 0 && figure.count() < 3;
+  EXPECT_GT(small, 0) << "the village's month has no small count to withhold:\n" << in_town.DebugString();
+  EXPECT_TRUE(by_default.suppressed());
 
   // The merger made at the province reached both towns. (Read by a replication node: a Cô Tô
   // officer's device does not carry Quảng Yên's units.)
