@@ -17,7 +17,7 @@
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "server/town.h"
 #include "storage/storage.pb.h"
-#include "tools/field/protocol.h"
+#include "client/protocol.h"
 
 namespace hamlet::server {
 

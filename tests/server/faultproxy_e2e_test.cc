@@ -38,7 +38,7 @@
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
-#include "tools/field/device.h"
+#include "client/device.h"
 #include "tools/field/week.h"
 #include "tools/harness/fault_proxy.h"
 

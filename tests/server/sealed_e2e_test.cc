@@ -17,7 +17,7 @@
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
-#include "tools/field/device.h"
+#include "client/device.h"
 
 namespace hamlet {
 namespace {

@@ -451,7 +451,7 @@ TEST_F(StoreFaultTest, PowerCutDuringConcurrentPushesKeepsAGapFreePrefix) {
 // A storage error is UNAVAILABLE (retry later) wherever the data lives. A
 // held LOCK file is FAILED_PRECONDITION, and the reference client sets a
 // batch refused with FAILED_PRECONDITION aside for good
-// (tools/field/device.cc), so the difference decides whether a phone's edits
+// (client/device.cc), so the difference decides whether a phone's edits
 // reach the server.
 TEST_F(StoreFaultTest, FailedSyncIsUnavailableEvenWhenTheDataDirNameSaysLock) {
   data_dir_ = dir_.Sub("block-storage");

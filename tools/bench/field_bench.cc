@@ -24,7 +24,7 @@
 #include "sync/clock.h"
 #include "sync/merge.h"
 #include "tools/bench/pouch_server.h"
-#include "tools/field/device.h"
+#include "client/device.h"
 #include "tools/field/week.h"
 #include "tools/harness/fault_proxy.h"
 #include "tools/harness/hamletd_process.h"

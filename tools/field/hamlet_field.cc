@@ -22,7 +22,7 @@
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "sync/merge.h"
-#include "tools/field/device.h"
+#include "client/device.h"
 #include "tools/harness/program_flags.h"
 
 ABSL_FLAG(std::string, store, "./field-device", "Directory of this device's local store; created if missing.");

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "tools/field/device.h"
+#include "client/device.h"
 
 namespace hamlet::field {
 

@@ -20,7 +20,7 @@
 //   --first_backoff_ms=N, --max_backoff_ms=N
 //                       sleep between attempts: first_backoff, doubled each time up to
 //                       max_backoff, each with +-50% jitter; defaults 100 and 5000, as Hamlet's
-//                       field client (tools/field/protocol.h RetryPolicy).
+//                       field client (client/protocol.h RetryPolicy).
 //
 // Output: one JSON line on stdout at the end:
 //   {"seconds": S, "docs_written": N, "docs_read": N, "attempts": N, "errors": [...], ...}

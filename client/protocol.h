@@ -1,5 +1,5 @@
-#ifndef HAMLET_TOOLS_FIELD_PROTOCOL_H_
-#define HAMLET_TOOLS_FIELD_PROTOCOL_H_
+#ifndef HAMLET_CLIENT_PROTOCOL_H_
+#define HAMLET_CLIENT_PROTOCOL_H_
 
 #include <functional>
 #include <string>
@@ -121,4 +121,4 @@ CallResult CallWithRetry(const RetryPolicy& policy, const std::string& token,
 
 }  // namespace hamlet::field
 
-#endif  // HAMLET_TOOLS_FIELD_PROTOCOL_H_
+#endif  // HAMLET_CLIENT_PROTOCOL_H_

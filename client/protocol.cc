@@ -1,4 +1,4 @@
-#include "tools/field/protocol.h"
+#include "client/protocol.h"
 
 #include <algorithm>
 #include <chrono>

@@ -1,5 +1,5 @@
-#ifndef HAMLET_TOOLS_FIELD_DEVICE_H_
-#define HAMLET_TOOLS_FIELD_DEVICE_H_
+#ifndef HAMLET_CLIENT_DEVICE_H_
+#define HAMLET_CLIENT_DEVICE_H_
 
 #include <cstdint>
 #include <functional>
@@ -9,9 +9,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/protocol.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "storage/device_store.h"
-#include "tools/field/protocol.h"
 #include "sync/clock.h"
 #include "sync/merge.h"
 
@@ -156,4 +156,4 @@ class FieldDevice {
 
 }  // namespace hamlet::field
 
-#endif  // HAMLET_TOOLS_FIELD_DEVICE_H_
+#endif  // HAMLET_CLIENT_DEVICE_H_

@@ -1,10 +1,11 @@
-#include "tools/field/device.h"
+#include "client/device.h"
 
 #include <map>
 #include <unordered_map>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "client/protocol.h"
 #include "google/protobuf/util/time_util.h"
 #include "sync/change.h"
 #include "sync/lifecycle.h"
@@ -12,7 +13,6 @@
 #include "sync/stamp.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
-#include "tools/field/protocol.h"
 
 namespace hamlet::field {
 

@@ -1,8 +1,8 @@
-// LinkPace (tools/field/protocol.h): how the reference client sizes its calls
+// LinkPace (client/protocol.h): how the reference client sizes its calls
 // and their deadlines from what the link has shown.
 #include <gtest/gtest.h>
 
-#include "tools/field/protocol.h"
+#include "client/protocol.h"
 
 namespace hamlet::field {
 namespace {
