@@ -83,7 +83,7 @@ grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const h
   }
   const size_t max = PageSize(request->page_size());
   // Open conflicts by unit, to count each device's (conflicts are few).
-  auto conflicted = town_->store().ListConflicted("", "", std::numeric_limits<size_t>::max());
+  auto conflicted = store_->ListConflicted("", "", std::numeric_limits<size_t>::max());
   if (!conflicted.ok()) return ToGrpc(conflicted.status(), context);
   std::map<std::string, uint32_t> conflicts_by_unit;
   for (const hamlet::v1::Record& record : *conflicted) ++conflicts_by_unit[record.unit_code()];
@@ -93,7 +93,7 @@ grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const h
       response->set_next_page_token(response->devices(response->devices_size() - 1).device_id());
       break;
     }
-    absl::StatusOr<std::optional<storage::DeviceState>> state = town_->store().GetDevice(device.device_id());
+    absl::StatusOr<std::optional<storage::DeviceState>> state = store_->GetDevice(device.device_id());
     if (!state.ok()) return ToGrpc(state.status(), context);
     if (state->has_value()) {
       const storage::DeviceState& s = **state;
@@ -121,7 +121,7 @@ grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
                                               hamlet::v1::GetServerStatsResponse* response) {
   absl::StatusOr<Caller> admin = AdminOf(context, "GetServerStats");
   if (!admin.ok()) return ToGrpc(admin.status(), context);
-  const storage::TownStore& store = town_->store();
+  const storage::TownStore& store = *store_;
   response->set_server_id(store.server_id());
   response->set_epoch(store.epoch());
   response->set_last_seq(store.last_seq());
@@ -131,7 +131,7 @@ grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
   absl::StatusOr<uint64_t> conflicts = store.CountConflicted();
   if (!conflicts.ok()) return ToGrpc(conflicts.status(), context);
   response->set_open_conflicts(*conflicts);
-  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  const int64_t now_ms = clock_->NowMs();
   *response->mutable_history() = store.history();
   const bool restored = store.history().has_restore_time();
   const int64_t restore_ms = TimeUtil::TimestampToMilliseconds(store.history().restore_time());
@@ -158,8 +158,8 @@ hamlet::v1::ReplicationStatus AdminServiceImpl::ReplicationStatus() const {
   if (replicator_ != nullptr) return replicator_->Status();
   hamlet::v1::ReplicationStatus status;
   status.set_state(hamlet::v1::REPLICATION_STATE_OFF);
-  status.set_device_id(town_->store().server_id());
-  status.set_last_seq(town_->store().last_seq());
+  status.set_device_id(store_->server_id());
+  status.set_last_seq(store_->last_seq());
   return status;
 }
 
@@ -178,9 +178,8 @@ absl::Status AdminServiceImpl::SetReplicationPaused(const Caller& admin, bool pa
   }
   HAMLET_RETURN_IF_ERROR(paused ? replicator_->Pause() : replicator_->Resume());
   const char* action = paused ? "pause_replication" : "resume_replication";
-  HAMLET_RETURN_IF_ERROR(town_->mutable_store()
-                             .AppendAudit(AuditOf(admin, action, replicator_->Status().upstream(), reason,
-                                                  absl::ToUnixMillis(absl::Now())))
+  HAMLET_RETURN_IF_ERROR(store_->AppendAudit(AuditOf(admin, action, replicator_->Status().upstream(), reason,
+                                                  clock_->NowMs()))
                              .status());
   LogLine(absl::StrCat("replication ", paused ? "paused: " : "resumed", reason));
   return absl::OkStatus();
@@ -224,7 +223,7 @@ grpc::Status AdminServiceImpl::ListConflicts(grpc::ServerContext* context,
                   context);
   }
   const size_t max = PageSize(request->page_size());
-  auto records = town_->store().ListConflicted(request->unit_code(), request->page_token(), max + 1);
+  auto records = store_->ListConflicted(request->unit_code(), request->page_token(), max + 1);
   if (!records.ok()) return ToGrpc(records.status(), context);
   for (size_t i = 0; i < records->size() && i < max; ++i) *response->add_records() = std::move((*records)[i]);
   if (records->size() > max) response->set_next_page_token(response->records(response->records_size() - 1).id());
@@ -250,7 +249,7 @@ grpc::Status AdminServiceImpl::ListAuditEntries(grpc::ServerContext* context,
   absl::StatusOr<uint64_t> after = SeqToken(request->page_token());
   if (!after.ok()) return ToGrpc(after.status(), context);
   const size_t max = PageSize(request->page_size());
-  auto entries = town_->store().ListAudit(*after, max + 1);
+  auto entries = store_->ListAudit(*after, max + 1);
   if (!entries.ok()) return ToGrpc(entries.status(), context);
   for (size_t i = 0; i < entries->size() && i < max; ++i) *response->add_entries() = std::move((*entries)[i]);
   if (entries->size() > max) {
@@ -264,7 +263,7 @@ grpc::Status AdminServiceImpl::GetReport(grpc::ServerContext* context, const ham
   absl::StatusOr<Caller> admin = AdminOf(context, "GetReport");
   if (!admin.ok()) return ToGrpc(admin.status(), context);
   absl::StatusOr<hamlet::v1::GetReportResponse> report =
-      BuildReport(*town_, *devices_, *request, absl::ToUnixMillis(absl::Now()));
+      BuildReport(*town_, *store_, *devices_, *request, clock_->NowMs());
   if (!report.ok()) return ToGrpc(report.status(), context);
   *response = std::move(*report);
   return grpc::Status::OK;
@@ -280,7 +279,7 @@ grpc::Status AdminServiceImpl::CreateBackup(grpc::ServerContext* context,
   }
   const auto start = std::chrono::steady_clock::now();
   hamlet::v1::CreateBackupResponse message;
-  absl::Status status = town_->mutable_store().Backup(request->directory(), [&](const storage::CopyProgress& p) {
+  absl::Status status = store_->Backup(request->directory(), [&](const storage::CopyProgress& p) {
     message.set_bytes_copied(p.bytes_done);
     message.set_bytes_total(p.bytes_total);
     message.set_files_copied(p.files_done);
@@ -288,11 +287,10 @@ grpc::Status AdminServiceImpl::CreateBackup(grpc::ServerContext* context,
     writer->Write(message);  // A client that went away only misses progress.
   });
   if (status.ok()) {
-    status = town_->mutable_store()
-                 .AppendAudit(AuditOf(*admin, "backup", request->directory(),
+    status = store_->AppendAudit(AuditOf(*admin, "backup", request->directory(),
                                       absl::StrCat(message.bytes_total(), " bytes in ", message.files_total(),
                                                    " files"),
-                                      absl::ToUnixMillis(absl::Now())))
+                                      clock_->NowMs()))
                  .status();
   }
   LogLine(absl::StrCat("backup to ", request->directory(), ": ", status.ok() ? "done" : status.ToString(), " in ",

@@ -5,6 +5,8 @@
 #include "server/devices.h"
 #include "server/replicator.h"
 #include "server/town.h"
+#include "storage/town_store.h"
+#include "sync/clock.h"
 
 namespace hamlet::server {
 
@@ -13,10 +15,16 @@ namespace hamlet::server {
 // server's log.
 class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
  public:
-  // All must outlive the service. `replicator` is null for a server without
-  // an upstream.
-  AdminServiceImpl(Town* town, DeviceRegistry* devices, Replicator* replicator, int64_t start_ms)
-      : town_(town), devices_(devices), replicator_(replicator), start_ms_(start_ms) {}
+  // All must outlive the service. `store` is the one `town` commits to;
+  // `replicator` is null for a server without an upstream.
+  AdminServiceImpl(Town* town, storage::TownStore* store, DeviceRegistry* devices, Replicator* replicator,
+                   const sync::PhysicalClock* clock)
+      : town_(town),
+        store_(store),
+        devices_(devices),
+        replicator_(replicator),
+        clock_(clock),
+        start_ms_(clock->NowMs()) {}
 
   grpc::Status EnrollDevice(grpc::ServerContext* context, const hamlet::v1::EnrollDeviceRequest* request,
                             hamlet::v1::EnrollDeviceResponse* response) override;
@@ -50,6 +58,7 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
   absl::StatusOr<Caller> AdminOf(grpc::ServerContext* context, absl::string_view action) const;
 
   Town* const town_;
+  storage::TownStore* const store_;
   // Where replication stands; REPLICATION_STATE_OFF without a replicator.
   hamlet::v1::ReplicationStatus ReplicationStatus() const;
   // Pauses or resumes replication and writes the audit entry.
@@ -58,6 +67,7 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
 
   DeviceRegistry* const devices_;
   Replicator* const replicator_;
+  const sync::PhysicalClock* const clock_;
   const int64_t start_ms_;
 };
 

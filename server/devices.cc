@@ -1,10 +1,8 @@
 #include "server/devices.h"
 
 #include <openssl/rand.h>
-#include <sys/stat.h>
 
 #include <fstream>
-#include <sstream>
 
 #include "absl/random/random.h"
 #include "absl/strings/escaping.h"
@@ -12,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/atomic_file.h"
 #include "server/sha256.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
@@ -223,17 +222,8 @@ absl::StatusOr<std::string> DeviceRegistry::EnsureAdminToken(const std::string& 
   Caller server;
   server.principal.person_id = "hamletd";
   HAMLET_ASSIGN_OR_RETURN(hamlet::v1::EnrollDeviceResponse enrolled, Enroll(request, server));
-  const std::string tmp = token_file + ".tmp";
-  {
-    const mode_t old_mask = umask(077);  // The token is never readable by others, not even briefly.
-    std::ofstream out(tmp, std::ios::trunc);
-    umask(old_mask);
-    out << enrolled.token() << "\n";
-    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
-  }
-  if (std::rename(tmp.c_str(), token_file.c_str()) != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot write ", token_file));
-  }
+  // The token is never readable by others, not even briefly.
+  HAMLET_RETURN_IF_ERROR(WriteFileAtomically(token_file, enrolled.token() + "\n", 0600));
   return enrolled.token();
 }
 

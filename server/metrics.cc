@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include <chrono>
+
 #include <httplib.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -9,8 +11,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/host_port.h"
 #include "server/replicator.h"
-#include "server/town.h"
+#include "storage/town_store.h"
 
 namespace hamlet::server {
 
@@ -76,13 +79,13 @@ void Metrics::CountRecordsPulled(uint64_t n) { records_pulled_->Increment(static
 void Metrics::WatchOpened() { connected_->Increment(); }
 void Metrics::WatchClosed() { connected_->Decrement(); }
 
-std::string Metrics::Render(const Town& town, const Replicator* replicator) {
-  if (absl::StatusOr<uint64_t> records = town.store().CountRecords(); records.ok()) {
+std::string Metrics::Render(const storage::TownStore& store, const Replicator* replicator) {
+  if (absl::StatusOr<uint64_t> records = store.CountRecords(); records.ok()) {
     records_->Set(static_cast<double>(*records));
   }
-  last_seq_->Set(static_cast<double>(town.store().last_seq()));
-  wal_syncs_->Set(static_cast<double>(town.store().wal_syncs()));
-  if (absl::StatusOr<uint64_t> conflicts = town.store().CountConflicted(); conflicts.ok()) {
+  last_seq_->Set(static_cast<double>(store.last_seq()));
+  wal_syncs_->Set(static_cast<double>(store.wal_syncs()));
+  if (absl::StatusOr<uint64_t> conflicts = store.CountConflicted(); conflicts.ok()) {
     open_conflicts_->Set(static_cast<double>(*conflicts));
   }
   if (replicator == nullptr) {
@@ -99,13 +102,10 @@ std::string Metrics::Render(const Town& town, const Replicator* replicator) {
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,
                                                                         std::function<std::string()> render) {
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) {
-    return absl::InvalidArgumentError(absl::StrCat("metrics address ", address, " is not host:port"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  absl::StatusOr<HostPort> listen = SplitHostPort(address);
+  if (!listen.ok()) return absl::InvalidArgumentError(absl::StrCat("metrics address ", listen.status().message()));
+  int port = listen->port;
+  const std::string& host = listen->host;
   std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint());
   endpoint->http_ = std::make_unique<httplib::Server>();
   endpoint->http_->Get("/metrics", [render = std::move(render)](const httplib::Request&, httplib::Response& res) {
@@ -117,8 +117,13 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
     port = -1;
   }
   if (port <= 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", address, " for metrics"));
-  endpoint->address_ = absl::StrCat(address.substr(0, colon), ":", port);
+  endpoint->address_ = WithPort(address, port);
   endpoint->thread_ = std::thread([http = endpoint->http_.get()] { http->listen_after_bind(); });
+  // httplib's stop() does nothing to a server not yet running, so a stop
+  // right after the start would leave the thread listening for ever.
+  for (int waited_ms = 0; !endpoint->http_->is_running() && waited_ms < 5000; ++waited_ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return endpoint;
 }
 

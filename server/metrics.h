@@ -26,9 +26,12 @@ namespace httplib {
 class Server;
 }  // namespace httplib
 
+namespace hamlet::storage {
+class TownStore;
+}  // namespace hamlet::storage
+
 namespace hamlet::server {
 
-class Town;
 class Replicator;
 
 // The server's Prometheus metrics (names and meanings in docs/OPERATIONS.md),
@@ -50,7 +53,7 @@ class Metrics {
 
   // The text exposition format, with the gauges read now. `replicator` may be
   // null (no upstream).
-  std::string Render(const Town& town, const Replicator* replicator);
+  std::string Render(const storage::TownStore& store, const Replicator* replicator);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

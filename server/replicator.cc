@@ -17,10 +17,12 @@ namespace hamlet::server {
 using google::protobuf::util::TimeUtil;
 using hamlet::v1::Record;
 
-absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(Town* town, ReplicatorOptions options) {
+absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(Town* town, storage::TownStore* store,
+                                                             const sync::PhysicalClock* clock,
+                                                             ReplicatorOptions options) {
   if (options.upstream.empty()) return absl::InvalidArgumentError("replication needs an upstream address");
   if (options.token.empty()) return absl::InvalidArgumentError("replication needs the upstream's token");
-  HAMLET_ASSIGN_OR_RETURN(storage::ReplicationState state, town->store().GetReplicationState());
+  HAMLET_ASSIGN_OR_RETURN(storage::ReplicationState state, store->GetReplicationState());
   if (state.upstream() != options.upstream) {
     if (!state.upstream().empty()) {
       LogLine(absl::StrCat("replication: upstream changed from ", state.upstream(), " to ", options.upstream,
@@ -28,22 +30,23 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(Town* town, Replic
     }
     state = storage::ReplicationState();
     state.set_upstream(options.upstream);
-    HAMLET_RETURN_IF_ERROR(town->mutable_store().PutReplicationState(state));
+    HAMLET_RETURN_IF_ERROR(store->PutReplicationState(state));
   }
-  std::unique_ptr<Replicator> replicator(new Replicator(town, std::move(options), std::move(state)));
+  std::unique_ptr<Replicator> replicator(new Replicator(town, store, clock, std::move(options), std::move(state)));
   replicator->thread_ = std::thread([r = replicator.get()] { r->Run(); });
   return replicator;
 }
 
-Replicator::Replicator(Town* town, ReplicatorOptions options, storage::ReplicationState state)
-    : town_(town), options_(std::move(options)), state_(std::move(state)) {
+Replicator::Replicator(Town* town, storage::TownStore* store, const sync::PhysicalClock* clock,
+                       ReplicatorOptions options, storage::ReplicationState state)
+    : town_(town), store_(store), clock_(clock), options_(std::move(options)), state_(std::move(state)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options_.max_message_bytes);
   args.SetMaxSendMessageSize(options_.max_message_bytes);
   channel_ = grpc::CreateCustomChannel(
       options_.upstream, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);
   stub_ = hamlet::v1::SyncService::NewStub(channel_);
-  LogLine(absl::StrCat("replication: to ", options_.upstream, " as device ", town_->store().server_id(),
+  LogLine(absl::StrCat("replication: to ", options_.upstream, " as device ", store_->server_id(),
                        ", from seq ", state_.acked_seq(), state_.paused() ? " (paused)" : ""));
 }
 
@@ -66,7 +69,7 @@ void Replicator::Sleep(absl::Duration timeout) {
 }
 
 absl::Status Replicator::SaveState(const storage::ReplicationState& state) {
-  HAMLET_RETURN_IF_ERROR(town_->mutable_store().PutReplicationState(state));
+  HAMLET_RETURN_IF_ERROR(store_->PutReplicationState(state));
   state_ = state;
   return absl::OkStatus();
 }
@@ -146,14 +149,14 @@ absl::Status Replicator::PushPage(bool* caught_up) {
     acked = state_.acked_seq();
   }
   HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page,
-                          town_->store().ReadChanges(storage::ChangeScope::WholeServer(), acked,
+                          store_->ReadChanges(storage::ChangeScope::WholeServer(), acked,
                                                      static_cast<size_t>(options_.batch_records),
                                                      static_cast<size_t>(options_.batch_bytes),
                                                      storage::CountRemaining::kNo));
   *caught_up = page.records.empty();
   if (*caught_up) return absl::OkStatus();
   hamlet::v1::PushRequest request;
-  request.set_device_id(town_->store().server_id());
+  request.set_device_id(store_->server_id());
   request.set_app_version("hamletd-replicator");
   for (Record& record : page.records) {
     if (!sync::PrepareForProvince(&record)) continue;
@@ -165,7 +168,7 @@ absl::Status Replicator::PushPage(bool* caught_up) {
     // The batch id is named after the content, so a retry of the same page
     // (after a lost answer or a restart) is answered as the first time, and a
     // page whose records moved on in between is a new batch.
-    std::string content = town_->store().server_id();
+    std::string content = store_->server_id();
     for (const Record& change : request.changes()) content += change.SerializeAsString();
     request.set_batch_id(sync::FormatUuid(Sha256(content), 8));
     hamlet::v1::PushResponse response;
@@ -179,7 +182,7 @@ absl::Status Replicator::PushPage(bool* caught_up) {
   absl::MutexLock lock(&mu_);
   storage::ReplicationState next = state_;
   next.set_acked_seq(page.through_seq);
-  if (sent > 0) next.set_last_ack_ms(absl::ToUnixMillis(absl::Now()));
+  if (sent > 0) next.set_last_ack_ms(clock_->NowMs());
   HAMLET_RETURN_IF_ERROR(SaveState(next));
   records_sent_ += static_cast<uint64_t>(sent);
   return absl::OkStatus();
@@ -194,7 +197,7 @@ absl::Status Replicator::PullReference() {
   bool restarted = false;
   while (true) {
     hamlet::v1::PullRequest request;
-    request.set_device_id(town_->store().server_id());
+    request.set_device_id(store_->server_id());
     request.set_reference_only(true);
     request.set_cursor(cursor);
     hamlet::v1::PullResponse response;
@@ -231,7 +234,7 @@ absl::Status Replicator::PullReference() {
     cursor = response.next_cursor();
     units_received_ += changed;
     if (response.remaining() == 0) {
-      last_reference_pull_ms_ = absl::ToUnixMillis(absl::Now());
+      last_reference_pull_ms_ = clock_->NowMs();
       return absl::OkStatus();
     }
   }
@@ -268,10 +271,10 @@ hamlet::v1::ReplicationStatus Replicator::Status() const {
     }
     acked = state_.acked_seq();
   }
-  status.set_device_id(town_->store().server_id());
+  status.set_device_id(store_->server_id());
   status.set_acked_seq(acked);
-  status.set_last_seq(town_->store().last_seq());
-  if (absl::StatusOr<uint64_t> lag = town_->store().CountChangesAfter(acked); lag.ok()) {
+  status.set_last_seq(store_->last_seq());
+  if (absl::StatusOr<uint64_t> lag = store_->CountChangesAfter(acked); lag.ok()) {
     status.set_lag_records(*lag);
   }
   const absl::Time oldest = town_->feed().FirstCommitAfter(acked);

@@ -13,11 +13,13 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/protocol.h"
 #include "hamlet/v1/admin.pb.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "server/town.h"
 #include "storage/storage.pb.h"
-#include "client/protocol.h"
+#include "storage/town_store.h"
+#include "sync/clock.h"
 
 namespace hamlet::server {
 
@@ -61,8 +63,11 @@ struct ReplicatorOptions {
 class Replicator {
  public:
   // Loads the saved state (starting over if it was for another upstream)
-  // and starts the thread. `town` must outlive the replicator.
-  static absl::StatusOr<std::unique_ptr<Replicator>> Start(Town* town, ReplicatorOptions options);
+  // and starts the thread. `town`, the store it commits to and `clock` must
+  // outlive the replicator.
+  static absl::StatusOr<std::unique_ptr<Replicator>> Start(Town* town, storage::TownStore* store,
+                                                           const sync::PhysicalClock* clock,
+                                                           ReplicatorOptions options);
   // Stops (see Stop).
   ~Replicator();
 
@@ -80,7 +85,8 @@ class Replicator {
   bool Healthy(absl::Duration max_lag) const;
 
  private:
-  Replicator(Town* town, ReplicatorOptions options, storage::ReplicationState state);
+  Replicator(Town* town, storage::TownStore* store, const sync::PhysicalClock* clock, ReplicatorOptions options,
+             storage::ReplicationState state);
   void Run();
   // Pushes one page; sets *caught_up when nothing is left.
   absl::Status PushPage(bool* caught_up);
@@ -91,6 +97,8 @@ class Replicator {
   void Sleep(absl::Duration timeout);
 
   Town* const town_;
+  storage::TownStore* const store_;
+  const sync::PhysicalClock* const clock_;
   const ReplicatorOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<hamlet::v1::SyncService::Stub> stub_;

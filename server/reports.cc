@@ -13,7 +13,8 @@ namespace hamlet::server {
 
 using google::protobuf::util::TimeUtil;
 
-absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, const DeviceRegistry& devices,
+absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, const storage::TownStore& store,
+                                                          const DeviceRegistry& devices,
                                                           const hamlet::v1::GetReportRequest& request,
                                                           int64_t now_ms) {
   const int32_t from = sync::MonthOfDate(request.from_date());
@@ -34,7 +35,7 @@ absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, cons
                                                                     : hamlet::v1::REPORT_AUDIENCE_TOWN;
   const bool leaves_town = audience == hamlet::v1::REPORT_AUDIENCE_PROVINCE;
 
-  HAMLET_ASSIGN_OR_RETURN(auto by_unit, town.store().SumTallies(units, from, to));
+  HAMLET_ASSIGN_OR_RETURN(auto by_unit, store.SumTallies(units, from, to));
   std::map<std::string, int64_t> totals;
   hamlet::v1::GetReportResponse response;
   for (const auto& [unit, metrics] : by_unit) {
@@ -92,13 +93,13 @@ absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, cons
         device.role() == hamlet::v1::ROLE_ADMIN) {
       continue;
     }
-    HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> state, town.store().GetDevice(device.device_id()));
+    HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> state, store.GetDevice(device.device_id()));
     if (!state.has_value() || now_ms - state->last_seen_ms() > silent_ms) {
       response.set_silent_devices(response.silent_devices() + 1);
     }
   }
   HAMLET_ASSIGN_OR_RETURN(std::vector<hamlet::v1::Record> conflicted,
-                          town.store().ListConflicted("", "", std::numeric_limits<size_t>::max()));
+                          store.ListConflicted("", "", std::numeric_limits<size_t>::max()));
   for (const hamlet::v1::Record& record : conflicted) {
     if (unit_set.count(record.unit_code()) > 0) response.set_open_conflicts(response.open_conflicts() + 1);
   }

@@ -11,7 +11,9 @@ namespace hamlet::server {
 // docs/DOMAIN.md's report for one unit and period (admin.proto GetReport), summed
 // from the store's running tallies. INVALID_ARGUMENT for an unknown unit or a
 // malformed or reversed period.
-absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, const DeviceRegistry& devices,
+// `store` is the one `town` commits to.
+absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, const storage::TownStore& store,
+                                                          const DeviceRegistry& devices,
                                                           const hamlet::v1::GetReportRequest& request,
                                                           int64_t now_ms);
 

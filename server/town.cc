@@ -68,17 +68,17 @@ hamlet::v1::UnitLevel ServedLevel(Tier tier) {
 
 }  // namespace
 
-Town::Town(std::unique_ptr<storage::TownStore> store, const sync::PhysicalClock* clock, const TownOptions& options)
-    : store_(std::move(store)),
+Town::Town(storage::TownStore* store, const sync::PhysicalClock* clock, const TownOptions& options)
+    : store_(store),
       options_(options),
       clock_(clock, store_->server_id()),
       feed_(store_->last_seq()) {
   clock_.Restore(store_->persisted_clock());
 }
 
-absl::StatusOr<std::unique_ptr<Town>> Town::Create(std::unique_ptr<storage::TownStore> store,
-                                                   const sync::PhysicalClock* clock, const TownOptions& options) {
-  std::unique_ptr<Town> town(new Town(std::move(store), clock, options));
+absl::StatusOr<std::unique_ptr<Town>> Town::Create(storage::TownStore* store, const sync::PhysicalClock* clock,
+                                                   const TownOptions& options) {
+  std::unique_ptr<Town> town(new Town(store, clock, options));
   HAMLET_RETURN_IF_ERROR(town->LoadUnits());
   bool seeded;
   {

@@ -57,10 +57,10 @@ struct TownOptions {
 // pulls and tells watchers about changes. Thread-safe.
 class Town {
  public:
-  // Takes the store; seeds the reference admin units into an empty store.
-  // `clock` must outlive the Town.
-  static absl::StatusOr<std::unique_ptr<Town>> Create(std::unique_ptr<storage::TownStore> store,
-                                                      const sync::PhysicalClock* clock, const TownOptions& options);
+  // Seeds the reference admin units into an empty store. `store` and `clock`
+  // must outlive the Town; the Town is the store's only writer of records.
+  static absl::StatusOr<std::unique_ptr<Town>> Create(storage::TownStore* store, const sync::PhysicalClock* clock,
+                                                      const TownOptions& options);
 
   // Idempotent by (device_id, batch_id). A change refused for a reason of
   // its own record (INVALID_ARGUMENT, PERMISSION_DENIED or FAILED_PRECONDITION
@@ -115,14 +115,12 @@ class Town {
   // `code` and every unit below it (sync::UnitDirectory::Within).
   std::vector<std::string> UnitsWithin(const std::string& code) const;
   hamlet::v1::UnitLevel UnitLevel(const std::string& code) const;
-  const storage::TownStore& store() const { return *store_; }
-  storage::TownStore& mutable_store() { return *store_; }
   const TownOptions& options() const { return options_; }
 
  private:
   // Push, once every stamp names its writer.
   absl::StatusOr<hamlet::v1::PushResponse> PushWhole(const hamlet::v1::PushRequest& request, const Caller& caller);
-  Town(std::unique_ptr<storage::TownStore> store, const sync::PhysicalClock* clock, const TownOptions& options);
+  Town(storage::TownStore* store, const sync::PhysicalClock* clock, const TownOptions& options);
   // A batch's merged records, only those that changed.
   struct Merged {
     std::vector<storage::RecordWrite> writes;
@@ -190,7 +188,7 @@ class Town {
   std::string CursorTag(const sync::Cursor& cursor) const;
   absl::Status CheckDevice(const std::string& device_id, const Caller& caller) const;
 
-  const std::unique_ptr<storage::TownStore> store_;
+  storage::TownStore* const store_;
   const TownOptions options_;
   sync::HybridClock clock_;
   ChangeFeed feed_;

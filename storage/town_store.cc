@@ -352,7 +352,7 @@ absl::Status TownStore::Backup(const std::string& dir, const ProgressCallback& p
   HAMLET_RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_->db.get(), &raw), "preparing backup"));
   std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
   const uint64_t seq = last_seq_.load();
-  const int64_t backup_ms = absl::ToUnixMillis(absl::Now());
+  const int64_t backup_ms = (options_.clock != nullptr ? options_.clock : sync::SystemClock::Get())->NowMs();
   HAMLET_RETURN_IF_ERROR(FromRocks(checkpoint->CreateCheckpoint(staging), "taking checkpoint"));
   absl::Status copied = CopyFiles(staging, dir, progress);
   fs::remove_all(staging, error);
@@ -392,7 +392,7 @@ absl::Status TownStore::Restore(const std::string& backup_dir, const std::string
   // A new epoch: cursors handed out after the backup point into a history
   // this store no longer has. The restore time makes it one no earlier restore
   // of the same backup had.
-  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  const int64_t now_ms = (options.clock != nullptr ? options.clock : sync::SystemClock::Get())->NowMs();
   const uint64_t epoch = std::max(store->epoch_ + 1, static_cast<uint64_t>(now_ms));
   // What the new epoch holds of the ones before it: the backed-up epoch
   // through the last change in the backup, and each earlier one through no

@@ -18,6 +18,7 @@
 #include "hamlet/v1/sync.pb.h"
 #include "storage/sealing.h"
 #include "storage/storage.pb.h"
+#include "sync/clock.h"
 
 namespace rocksdb {
 class ColumnFamilyHandle;
@@ -45,6 +46,9 @@ struct TownStoreOptions {
   // shares keeps a pointer to the clock of a store that collected its
   // statistics (tests/support/fault_fs.cc, QuickRetry).
   rocksdb::Env* env = nullptr;
+  // Wall-clock time of backups and restores. Default (null):
+  // sync::SystemClock::Get(). Not owned; must outlive the store.
+  const sync::PhysicalClock* clock = nullptr;
 };
 
 // Which part of the change index to read.

@@ -206,14 +206,20 @@ class StoreFaultTest : public ::testing::Test {
     options.env = env;
     absl::StatusOr<std::unique_ptr<TownStore>> store = TownStore::Open(data_dir_, options);
     if (!store.ok()) return store.status();
-    absl::StatusOr<std::unique_ptr<Town>> town = Town::Create(std::move(*store), &clock_, TownOptions());
+    store_ = std::move(*store);
+    absl::StatusOr<std::unique_ptr<Town>> town = Town::Create(store_.get(), &clock_, TownOptions());
     if (!town.ok()) return town.status();
     town_ = std::move(*town);
     return absl::OkStatus();
   }
+  // The process ends: the town, then its store.
+  void Close() {
+    town_.reset();
+    store_.reset();
+  }
   // A clean restart of the process: close, reopen on a healthy disk.
   void Restart() {
-    town_.reset();
+    Close();
     fault_.fs().Heal();
     ASSERT_TRUE(Open(fault_.env()).ok());
   }
@@ -226,7 +232,7 @@ class StoreFaultTest : public ::testing::Test {
   }
   // The rest of a power cut, once CutPower was called.
   uint64_t Crash(UnsyncedLoss loss, uint32_t seed) {
-    town_.reset();
+    Close();
     const uint64_t dropped = fault_.fs().DropUnsyncedData(loss, seed);
     fault_.fs().Heal();
     return dropped;
@@ -234,7 +240,7 @@ class StoreFaultTest : public ::testing::Test {
   Attempt Push(const PushRequest& request, const Caller& caller) {
     Attempt attempt{request, caller, town_->Push(request, caller), {}};
     for (const Record& change : request.changes()) {
-      absl::StatusOr<std::optional<Record>> record = town_->store().GetRecord(change.id());
+      absl::StatusOr<std::optional<Record>> record = store_->GetRecord(change.id());
       if (record.ok() && record->has_value()) attempt.held[change.id()] = **record;
     }
     return attempt;
@@ -244,6 +250,7 @@ class StoreFaultTest : public ::testing::Test {
   hamlet::testing::TempDir dir_;
   std::string data_dir_ = dir_.path();
   sync::FakeClock clock_{kNowMs};
+  std::unique_ptr<TownStore> store_;
   std::unique_ptr<Town> town_;
 };
 
@@ -253,7 +260,7 @@ class StoreFaultTest : public ::testing::Test {
 // trusted to be durable).
 TEST_F(StoreFaultTest, FailedWalSyncFailsThePushAndEveryLaterOneUntilRestart) {
   ASSERT_TRUE(Open(fault_.env()).ok());
-  const uint64_t seeded = town_->store().last_seq();
+  const uint64_t seeded = store_->last_seq();
   const Caller phone = Phone(1);
   std::vector<Attempt> attempts;
 
@@ -266,7 +273,7 @@ TEST_F(StoreFaultTest, FailedWalSyncFailsThePushAndEveryLaterOneUntilRestart) {
   attempts.push_back(Push(Batch(phone, 2, {CaseNo(3)}), phone));
   EXPECT_THAT(attempts.back().result, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("write-ahead log")));
   EXPECT_EQ(fault_.fs().injected(), 1u);
-  EXPECT_FALSE(town_->store().store_error().ok());
+  EXPECT_FALSE(store_->store_error().ok());
 
   // The disk is fine again, but the store is not: a later push is refused
   // (before it is written), and so is a retry of the failed one.
@@ -278,7 +285,7 @@ TEST_F(StoreFaultTest, FailedWalSyncFailsThePushAndEveryLaterOneUntilRestart) {
   EXPECT_EQ(fault_.fs().injected(), 1u) << "only one fault was injected: the refusals are the store's";
 
   Restart();
-  ExpectGapFreePrefix(town_->store(), seeded, attempts);
+  ExpectGapFreePrefix(*store_, seeded, attempts);
   // After the restart the store works, and a retry gets the same answer
   // whether or not the first attempt made it.
   Attempt retried = Push(attempts[1].request, phone);
@@ -291,7 +298,7 @@ TEST_F(StoreFaultTest, FailedWalSyncFailsThePushAndEveryLaterOneUntilRestart) {
 // push's data was never synced, and the disk may not have it.
 TEST_F(StoreFaultTest, FailedWalSyncThenPowerCutKeepsWhatWasAcknowledged) {
   ASSERT_TRUE(Open(fault_.env()).ok());
-  const uint64_t seeded = town_->store().last_seq();
+  const uint64_t seeded = store_->last_seq();
   const Caller phone = Phone(1);
   std::vector<Attempt> attempts;
   for (int i = 1; i <= 3; ++i) {
@@ -305,7 +312,7 @@ TEST_F(StoreFaultTest, FailedWalSyncThenPowerCutKeepsWhatWasAcknowledged) {
   const uint64_t dropped = PowerCut(UnsyncedLoss::kAll, 0);
   EXPECT_GT(dropped, 0u) << "the failed push's WAL record was never synced";
   ASSERT_TRUE(Open(fault_.env()).ok());
-  ExpectGapFreePrefix(town_->store(), seeded, attempts);
+  ExpectGapFreePrefix(*store_, seeded, attempts);
 }
 
 class FailedWalAppendTest : public StoreFaultTest, public ::testing::WithParamInterface<TornWrite> {};
@@ -314,7 +321,7 @@ class FailedWalAppendTest : public StoreFaultTest, public ::testing::WithParamIn
 // the failed append wrote nothing or half a record.
 TEST_P(FailedWalAppendTest, FailsThePushAndStoresNothingOfIt) {
   ASSERT_TRUE(Open(fault_.env()).ok());
-  const uint64_t seeded = town_->store().last_seq();
+  const uint64_t seeded = store_->last_seq();
   const Caller phone = Phone(1);
   std::vector<Attempt> attempts;
   attempts.push_back(Push(Batch(phone, 1, {CaseNo(1), CaseNo(2)}), phone));
@@ -327,7 +334,7 @@ TEST_P(FailedWalAppendTest, FailsThePushAndStoresNothingOfIt) {
   EXPECT_TRUE(fault_.fs().append_fault_fired());
   // The store says so (hamletd turns its health NOT_SERVING on it), and says
   // what to do.
-  EXPECT_THAT(town_->store().store_error(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("restart hamletd")));
+  EXPECT_THAT(store_->store_error(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("restart hamletd")));
   // The disk works again, but RocksDB takes no more writes until the store
   // is reopened: a torn record followed by acknowledged ones would cost
   // those on recovery, which stops at the torn one.
@@ -339,11 +346,11 @@ TEST_P(FailedWalAppendTest, FailsThePushAndStoresNothingOfIt) {
   EXPECT_THAT(attempts.back().result, StatusIs(absl::StatusCode::kUnavailable));
 
   Restart();
-  ExpectGapFreePrefix(town_->store(), seeded, attempts);
+  ExpectGapFreePrefix(*store_, seeded, attempts);
   // And again after a power cut, which takes whatever was not synced.
   PowerCut(UnsyncedLoss::kAll, 0);
   ASSERT_TRUE(Open(fault_.env()).ok());
-  ExpectGapFreePrefix(town_->store(), seeded, attempts);
+  ExpectGapFreePrefix(*store_, seeded, attempts);
 }
 
 INSTANTIATE_TEST_SUITE_P(Torn, FailedWalAppendTest, ::testing::Values(TornWrite::kNone, TornWrite::kHalf),
@@ -355,7 +362,7 @@ INSTANTIATE_TEST_SUITE_P(Torn, FailedWalAppendTest, ::testing::Values(TornWrite:
 // stored, and the contract holds after space is freed and after a restart.
 TEST_F(StoreFaultTest, FullDiskRefusesPushesWithResourceExhausted) {
   ASSERT_TRUE(Open(fault_.env()).ok());
-  const uint64_t seeded = town_->store().last_seq();
+  const uint64_t seeded = store_->last_seq();
   const Caller phone = Phone(1);
   std::vector<Attempt> attempts;
   attempts.push_back(Push(Batch(phone, 1, {CaseNo(1)}), phone));
@@ -372,10 +379,10 @@ TEST_F(StoreFaultTest, FullDiskRefusesPushesWithResourceExhausted) {
   fault_.fs().FreeDisk();
   attempts.push_back(Push(Batch(phone, 4, {CaseNo(4)}), phone));
   EXPECT_THAT(attempts.back().result, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("restart hamletd")));
-  EXPECT_THAT(town_->store().store_error(), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(store_->store_error(), StatusIs(absl::StatusCode::kResourceExhausted));
 
   Restart();
-  ExpectGapFreePrefix(town_->store(), seeded, attempts);
+  ExpectGapFreePrefix(*store_, seeded, attempts);
   Attempt after = Push(Batch(phone, 5, {CaseNo(5)}), phone);
   EXPECT_TRUE(after.result.ok()) << after.result.status();
 }
@@ -393,7 +400,7 @@ TEST_F(StoreFaultTest, PowerCutDuringConcurrentPushesKeepsAGapFreePrefix) {
     ASSERT_TRUE(Open(fault_.env()).ok());
     // A disk's flush takes time: pushes pile up behind a sync in flight.
     fault_.fs().SetSyncDelay(std::chrono::milliseconds(1));
-    const uint64_t seeded = town_->store().last_seq();
+    const uint64_t seeded = store_->last_seq();
     std::mt19937 random(seed);
     const int cut_after = std::uniform_int_distribution<int>(1, kPhones * kBatchesPerPhone * 3 / 4)(random);
     const uint64_t syncs_before = fault_.fs().syncs(FaultFiles::kWal);
@@ -430,7 +437,7 @@ TEST_F(StoreFaultTest, PowerCutDuringConcurrentPushesKeepsAGapFreePrefix) {
     ASSERT_TRUE(Open(fault_.env()).ok());
     std::vector<Attempt> attempts;
     for (const auto& phone : pushed) attempts.insert(attempts.end(), phone.begin(), phone.end());
-    ExpectGapFreePrefix(town_->store(), seeded, attempts);
+    ExpectGapFreePrefix(*store_, seeded, attempts);
     if (HasFatalFailure()) return;
 
     fault_.fs().SetSyncDelay(std::chrono::microseconds(0));
@@ -443,8 +450,8 @@ TEST_F(StoreFaultTest, PowerCutDuringConcurrentPushesKeepsAGapFreePrefix) {
             << "a retry of an acknowledged push got " << retries.back().result->ShortDebugString();
       }
     }
-    ExpectGapFreePrefix(town_->store(), seeded, retries);
-    town_.reset();
+    ExpectGapFreePrefix(*store_, seeded, retries);
+    Close();
   }
 }
 
@@ -475,7 +482,7 @@ TEST_F(StoreFaultTest, FailedSyncIsUnavailableEvenWhenTheDataDirNameSaysLock) {
 // suite runs; see it with --gtest_also_run_disabled_tests.
 TEST_F(StoreFaultTest, DISABLED_FailedAppendWhileAnotherPushAwaitsItsSync) {
   ASSERT_TRUE(Open(fault_.env()).ok());
-  TownStore& store = town_->mutable_store();
+  TownStore& store = *store_;
   const auto commit = [](int n) {
     storage::PushCommit commit;
     commit.device_id = Phone(n).device_id;
@@ -494,7 +501,7 @@ TEST_F(StoreFaultTest, DISABLED_FailedAppendWhileAnotherPushAwaitsItsSync) {
   std::cout << "[ answer   ] " << durable << "\n";
   Restart();
   if (durable.ok()) {
-    absl::StatusOr<std::optional<Record>> record = town_->store().GetRecord(CaseNo(1).id());
+    absl::StatusOr<std::optional<Record>> record = store_->GetRecord(CaseNo(1).id());
     ASSERT_TRUE(record.ok()) << record.status();
     EXPECT_TRUE(record->has_value()) << "an acknowledged push is gone";
   }
@@ -547,10 +554,10 @@ class FaultSweepTest : public StoreFaultTest {
     if (phase != Phase::kCreating) {
       data_dir_ = original;
       ASSERT_TRUE(Open(nullptr).ok());
-      seeded_ = town_->store().last_seq();
+      seeded_ = store_->last_seq();
       ASSERT_TRUE(town_->Push(batches_[0], phone).ok());
-      before = {town_->store().last_seq(), Dump(town_->store())};
-      town_.reset();
+      before = {store_->last_seq(), Dump(*store_)};
+      Close();
       Settle(original);
     }
     const Fault faults[] = {
@@ -602,14 +609,14 @@ class FaultSweepTest : public StoreFaultTest {
           const absl::Status opened = Open(fault_.env());
           if (opened.ok()) {
             if (phase == Phase::kCreating) {
-              seeded_ = town_->store().last_seq();
-              states.push_back({seeded_, Dump(town_->store())});
+              seeded_ = store_->last_seq();
+              states.push_back({seeded_, Dump(*store_)});
             }
             for (size_t i = phase == Phase::kCreating ? 0 : 1; i < batches_.size(); ++i) {
               for (int attempt = 0; attempt < 2; ++attempt) {
                 absl::StatusOr<PushResponse> result = town_->Push(batches_[i], phone);
-                if (town_->store().last_seq() != states.back().last_seq) {
-                  states.push_back({town_->store().last_seq(), Dump(town_->store())});
+                if (store_->last_seq() != states.back().last_seq) {
+                  states.push_back({store_->last_seq(), Dump(*store_)});
                 }
                 if (result.ok()) {
                   acknowledged = states.size() - 1;
@@ -622,7 +629,7 @@ class FaultSweepTest : public StoreFaultTest {
           if (phase == Phase::kRecovering) {
             ASSERT_TRUE(opened.ok()) << opened;
             ASSERT_EQ(acknowledged, states.size() - 1) << "a push failed on a healthy disk";
-            town_.reset();
+            Close();
             fault.arm(fault_.fs(), n);
             recovered = Open(fault_.env());
             // Only the reopening is under test, not what RocksDB does after.
@@ -630,7 +637,7 @@ class FaultSweepTest : public StoreFaultTest {
           }
           if (fault_.fs().append_fault_fired() || fault_.fs().sync_fault_fired()) ++fired_runs;
           if (ending == Ending::kRestart) {
-            town_.reset();
+            Close();
             fault_.fs().Heal();
           } else {
             fault_.fs().CutPower();
@@ -644,11 +651,11 @@ class FaultSweepTest : public StoreFaultTest {
                                      << ")";
           if (states.empty()) {
             // Never created: nothing was acknowledged; the units are seeded now.
-            seeded_ = town_->store().last_seq();
-            states.push_back({seeded_, Dump(town_->store())});
+            seeded_ = store_->last_seq();
+            states.push_back({seeded_, Dump(*store_)});
           }
           ExpectOneOf(states, acknowledged);
-          town_.reset();
+          Close();
           if (HasFatalFailure()) return;
         }
       }
@@ -700,12 +707,12 @@ class FaultSweepTest : public StoreFaultTest {
       EXPECT_TRUE(town_->Push(batches_[i], phone).ok());
     }
     if (recovering) {
-      town_.reset();
+      Close();
       start = fault.count(fault_.fs());
       EXPECT_TRUE(Open(fault_.env()).ok());
     }
     const uint64_t calls = fault.count(fault_.fs()) - start;
-    town_.reset();
+    Close();
     return calls;
   }
 
@@ -745,7 +752,7 @@ class FaultSweepTest : public StoreFaultTest {
   // states[acknowledged], and its change index holds each record once, in
   // sequence order.
   void ExpectOneOf(const std::vector<State>& states, size_t acknowledged) {
-    const TownStore& store = town_->store();
+    const TownStore& store = *store_;
     auto state =
         std::find_if(states.begin(), states.end(), [&](const State& s) { return s.last_seq == store.last_seq(); });
     ASSERT_NE(state, states.end()) << "last_seq " << store.last_seq() << " is no state the store was in";

@@ -73,6 +73,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/atomic_file.h"
+#include "server/host_port.h"
 #include "tools/harness/program_flags.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
@@ -244,9 +246,7 @@ absl::Mutex stats_file_mu;
 void WriteStats(const Stats& stats, const std::string& path) {
   if (path.empty()) return;
   absl::MutexLock lock(&stats_file_mu);
-  const std::string tmp = path + ".tmp";
-  { std::ofstream(tmp) << stats.Line() << "\n"; }
-  std::rename(tmp.c_str(), path.c_str());
+  (void)hamlet::server::WriteFileAtomically(path, stats.Line() + "\n");  // Read by tests; a miss shows there.
 }
 
 void Log(const std::string& line) {
@@ -258,32 +258,15 @@ void Log(const std::string& line) {
 // ---------------------------------------------------------------------------
 // Sockets.
 
-struct HostPort {
-  std::string host;
-  std::string port;
-};
-
-absl::StatusOr<HostPort> SplitHostPort(absl::string_view address) {
-  const size_t colon = address.rfind(':');
-  if (colon == absl::string_view::npos || colon == 0 || colon + 1 == address.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("\"", address, "\" is not host:port"));
-  }
-  HostPort hp{std::string(address.substr(0, colon)), std::string(address.substr(colon + 1))};
-  if (hp.host.size() > 2 && hp.host.front() == '[' && hp.host.back() == ']') {
-    hp.host = hp.host.substr(1, hp.host.size() - 2);
-  }
-  return hp;
-}
-
 absl::StatusOr<std::vector<char>> Resolve(absl::string_view address, bool passive) {
-  absl::StatusOr<HostPort> hp = SplitHostPort(address);
+  absl::StatusOr<hamlet::server::HostPort> hp = hamlet::server::SplitHostPort(address);
   if (!hp.ok()) return hp.status();
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = passive ? AI_PASSIVE : 0;
   addrinfo* found = nullptr;
-  if (int rc = getaddrinfo(hp->host.c_str(), hp->port.c_str(), &hints, &found); rc != 0 || found == nullptr) {
+  if (int rc = getaddrinfo(hp->host.c_str(), std::to_string(hp->port).c_str(), &hints, &found); rc != 0 || found == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", address, ": ", gai_strerror(rc)));
   }
   const auto* raw = reinterpret_cast<const char*>(found->ai_addr);
@@ -1007,8 +990,10 @@ int main(int argc, char** argv) {
       absl::ToInt64Milliseconds(options->delay), options->cut, absl::ToInt64Milliseconds(options->cut_within)));
   WriteStats((*proxy)->stats(), options->stats_file);
   if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
-    { std::ofstream(ready + ".tmp") << (*proxy)->address() << "\n"; }
-    std::rename((ready + ".tmp").c_str(), ready.c_str());
+    if (absl::Status written = hamlet::server::WriteFileAtomically(ready, (*proxy)->address() + "\n"); !written.ok()) {
+      Log(std::string(written.message()));
+      return 1;
+    }
   }
   std::thread serve([&proxy] { (*proxy)->Serve(); });
   int signal = 0;
