@@ -189,10 +189,8 @@ void PrintWelcome(const hamlet::server::Hamletd& server) {
       o.town.tier == hamlet::server::Tier::kProvince ? "province" : "town", o.town.unit_code.c_str(),
       server.device_address().c_str(), server.admin_address().c_str(),
       server.metrics_address().empty() ? "off" : absl::StrCat("http://", server.metrics_address(), "/metrics").c_str(),
-      (server.admin_token_is_new()
-           ? absl::StrCat(server.admin_token(), "  (new; kept in ", server.admin_token_file(), ")")
-           : absl::StrCat("in ", server.admin_token_file()))
-          .c_str(),
+      // The file, never the token: stdout may end up in a journal others read.
+      absl::StrCat("in ", server.admin_token_file(), server.admin_token_is_new() ? " (new)" : "").c_str(),
       server.admin_address().c_str(), server.admin_address().c_str(), server.admin_token_file().c_str());
   std::fflush(stdout);
 }
