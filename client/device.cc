@@ -298,7 +298,9 @@ absl::Status FieldDevice::Reoffer(hamlet::v1::SyncService::StubInterface& stub, 
   if (!due.has_value()) return absl::OkStatus();
   HAMLET_ASSIGN_OR_RETURN(auto kept, store_->ListSent());
   bool waiting = false;  // A resolution that may succeed once others have offered theirs.
-  for (auto& [key, call] : kept) {
+  for (auto& kept_call : kept) {
+    const auto& key = kept_call.first;
+    auto& call = kept_call.second;  // (A structured binding cannot be captured by the lambdas below.)
     if (HistoryHolds(*due, call)) continue;
     const size_t bytes = call.ByteSizeLong();
     const absl::Time sent = absl::Now();

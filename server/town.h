@@ -138,10 +138,10 @@ class Town {
   absl::Status ValidatePushedChange(const hamlet::v1::Record& change, sync::ChangeOrigin origin) const;
   // Each change is checked and merged into its record's state as left by the
   // changes before it that were not refused.
-  // REQUIRES: push_mu_ held.
   absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller,
                                       WriteCheck check, LifecycleCheck lifecycle = LifecycleCheck::kMoves,
-                                      OnRefusal on_refusal = OnRefusal::kRefuseBatch);
+                                      OnRefusal on_refusal = OnRefusal::kRefuseBatch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
   // The checks of one change against its record's state (empty if new):
   // same record, creatable, writable, lifecycle moves.
   absl::Status CheckChange(const hamlet::v1::Record& change, const hamlet::v1::Record& state, const Caller& caller,
@@ -166,10 +166,10 @@ class Town {
   // Commits merged records with a receipt holding respond(last_seq): applies
   // them (storage::TownStore::ApplyPush); the caller waits for them to be
   // durable after releasing push_mu_ (FinishCommit).
-  // REQUIRES: push_mu_ held.
   absl::StatusOr<Committed> CommitMerged(const std::string& device_id, const std::string& batch_id,
                                         const DeviceReport& report, const std::string& content_hash,
-                                        Merged merged, const std::function<std::string(uint64_t)>& respond);
+                                        Merged merged, const std::function<std::string(uint64_t)>& respond)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
   // Waits until a commit is durable, then tells watchers about it.
   absl::Status FinishCommit(const Committed& committed);
   absl::Status LoadUnits();
