@@ -91,10 +91,13 @@ absl::StatusOr<FieldDevice::SyncReport> FieldDevice::Sync(hamlet::v1::SyncServic
                                                           const SyncOptions& options) {
   HAMLET_ASSIGN_OR_RETURN(token_, store_->GetToken());
   if (token_.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "device ", device_id(), " is not enrolled: an admin enrols it (tools/hamlet-admin devices enroll "
-        "--device-id=", device_id(), " --person=... --role=... --unit=...) and its token is saved with "
-        "`hamlet-field set-token TOKEN --role=ROLE`"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", device_id(),
+                     " is not enrolled: an admin enrols it (tools/hamlet-admin devices enroll "
+                     "--device-id=",
+                     device_id(),
+                     " --person=... --role=... --unit=...) and its token is saved with "
+                     "`hamlet-field set-token TOKEN --role=ROLE`"));
   }
   SyncReport report;
   // One pace for the whole sync: what the push learns of the link sizes the
@@ -199,10 +202,9 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     const size_t request_bytes = request.ByteSizeLong();
     hamlet::v1::PushResponse response;
     const absl::Time sent = absl::Now();
-    CallResult result = CallWithRetry(Paced(options.retry, *pace, request_bytes), token_,
-                                      [&](grpc::ClientContext* context) {
-                                        return stub.Push(context, request, &response);
-                                      });
+    CallResult result =
+        CallWithRetry(Paced(options.retry, *pace, request_bytes), token_,
+                      [&](grpc::ClientContext* context) { return stub.Push(context, request, &response); });
     if (result.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
       // Too big for the link as it is now: smaller, not the same again.
       if (++timeouts >= options.retry.max_attempts) {
@@ -229,8 +231,8 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     // its reason; the rest of the batch arrived.
     std::map<uint32_t, std::string> set_aside;
     for (const hamlet::v1::SetAsideChange& refused : response.set_aside()) {
-      set_aside[refused.index()] =
-          absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())), ": ", refused.message());
+      set_aside[refused.index()] = absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())),
+                                                ": ", refused.message());
     }
     // Kept a while, for a server restored from an older backup: what the
     // server applied, without sealed records, which stay on the phone only
@@ -313,9 +315,8 @@ absl::Status FieldDevice::Reoffer(hamlet::v1::SyncService::StubInterface& stub, 
       request.set_reoffer(true);
       request.set_set_aside_refused(true);
       hamlet::v1::PushResponse response;
-      result = CallWithRetry(Paced(options.retry, *pace, bytes), token_, [&](grpc::ClientContext* context) {
-        return stub.Push(context, request, &response);
-      });
+      result = CallWithRetry(Paced(options.retry, *pace, bytes), token_,
+                             [&](grpc::ClientContext* context) { return stub.Push(context, request, &response); });
       seq = response.server_seq();
       server_id = response.server_id();
       epoch = response.epoch();
@@ -386,9 +387,8 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     progress.records_done = report->records_pulled;
     progress.records_total = report->records_pulled + remaining;
     // What remains is estimated at the size of what came so far.
-    progress.bytes_total = progress.records_done == 0
-                               ? 0
-                               : progress.bytes_done + progress.bytes_done * remaining / progress.records_done;
+    progress.bytes_total =
+        progress.records_done == 0 ? 0 : progress.bytes_done + progress.bytes_done * remaining / progress.records_done;
     progress.bytes_per_second = pace->bytes_per_second();
     progress.elapsed = absl::Now() - start;
     progress.left = progress.bytes_total == 0
@@ -475,8 +475,8 @@ namespace hamlet::field {
 
 absl::StatusOr<Record> FieldDevice::ResolveConflict(hamlet::v1::SyncService::StubInterface& stub,
                                                     const std::string& record_id, uint32_t field,
-                                                    const google::protobuf::Message& value,
-                                                    const std::string& resolver, const SyncOptions& options) {
+                                                    const google::protobuf::Message& value, const std::string& resolver,
+                                                    const SyncOptions& options) {
   HAMLET_ASSIGN_OR_RETURN(token_, store_->GetToken());
   HAMLET_ASSIGN_OR_RETURN(std::optional<Record> local, store_->GetRecord(record_id));
   if (!local.has_value()) return absl::NotFoundError(absl::StrCat("no record ", record_id, " on this device"));

@@ -32,8 +32,7 @@ class FieldDevice {
  public:
   // Opens (or creates, with a new device id) the device store in `dir`.
   // `clock` must outlive the device.
-  static absl::StatusOr<std::unique_ptr<FieldDevice>> Open(const std::string& dir,
-                                                           const sync::PhysicalClock* clock);
+  static absl::StatusOr<std::unique_ptr<FieldDevice>> Open(const std::string& dir, const sync::PhysicalClock* clock);
 
   const std::string& device_id() const { return store_->device_id(); }
 
@@ -131,8 +130,8 @@ class FieldDevice {
  private:
   FieldDevice(std::unique_ptr<storage::DeviceStore> store, const sync::PhysicalClock* clock);
   absl::Status SaveEdit(const hamlet::v1::Record& change, hamlet::v1::Record state);
-  absl::Status PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
-                          LinkPace* pace, SyncReport* report);
+  absl::Status PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, LinkPace* pace,
+                          SyncReport* report);
   // Offers again the kept calls a restored server does not hold (its history
   // saved by PullAll), oldest first; clears the due history once all are.
   absl::Status Reoffer(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options, LinkPace* pace,

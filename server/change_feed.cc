@@ -34,7 +34,8 @@ uint64_t ChangeFeed::LatestIn(const storage::ChangeScope& scope) const {
   if (scope.whole_server()) return last_seq_;
   uint64_t latest = first_seq_;
   for (const std::string& bucket : scope.buckets()) {
-    if (auto it = latest_by_commune_.find(bucket); it != latest_by_commune_.end()) latest = std::max(latest, it->second);
+    if (auto it = latest_by_commune_.find(bucket); it != latest_by_commune_.end())
+      latest = std::max(latest, it->second);
   }
   return latest;
 }

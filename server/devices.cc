@@ -27,8 +27,8 @@ constexpr char kTokenPrefix[] = "hmt_";
 absl::StatusOr<std::string> NewToken() {
   unsigned char bytes[32];
   if (RAND_bytes(bytes, sizeof(bytes)) != 1) return absl::InternalError("no randomness for a token");
-  return absl::StrCat(kTokenPrefix,
-                      absl::WebSafeBase64Escape(absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes))));
+  return absl::StrCat(
+      kTokenPrefix, absl::WebSafeBase64Escape(absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes))));
 }
 
 }  // namespace
@@ -73,8 +73,8 @@ absl::StatusOr<hamlet::v1::EnrollDeviceResponse> DeviceRegistry::Enroll(const ha
   }
   if (request.unit_code().empty()) return absl::InvalidArgumentError("unit_code is required");
   const int64_t now_ms = clock_->NowMs();
-  const int64_t ttl_ms = request.has_ttl() ? TimeUtil::DurationToMilliseconds(request.ttl())
-                                           : int64_t{180} * 24 * 3600 * 1000;
+  const int64_t ttl_ms =
+      request.has_ttl() ? TimeUtil::DurationToMilliseconds(request.ttl()) : int64_t{180} * 24 * 3600 * 1000;
   if (ttl_ms <= 0) return absl::InvalidArgumentError("ttl must be positive");
   HAMLET_ASSIGN_OR_RETURN(std::string token, NewToken());
 
@@ -96,10 +96,11 @@ absl::StatusOr<hamlet::v1::EnrollDeviceResponse> DeviceRegistry::Enroll(const ha
           d.has_revoke_time() || TimeUtil::TimestampToMilliseconds(d.expire_time()) <= now_ms) {
         continue;
       }
-      return absl::FailedPreconditionError(absl::StrCat(
-          "unit ", request.unit_code(), " already has a replication node, ", id, " (", d.person_id(),
-          "); two could both write its records here. Revoke it first (tools/hamlet-admin devices revoke "
-          "--device-id=", id, "), or enrol that same id again for a new token"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("unit ", request.unit_code(), " already has a replication node, ", id, " (", d.person_id(),
+                       "); two could both write its records here. Revoke it first (tools/hamlet-admin devices revoke "
+                       "--device-id=",
+                       id, "), or enrol that same id again for a new token"));
     }
   }
   if (auto old = by_device_.find(device_id); old != by_device_.end() && old->second.device().has_revoke_time()) {
@@ -140,8 +141,7 @@ absl::StatusOr<hamlet::v1::Device> DeviceRegistry::Revoke(const std::string& dev
       if (e.device().role() == hamlet::v1::ROLE_ADMIN && !e.device().has_revoke_time()) ++active_admins;
     }
     if (active_admins <= 1) {
-      return absl::FailedPreconditionError(
-          "this is the last admin device; enrol another admin before revoking it");
+      return absl::FailedPreconditionError("this is the last admin device; enrol another admin before revoking it");
     }
   }
   const int64_t now_ms = clock_->NowMs();

@@ -39,8 +39,7 @@ class DeviceRegistry {
   absl::StatusOr<hamlet::v1::EnrollDeviceResponse> Enroll(const hamlet::v1::EnrollDeviceRequest& request,
                                                           const Caller& by);
   // NOT_FOUND if the device was never enrolled.
-  absl::StatusOr<hamlet::v1::Device> Revoke(const std::string& device_id, const std::string& reason,
-                                            const Caller& by);
+  absl::StatusOr<hamlet::v1::Device> Revoke(const std::string& device_id, const std::string& reason, const Caller& by);
 
   // The caller behind `authorization` metadata ("Bearer <token>").
   // `certified_peer` says whether the connection presented a client

@@ -19,9 +19,7 @@ namespace hamlet::server {
 
 namespace {
 
-std::string CodeName(grpc::StatusCode code) {
-  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-}
+std::string CodeName(grpc::StatusCode code) { return absl::StatusCodeToString(static_cast<absl::StatusCode>(code)); }
 
 }  // namespace
 
@@ -57,8 +55,8 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                           "1 while replication to the upstream runs, 0 when failing or paused, -1 without upstream.");
   replication_lag_records_ =
       gauge("hamlet_replication_lag_records", "Records changed here and not yet acknowledged by the upstream.");
-  replication_lag_seconds_ = gauge("hamlet_replication_lag_seconds",
-                                   "Age of the oldest change not yet acknowledged by the upstream.");
+  replication_lag_seconds_ =
+      gauge("hamlet_replication_lag_seconds", "Age of the oldest change not yet acknowledged by the upstream.");
   replication_acked_seq_ =
       gauge("hamlet_replication_acked_seq", "Every change up to this sequence number is at the upstream.");
 }

@@ -18,8 +18,8 @@ using google::protobuf::util::TimeUtil;
 using hamlet::v1::Record;
 
 absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(Town* town, storage::TownStore* store,
-                                                             const sync::PhysicalClock* clock,
-                                                             ReplicatorOptions options) {
+                                                              const sync::PhysicalClock* clock,
+                                                              ReplicatorOptions options) {
   if (options.upstream.empty()) return absl::InvalidArgumentError("replication needs an upstream address");
   if (options.token.empty()) return absl::InvalidArgumentError("replication needs the upstream's token");
   HAMLET_ASSIGN_OR_RETURN(storage::ReplicationState state, store->GetReplicationState());
@@ -46,8 +46,8 @@ Replicator::Replicator(Town* town, storage::TownStore* store, const sync::Physic
   channel_ = grpc::CreateCustomChannel(
       options_.upstream, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);
   stub_ = hamlet::v1::SyncService::NewStub(channel_);
-  LogLine(absl::StrCat("replication: to ", options_.upstream, " as device ", store_->server_id(),
-                       ", from seq ", state_.acked_seq(), state_.paused() ? " (paused)" : ""));
+  LogLine(absl::StrCat("replication: to ", options_.upstream, " as device ", store_->server_id(), ", from seq ",
+                       state_.acked_seq(), state_.paused() ? " (paused)" : ""));
 }
 
 Replicator::~Replicator() { Stop(); }
@@ -148,11 +148,10 @@ absl::Status Replicator::PushPage(bool* caught_up) {
     absl::MutexLock lock(&mu_);
     acked = state_.acked_seq();
   }
-  HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page,
-                          store_->ReadChanges(storage::ChangeScope::WholeServer(), acked,
-                                                     static_cast<size_t>(options_.batch_records),
-                                                     static_cast<size_t>(options_.batch_bytes),
-                                                     storage::CountRemaining::kNo));
+  HAMLET_ASSIGN_OR_RETURN(
+      storage::ChangePage page,
+      store_->ReadChanges(storage::ChangeScope::WholeServer(), acked, static_cast<size_t>(options_.batch_records),
+                          static_cast<size_t>(options_.batch_bytes), storage::CountRemaining::kNo));
   *caught_up = page.records.empty();
   if (*caught_up) return absl::OkStatus();
   hamlet::v1::PushRequest request;
@@ -172,9 +171,9 @@ absl::Status Replicator::PushPage(bool* caught_up) {
     for (const Record& change : request.changes()) content += change.SerializeAsString();
     request.set_batch_id(sync::FormatUuid(Sha256(content), 8));
     hamlet::v1::PushResponse response;
-    field::CallResult result = field::CallWithRetry(options_.retry, options_.token, [&](grpc::ClientContext* context) {
-      return stub_->Push(context, request, &response);
-    }, &canceller_);
+    field::CallResult result = field::CallWithRetry(
+        options_.retry, options_.token,
+        [&](grpc::ClientContext* context) { return stub_->Push(context, request, &response); }, &canceller_);
     if (!result.status.ok()) {
       return field::FromGrpc(result.status, absl::StrCat("push of ", sent, " records to ", options_.upstream));
     }
@@ -201,11 +200,11 @@ absl::Status Replicator::PullReference() {
     request.set_reference_only(true);
     request.set_cursor(cursor);
     hamlet::v1::PullResponse response;
-    field::CallResult result = field::CallWithRetry(options_.retry, options_.token, [&](grpc::ClientContext* context) {
-      return stub_->Pull(context, request, &response);
-    }, &canceller_);
-    if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION &&
-        result.reason == "CURSOR_INVALIDATED" && !restarted) {
+    field::CallResult result = field::CallWithRetry(
+        options_.retry, options_.token,
+        [&](grpc::ClientContext* context) { return stub_->Pull(context, request, &response); }, &canceller_);
+    if (result.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && result.reason == "CURSOR_INVALIDATED" &&
+        !restarted) {
       // The upstream was restored from a backup or replaced: it may have lost
       // what it acknowledged since. Send everything again (merging what it
       // still has changes nothing) and take its reference data again.
@@ -256,7 +255,7 @@ hamlet::v1::ReplicationStatus Replicator::Status() const {
   uint64_t acked;
   {
     absl::MutexLock lock(&mu_);
-    status.set_state(state_.paused()        ? hamlet::v1::REPLICATION_STATE_PAUSED
+    status.set_state(state_.paused()       ? hamlet::v1::REPLICATION_STATE_PAUSED
                      : last_error_.empty() ? hamlet::v1::REPLICATION_STATE_RUNNING
                                            : hamlet::v1::REPLICATION_STATE_FAILING);
     status.set_upstream(options_.upstream);

@@ -66,8 +66,7 @@ class Replicator {
   // and starts the thread. `town`, the store it commits to and `clock` must
   // outlive the replicator.
   static absl::StatusOr<std::unique_ptr<Replicator>> Start(Town* town, storage::TownStore* store,
-                                                           const sync::PhysicalClock* clock,
-                                                           ReplicatorOptions options);
+                                                           const sync::PhysicalClock* clock, ReplicatorOptions options);
   // Stops (see Stop).
   ~Replicator();
 

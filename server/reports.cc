@@ -15,8 +15,7 @@ using google::protobuf::util::TimeUtil;
 
 absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, const storage::TownStore& store,
                                                           const DeviceRegistry& devices,
-                                                          const hamlet::v1::GetReportRequest& request,
-                                                          int64_t now_ms) {
+                                                          const hamlet::v1::GetReportRequest& request, int64_t now_ms) {
   const int32_t from = sync::MonthOfDate(request.from_date());
   const int32_t to = sync::MonthOfDate(request.to_date());
   if (from == 0 || to == 0 || from > to) {

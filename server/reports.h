@@ -14,8 +14,7 @@ namespace hamlet::server {
 // `store` is the one `town` commits to.
 absl::StatusOr<hamlet::v1::GetReportResponse> BuildReport(const Town& town, const storage::TownStore& store,
                                                           const DeviceRegistry& devices,
-                                                          const hamlet::v1::GetReportRequest& request,
-                                                          int64_t now_ms);
+                                                          const hamlet::v1::GetReportRequest& request, int64_t now_ms);
 
 }  // namespace hamlet::server
 

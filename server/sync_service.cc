@@ -101,17 +101,17 @@ absl::StatusOr<Caller> SyncServiceImpl::Admit(const grpc::ServerContext& context
 }
 
 grpc::Status SyncServiceImpl::StreamedPush(
-    grpc::ServerContext* context, grpc::ServerUnaryStreamer<hamlet::v1::PushRequest, hamlet::v1::PushResponse>* stream) {
-  return AnswerUnary(kPushMethod, context, stream, [&](const auto& request, auto* response) {
-    return AnswerPush(context, request, response);
-  });
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<hamlet::v1::PushRequest, hamlet::v1::PushResponse>* stream) {
+  return AnswerUnary(kPushMethod, context, stream,
+                     [&](const auto& request, auto* response) { return AnswerPush(context, request, response); });
 }
 
 grpc::Status SyncServiceImpl::StreamedPull(
-    grpc::ServerContext* context, grpc::ServerUnaryStreamer<hamlet::v1::PullRequest, hamlet::v1::PullResponse>* stream) {
-  return AnswerUnary(kPullMethod, context, stream, [&](const auto& request, auto* response) {
-    return AnswerPull(context, request, response);
-  });
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<hamlet::v1::PullRequest, hamlet::v1::PullResponse>* stream) {
+  return AnswerUnary(kPullMethod, context, stream,
+                     [&](const auto& request, auto* response) { return AnswerPull(context, request, response); });
 }
 
 grpc::Status SyncServiceImpl::StreamedResolveConflict(
@@ -261,7 +261,7 @@ SyncServiceImpl::~SyncServiceImpl() {
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* SyncServiceImpl::Watch(grpc::CallbackServerContext* context,
-                                                                  const grpc::ByteBuffer* bytes) {
+                                                                   const grpc::ByteBuffer* bytes) {
   hamlet::v1::WatchRequest request;
   grpc::ByteBuffer copy(*bytes);  // Shares the slices; parsing consumes the copy.
   if (!grpc::SerializationTraits<hamlet::v1::WatchRequest>::Deserialize(&copy, &request).ok()) {

@@ -61,10 +61,9 @@ class SyncServiceImpl final
       grpc::ServerUnaryStreamer<hamlet::v1::PullRequest, hamlet::v1::PullResponse>* stream) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(grpc::CallbackServerContext* context,
                                                     const grpc::ByteBuffer* request) override;
-  grpc::Status StreamedResolveConflict(
-      grpc::ServerContext* context,
-      grpc::ServerUnaryStreamer<hamlet::v1::ResolveConflictRequest, hamlet::v1::ResolveConflictResponse>* stream)
-      override;
+  grpc::Status StreamedResolveConflict(grpc::ServerContext* context,
+                                       grpc::ServerUnaryStreamer<hamlet::v1::ResolveConflictRequest,
+                                                                 hamlet::v1::ResolveConflictResponse>* stream) override;
 
  private:
   friend class WatchReactor;

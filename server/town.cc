@@ -69,10 +69,7 @@ hamlet::v1::UnitLevel ServedLevel(Tier tier) {
 }  // namespace
 
 Town::Town(storage::TownStore* store, const sync::PhysicalClock* clock, const TownOptions& options)
-    : store_(store),
-      options_(options),
-      clock_(clock, store_->server_id()),
-      feed_(store_->last_seq()) {
+    : store_(store), options_(options), clock_(clock, store_->server_id()), feed_(store_->last_seq()) {
   clock_.Restore(store_->persisted_clock());
 }
 
@@ -91,10 +88,9 @@ absl::StatusOr<std::unique_ptr<Town>> Town::Create(storage::TownStore* store, co
       known = known || (unit.code() == options.unit_code && unit.level() == ServedLevel(options.tier));
     }
     if (!known) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(options.unit_code, " is not a ",
-                       options.tier == Tier::kProvince ? "province" : "district-level unit (town)",
-                       " of the reference admin units this server seeds"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          options.unit_code, " is not a ", options.tier == Tier::kProvince ? "province" : "district-level unit (town)",
+          " of the reference admin units this server seeds"));
     }
     HAMLET_RETURN_IF_ERROR(town->SeedUnits());
   }
@@ -111,9 +107,8 @@ absl::StatusOr<std::unique_ptr<Town>> Town::Create(storage::TownStore* store, co
 absl::Status Town::LoadUnits() {
   uint64_t seq = 0;
   while (true) {
-    HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page,
-                            store_->ReadChanges(storage::ChangeScope::AboveCommune(), seq, 1000, 1 << 24,
-                                                storage::CountRemaining::kNo));
+    HAMLET_ASSIGN_OR_RETURN(storage::ChangePage page, store_->ReadChanges(storage::ChangeScope::AboveCommune(), seq,
+                                                                          1000, 1 << 24, storage::CountRemaining::kNo));
     absl::MutexLock lock(&units_mu_);
     for (const Record& record : page.records) {
       if (record.has_admin_unit() && !record.deleted()) units_.Put(record.admin_unit());
@@ -162,14 +157,13 @@ absl::Status Town::ValidatePushedChange(const Record& change, sync::ChangeOrigin
   // A town server keeps its own town's records; the admin units it knows of
   // other towns are reference data, not places to file records.
   if (!change.has_admin_unit() && !units_.IsWithin(change.unit_code(), options_.unit_code)) {
-    return absl::InvalidArgumentError(absl::StrCat("record ", change.id(), ": unit ", change.unit_code(),
-                                                   " is not in ", options_.unit_code,
+    return absl::InvalidArgumentError(absl::StrCat("record ", change.id(), ": unit ", change.unit_code(), " is not in ",
+                                                   options_.unit_code,
                                                    ", which this server serves; send it to that unit's server"));
   }
   if (change.has_admin_unit() && !units_.CommuneOf(change.unit_code()).empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("record ", change.id(),
-                                                   ": admin units are filed at the town or province, not in unit ",
-                                                   change.unit_code()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "record ", change.id(), ": admin units are filed at the town or province, not in unit ", change.unit_code()));
   }
   return absl::OkStatus();
 }
@@ -240,8 +234,8 @@ absl::Status Town::FinishCommit(const Committed& committed) {
 }
 
 absl::StatusOr<Town::Committed> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
-                                            const DeviceReport& report, const std::string& content_hash,
-                                            Merged merged, const std::function<std::string(uint64_t)>& respond) {
+                                                   const DeviceReport& report, const std::string& content_hash,
+                                                   Merged merged, const std::function<std::string(uint64_t)>& respond) {
   const int64_t now_ms = clock_.physical().NowMs();
   storage::PushCommit commit;
   commit.device_id = device_id;
@@ -299,8 +293,7 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   return PushWhole(whole, caller);
 }
 
-absl::StatusOr<hamlet::v1::PushResponse> Town::PushWhole(const hamlet::v1::PushRequest& request,
-                                                         const Caller& caller) {
+absl::StatusOr<hamlet::v1::PushResponse> Town::PushWhole(const hamlet::v1::PushRequest& request, const Caller& caller) {
   if (!sync::IsUuid(request.batch_id())) {
     return absl::InvalidArgumentError("batch_id must be a UUID generated for this batch");
   }
@@ -380,20 +373,18 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::PushWhole(const hamlet::v1::PushR
                             MergeChanges(changes, caller, WriteCheck::kPerRecord,
                                          replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves, on_refusal));
     for (const auto& [i, why] : merged.refused) set_aside_change(positions[i], why);
-    std::sort(set_aside.begin(), set_aside.end(),
-              [](const auto& a, const auto& b) { return a.index() < b.index(); });
+    std::sort(set_aside.begin(), set_aside.end(), [](const auto& a, const auto& b) { return a.index() < b.index(); });
     for (hamlet::v1::SetAsideChange& refused : set_aside) *response.add_set_aside() = std::move(refused);
     response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
-    return CommitMerged(request.device_id(), request.batch_id(),
-                        {request.app_version(), request.pending_changes(), request.reoffer()},
-                        hash, std::move(merged), [&](uint64_t last_seq) {
-                          response.set_server_seq(last_seq);
-                          response.set_server_id(store_->server_id());
-                          response.set_epoch(store_->epoch());
-                          *response.mutable_server_time() =
-                              TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
-                          return response.SerializeAsString();
-                        });
+    return CommitMerged(
+        request.device_id(), request.batch_id(), {request.app_version(), request.pending_changes(), request.reoffer()},
+        hash, std::move(merged), [&](uint64_t last_seq) {
+          response.set_server_seq(last_seq);
+          response.set_server_id(store_->server_id());
+          response.set_epoch(store_->epoch());
+          *response.mutable_server_time() = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+          return response.SerializeAsString();
+        });
   };
   HAMLET_ASSIGN_OR_RETURN(Committed committed, apply());
   HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
@@ -418,8 +409,8 @@ absl::StatusOr<size_t> Town::ApplyUpstreamUnits(std::vector<Record> records) {
   Committed committed;
   {
     absl::MutexLock push_lock(&push_mu_);
-    HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(units, upstream, WriteCheck::kAuthorityCheckedByCaller,
-                                                        LifecycleCheck::kNone));
+    HAMLET_ASSIGN_OR_RETURN(
+        Merged merged, MergeChanges(units, upstream, WriteCheck::kAuthorityCheckedByCaller, LifecycleCheck::kNone));
     changed = merged.writes.size();
     if (changed == 0) return 0;
     HAMLET_ASSIGN_OR_RETURN(committed, CommitMerged(store_->server_id(), sync::NewUuid(gen), DeviceReport(), "",
@@ -445,9 +436,10 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   if (request.resolver().empty()) return absl::InvalidArgumentError("resolver (the deciding person's id) is required");
   HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
   if (!sync::MayResolveConflicts(caller.principal.role)) {
-    return absl::PermissionDeniedError(absl::StrCat("resolving a conflict needs a team leader or a commune-level "
-                                                    "role; this device is enrolled as ",
-                                                    hamlet::v1::Role_Name(caller.principal.role)));
+    return absl::PermissionDeniedError(
+        absl::StrCat("resolving a conflict needs a team leader or a commune-level "
+                     "role; this device is enrolled as ",
+                     hamlet::v1::Role_Name(caller.principal.role)));
   }
   const std::string hash = Sha256(request.SerializeAsString());
 
@@ -481,9 +473,8 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   }
   const hamlet::v1::Conflict* conflict = sync::FindConflict(*record, request.field());
   if (conflict == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat("record ", request.record_id(),
-                                                      " has no open conflict on field ", request.field(),
-                                                      "; it may have been resolved already"));
+    return absl::FailedPreconditionError(absl::StrCat("record ", request.record_id(), " has no open conflict on field ",
+                                                      request.field(), "; it may have been resolved already"));
   }
   const google::protobuf::Message* body = sync::RecordBody(*record);
   const google::protobuf::Message* value = sync::RecordBody(request.value());
@@ -539,7 +530,7 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
 }
 
 absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_code, bool reference_only,
-                                              const Caller& caller) const {
+                                               const Caller& caller) const {
   absl::MutexLock lock(&units_mu_);
   std::string commune;
   if (reference_only) {
@@ -620,14 +611,12 @@ absl::Status Town::CheckWritable(const Record& change, const Record* existing, c
   // Commune-level roles supervise the lifecycle of the records they read:
   // they may move it (reopening a closed case), and nothing else.
   if (reach == sync::Reach::kRead && existing != nullptr &&
-      sync::LifecycleAuthority(caller.principal.role) == sync::Authority::kCommune &&
-      sync::OnlyLifecycle(change)) {
+      sync::LifecycleAuthority(caller.principal.role) == sync::Authority::kCommune && sync::OnlyLifecycle(change)) {
     return absl::OkStatus();
   }
   return absl::PermissionDeniedError(absl::StrCat(
-      "record ", change.id(), " (", sync::RecordBody(change)->GetDescriptor()->name(), " in unit ",
-      change.unit_code(), ") is not writable by ", hamlet::v1::Role_Name(caller.principal.role), " of unit ",
-      caller.principal.unit_code));
+      "record ", change.id(), " (", sync::RecordBody(change)->GetDescriptor()->name(), " in unit ", change.unit_code(),
+      ") is not writable by ", hamlet::v1::Role_Name(caller.principal.role), " of unit ", caller.principal.unit_code));
 }
 
 std::string Town::CursorTag(const sync::Cursor& cursor) const {
@@ -637,9 +626,9 @@ std::string Town::CursorTag(const sync::Cursor& cursor) const {
 absl::StatusOr<uint64_t> Town::CursorSeq(const std::string& bytes, const std::string& commune) const {
   if (bytes.empty()) return 0;
   const auto invalidated = [](absl::string_view why) {
-    return WithReason(absl::FailedPreconditionError(
-                          absl::StrCat(why, "; pull again from an empty cursor and keep your outbox")),
-                      "CURSOR_INVALIDATED");
+    return WithReason(
+        absl::FailedPreconditionError(absl::StrCat(why, "; pull again from an empty cursor and keep your outbox")),
+        "CURSOR_INVALIDATED");
   };
   if (sync::IsUntaggedCursor(bytes)) {
     return invalidated("the cursor was issued by an older hamletd, before cursors were authenticated");
@@ -673,10 +662,10 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
   HAMLET_ASSIGN_OR_RETURN(std::string commune,
                           ResolveScope(request.scope_unit_code(), request.reference_only(), caller));
   HAMLET_ASSIGN_OR_RETURN(uint64_t after, CursorSeq(request.cursor(), commune));
-  const int page_size = request.page_size() == 0
-                            ? options_.default_page_size
-                            : std::min<int>(static_cast<int>(std::min<uint32_t>(request.page_size(), 1u << 30)),
-                                            options_.max_page_size);
+  const int page_size =
+      request.page_size() == 0
+          ? options_.default_page_size
+          : std::min<int>(static_cast<int>(std::min<uint32_t>(request.page_size(), 1u << 30)), options_.max_page_size);
   const int page_bytes = request.max_page_bytes() == 0
                              ? options_.default_page_bytes
                              : std::min<int>(static_cast<int>(std::min<uint32_t>(request.max_page_bytes(), 1u << 30)),
@@ -692,8 +681,8 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
   // more than 8 pages of the largest size.
   const int max_reads = std::clamp((1 << 20) / std::max(page_bytes, 1), 8, 64);
   for (int pages = 0; pages < max_reads && response.records_size() == 0; ++pages) {
-    HAMLET_ASSIGN_OR_RETURN(page, store_->ReadChanges(IndexScope(commune), after, page_size, page_bytes,
-                                                      storage::CountRemaining::kYes));
+    HAMLET_ASSIGN_OR_RETURN(
+        page, store_->ReadChanges(IndexScope(commune), after, page_size, page_bytes, storage::CountRemaining::kYes));
     absl::MutexLock lock(&units_mu_);
     for (Record& record : page.records) {
       if (request.omit_own_writes() && sync::WrittenOnlyBy(record, caller.device_id)) continue;

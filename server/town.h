@@ -3,10 +3,10 @@
 
 #include <cstdint>
 #include <functional>
-#include <optional>
-#include <vector>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -85,8 +85,8 @@ class Town {
   // record), FAILED_PRECONDITION (no open conflict on that field, or a value
   // ranking below the competing ones, or an illegal move), ALREADY_EXISTS
   // (request id reused for another resolution).
-  absl::StatusOr<hamlet::v1::ResolveConflictResponse> ResolveConflict(
-      const hamlet::v1::ResolveConflictRequest& request, const Caller& caller);
+  absl::StatusOr<hamlet::v1::ResolveConflictResponse> ResolveConflict(const hamlet::v1::ResolveConflictRequest& request,
+                                                                      const Caller& caller);
 
   // Only the records the caller may read, redacted for it (sync/access.h);
   // sealed reads are audited. Errors: INVALID_ARGUMENT (bad scope or malformed
@@ -167,8 +167,8 @@ class Town {
   // them (storage::TownStore::ApplyPush); the caller waits for them to be
   // durable after releasing push_mu_ (FinishCommit).
   absl::StatusOr<Committed> CommitMerged(const std::string& device_id, const std::string& batch_id,
-                                        const DeviceReport& report, const std::string& content_hash,
-                                        Merged merged, const std::function<std::string(uint64_t)>& respond)
+                                         const DeviceReport& report, const std::string& content_hash, Merged merged,
+                                         const std::function<std::string(uint64_t)>& respond)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
   // Waits until a commit is durable, then tells watchers about it.
   absl::Status FinishCommit(const Committed& committed);

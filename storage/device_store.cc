@@ -42,7 +42,8 @@ DeviceStore::~DeviceStore() = default;
 
 absl::StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& dir,
                                                                absl::string_view new_device_id) {
-  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, {"default", "records", "outbox", "rejected", "sent"}));
+  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened,
+                          internal::OpenDb(dir, {"default", "records", "outbox", "rejected", "sent"}));
   std::unique_ptr<DeviceStore> store(new DeviceStore());
   store->db_ = std::make_unique<internal::OpenedDb>(std::move(opened));
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> format, store->GetMeta("format"));
@@ -152,8 +153,7 @@ absl::StatusOr<std::optional<PendingBatch>> DeviceStore::GetPendingBatch() const
 }
 
 absl::Status DeviceStore::SetPendingBatch(const PendingBatch& batch) {
-  return FromRocks(db_->db->Put(Synced(), db_->families[kMeta], "pending", EncodeValue(batch)),
-                   "saving pending batch");
+  return FromRocks(db_->db->Put(Synced(), db_->families[kMeta], "pending", EncodeValue(batch)), "saving pending batch");
 }
 
 absl::Status DeviceStore::AckPendingBatch(const std::map<uint32_t, std::string>& set_aside, const SentCall* sent) {

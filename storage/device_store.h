@@ -78,8 +78,7 @@ class DeviceStore {
   // entries, except that those it set aside (keyed by their position in the
   // batch, with the server's reason) move to the rejected list.
   // `sent`, if given, is kept in the same write (RetainSent).
-  absl::Status AckPendingBatch(const std::map<uint32_t, std::string>& set_aside = {},
-                               const SentCall* sent = nullptr);
+  absl::Status AckPendingBatch(const std::map<uint32_t, std::string>& set_aside = {}, const SentCall* sent = nullptr);
 
   // Acknowledged calls kept for a server restored from an older backup
   // (SentCall): kept with Retain (or AckPendingBatch), listed oldest first

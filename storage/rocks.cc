@@ -36,8 +36,7 @@ OpenedDb::~OpenedDb() {
   db->Close().PermitUncheckedError();
 }
 
-absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names,
-                                rocksdb::Env* env) {
+absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names, rocksdb::Env* env) {
   rocksdb::DBOptions options;
   if (env != nullptr) options.env = env;
   options.create_if_missing = true;

@@ -56,9 +56,9 @@ absl::StatusOr<std::string> Sealer::ReadKeyFile(const std::string& path) {
   if (hex.size() == 64 && std::all_of(hex.begin(), hex.end(), [](unsigned char c) { return std::isxdigit(c); })) {
     return absl::HexStringToBytes(hex);
   }
-  return absl::FailedPreconditionError(
-      absl::StrCat("sealing key file ", path, " must hold 32 raw bytes or 64 hex digits (e.g. from "
-                   "`openssl rand -hex 32`)"));
+  return absl::FailedPreconditionError(absl::StrCat("sealing key file ", path,
+                                                    " must hold 32 raw bytes or 64 hex digits (e.g. from "
+                                                    "`openssl rand -hex 32`)"));
 }
 
 absl::StatusOr<std::string> Sealer::Seal(absl::string_view plaintext, absl::string_view aad) const {
@@ -107,8 +107,7 @@ absl::StatusOr<std::string> Sealer::Open(absl::string_view sealed, absl::string_
   CipherContext c;
   int len = 0;
   if (c.ctx == nullptr ||
-      EVP_DecryptInit_ex(c.ctx, EVP_aes_256_gcm(), nullptr,
-                         reinterpret_cast<const unsigned char*>(key->second.data()),
+      EVP_DecryptInit_ex(c.ctx, EVP_aes_256_gcm(), nullptr, reinterpret_cast<const unsigned char*>(key->second.data()),
                          reinterpret_cast<const unsigned char*>(nonce.data())) != 1 ||
       EVP_DecryptUpdate(c.ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()),
                         static_cast<int>(aad.size())) != 1 ||

@@ -13,13 +13,13 @@ namespace {
 
 // How a record stands to the principal.
 enum class Relation {
-  kAnyInServer,      // Every record the server holds.
-  kOwnCommune,       // The record's unit lies in the principal's commune.
-  kOwnUnit,          // The record's unit is the principal's unit or lies in it.
-  kOwnUnitAuthored,  // kOwnUnit, and the principal wrote it.
-  kReferredToPolice, // A mediation case of the own commune transferred to the police.
-  kWithinUnit,       // The record's unit lies anywhere below the principal's (a town, for its replicator).
-  kUnitOfConcern,    // An admin unit the principal's work names: UnitOfConcern below.
+  kAnyInServer,       // Every record the server holds.
+  kOwnCommune,        // The record's unit lies in the principal's commune.
+  kOwnUnit,           // The record's unit is the principal's unit or lies in it.
+  kOwnUnitAuthored,   // kOwnUnit, and the principal wrote it.
+  kReferredToPolice,  // A mediation case of the own commune transferred to the police.
+  kWithinUnit,        // The record's unit lies anywhere below the principal's (a town, for its replicator).
+  kUnitOfConcern,     // An admin unit the principal's work names: UnitOfConcern below.
 };
 
 struct Row {
@@ -97,8 +97,7 @@ std::string CommuneOfPrincipal(const Principal& p, const UnitDirectory& units) {
 // province). Read from the unit itself, so a deleted unit's tombstone reaches
 // whoever held it. A unit merged away (successor_codes) stays of concern while
 // a successor is: older records still name it.
-bool UnitOfConcern(const Principal& p, const hamlet::v1::AdminUnit& unit, const UnitDirectory& units,
-                   int depth = 0) {
+bool UnitOfConcern(const Principal& p, const hamlet::v1::AdminUnit& unit, const UnitDirectory& units, int depth = 0) {
   const std::string area = CommuneOfPrincipal(p, units);
   if (units.IsWithin(p.unit_code, unit.code()) || unit.code() == area || units.IsWithin(unit.parent_code(), area)) {
     return true;

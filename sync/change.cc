@@ -36,12 +36,11 @@ bool NewRound(const BodySchema& schema, const FieldRule& rule, const Message& cu
 }  // namespace
 
 absl::StatusOr<Record> BuildChange(const Record& state, const Message& body, const FieldNumbers& fields,
-                                  const hamlet::v1::Stamp& stamp) {
+                                   const hamlet::v1::Stamp& stamp) {
   const Message* current = RecordBody(state);
   if (current != nullptr && current->GetDescriptor() != body.GetDescriptor()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("record ", state.id(), " is a ", current->GetDescriptor()->name(), ", not a ",
-                     body.GetDescriptor()->name()));
+    return absl::InvalidArgumentError(absl::StrCat("record ", state.id(), " is a ", current->GetDescriptor()->name(),
+                                                   ", not a ", body.GetDescriptor()->name()));
   }
   const BodySchema& schema = BodySchema::For(body.GetDescriptor());
   FieldNumbers expanded;

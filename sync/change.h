@@ -23,8 +23,7 @@ namespace hamlet::sync {
 // `state` may be empty for a new record; then `body`'s envelope must be set by
 // the caller on the result. INVALID_ARGUMENT if `body` is of another type or a
 // field number is unknown.
-absl::StatusOr<hamlet::v1::Record> BuildChange(const hamlet::v1::Record& state,
-                                               const google::protobuf::Message& body,
+absl::StatusOr<hamlet::v1::Record> BuildChange(const hamlet::v1::Record& state, const google::protobuf::Message& body,
                                                const FieldNumbers& fields, const hamlet::v1::Stamp& stamp);
 
 }  // namespace hamlet::sync

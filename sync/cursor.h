@@ -30,8 +30,7 @@ struct Cursor {
   std::string tag;        // kCursorTagBytes bytes (EncodeCursor pads or cuts it).
 
   friend bool operator==(const Cursor& a, const Cursor& b) {
-    return a.server_id == b.server_id && a.epoch == b.epoch && a.scope == b.scope && a.seq == b.seq &&
-           a.tag == b.tag;
+    return a.server_id == b.server_id && a.epoch == b.epoch && a.scope == b.scope && a.seq == b.seq && a.tag == b.tag;
   }
 };
 

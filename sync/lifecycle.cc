@@ -69,10 +69,10 @@ absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Auth
       // anything else must be a legal move forward.
       if (current.size() == 1 && current[0].value == next.value && current[0].order == next.order) continue;
       if (!forward) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "record ", change.id(), ": ", rule.field->containing_type()->name(), ".", rule.field->name(),
-            " can only move forward; it is ", Describe(rule.field, current.empty() ? State{} : current[0]),
-            " and cannot go back to ", Describe(rule.field, next)));
+        return absl::FailedPreconditionError(
+            absl::StrCat("record ", change.id(), ": ", rule.field->containing_type()->name(), ".", rule.field->name(),
+                         " can only move forward; it is ", Describe(rule.field, current.empty() ? State{} : current[0]),
+                         " and cannot go back to ", Describe(rule.field, next)));
       }
     } else {
       if (!forward) continue;
@@ -94,8 +94,8 @@ absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Auth
     bool commune_only = false;
     std::vector<std::string> allowed;
     for (const State& s : current) {
-      const auto& moves = rule.field->enum_type()->FindValueByNumber(s.value)->options().GetExtension(
-          hamlet::v1::lifecycle);
+      const auto& moves =
+          rule.field->enum_type()->FindValueByNumber(s.value)->options().GetExtension(hamlet::v1::lifecycle);
       const bool same_round = next.order.round == s.order.round;
       const bool next_round = next.order.round == s.order.round + 1;
       if (same_round && Contains(moves.next(), next_name)) return absl::OkStatus();
@@ -112,12 +112,12 @@ absl::Status CheckLifecycleMoves(const Record& state, const Record& change, Auth
     const std::string where = absl::StrCat("record ", change.id(), ": ", rule.field->containing_type()->name(), ".",
                                            rule.field->name(), " is ", absl::StrJoin(from, " and "));
     if (commune_only) {
-      return absl::FailedPreconditionError(absl::StrCat(where, "; only a commune-level role may move it to ",
-                                                        Describe(rule.field, next)));
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, "; only a commune-level role may move it to ", Describe(rule.field, next)));
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        where, "; it cannot move to ", Describe(rule.field, next), ". Allowed: ",
-        allowed.empty() ? std::string("nothing (final state)") : absl::StrJoin(allowed, ", ")));
+        where, "; it cannot move to ", Describe(rule.field, next),
+        ". Allowed: ", allowed.empty() ? std::string("nothing (final state)") : absl::StrJoin(allowed, ", ")));
   }
   return absl::OkStatus();
 }

@@ -40,8 +40,8 @@ enum class Vantage {
 //
 // FAILED_PRECONDITION naming the record, the current state(s) and the moves
 // allowed from them.
-absl::Status CheckLifecycleMoves(const hamlet::v1::Record& state, const hamlet::v1::Record& change,
-                                 Authority authority, Vantage vantage);
+absl::Status CheckLifecycleMoves(const hamlet::v1::Record& state, const hamlet::v1::Record& change, Authority authority,
+                                 Vantage vantage);
 
 // True if `change` writes lifecycle fields (and the fields written with them)
 // and nothing else.

@@ -259,7 +259,8 @@ class Merger {
     std::map<std::string, Candidate> candidates;
     const auto add_from = [&](const Record& record, const Message& body) {
       if (const hamlet::v1::Conflict* conflict = FindConflict(record, number)) {
-        for (const auto& v : conflict->values()) candidates.emplace(StampKey(v.stamp()), Candidate{v.value(), v.stamp()});
+        for (const auto& v : conflict->values())
+          candidates.emplace(StampKey(v.stamp()), Candidate{v.value(), v.stamp()});
       } else if (const FieldStamp* s = FindFieldStamp(record, number)) {
         candidates.emplace(StampKey(s->stamp()), Candidate{PartialOf(*state_, body, group), s->stamp()});
       }

@@ -50,8 +50,7 @@ inline constexpr int kMaxSuperseded = 32;
 // REQUIRES: change and state are the same record (same id and body type) or
 // state is empty; the change passed ValidateChange (sync/validate.h).
 // Returns true if `state` changed.
-bool MergeRecord(const hamlet::v1::Record& change, hamlet::v1::Record* state,
-                 const FieldNumbers& keep_local = {});
+bool MergeRecord(const hamlet::v1::Record& change, hamlet::v1::Record* state, const FieldNumbers& keep_local = {});
 
 // The body message of a record, or nullptr if none is set.
 const google::protobuf::Message* RecordBody(const hamlet::v1::Record& record);

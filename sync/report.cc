@@ -86,8 +86,7 @@ Tallies TalliesOf(const Record& record) {
       add(month, "tips.result." + ValueName(hamlet::v1::TipResult_descriptor(), t.result()));
     }
     if (t.wanted_person_outcome() != hamlet::v1::WANTED_PERSON_OUTCOME_UNSPECIFIED) {
-      add(month, "tips.wanted." +
-                     ValueName(hamlet::v1::WantedPersonOutcome_descriptor(), t.wanted_person_outcome()));
+      add(month, "tips.wanted." + ValueName(hamlet::v1::WantedPersonOutcome_descriptor(), t.wanted_person_outcome()));
     }
     if (t.has_received_time() && t.has_forwarded_time()) {
       add(month, "tips.forwarded");
@@ -103,8 +102,7 @@ Tallies TalliesOf(const Record& record) {
     add(month, "households.registered");
     if (h.commitment_signed()) add(month, "households.commitment_signed");
     if (h.evaluation() != hamlet::v1::HOUSEHOLD_EVALUATION_UNSPECIFIED) {
-      add(month,
-          "households.evaluation." + ValueName(hamlet::v1::HouseholdEvaluation_descriptor(), h.evaluation()));
+      add(month, "households.evaluation." + ValueName(hamlet::v1::HouseholdEvaluation_descriptor(), h.evaluation()));
     }
   } else if (record.has_team()) {
     const auto& t = record.team();

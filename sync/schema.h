@@ -42,7 +42,8 @@ class BodySchema {
   const FieldRule* find(int number) const;
 
   // The fields merged as one value with lifecycle field `leader` (itself first).
-  const std::vector<const google::protobuf::FieldDescriptor*>& group(const google::protobuf::FieldDescriptor* leader) const;
+  const std::vector<const google::protobuf::FieldDescriptor*>& group(
+      const google::protobuf::FieldDescriptor* leader) const;
   // The round field of a lifecycle, or nullptr.
   const google::protobuf::FieldDescriptor* round(const google::protobuf::FieldDescriptor* leader) const;
 

@@ -13,9 +13,7 @@ namespace hamlet::sync {
 // least of all stamps.
 int CompareStamps(const hamlet::v1::Stamp& a, const hamlet::v1::Stamp& b);
 
-inline bool StampLess(const hamlet::v1::Stamp& a, const hamlet::v1::Stamp& b) {
-  return CompareStamps(a, b) < 0;
-}
+inline bool StampLess(const hamlet::v1::Stamp& a, const hamlet::v1::Stamp& b) { return CompareStamps(a, b) < 0; }
 
 // "1732960000000.3@device" — for logs and error messages.
 std::string StampToString(const hamlet::v1::Stamp& s);

@@ -79,7 +79,9 @@ void AddTown(const AdminUnit& town, const std::vector<Commune>& communes, std::v
     commune.set_code(c.code);
     commune.set_level(hamlet::v1::UNIT_LEVEL_COMMUNE);
     commune.set_kind(c.kind);
-    commune.set_name(absl::StrCat(ward ? "Phường " : c.kind == hamlet::v1::UNIT_KIND_TOWNSHIP ? "Thị trấn " : "Xã ",
+    commune.set_name(absl::StrCat(ward                                       ? "Phường "
+                                  : c.kind == hamlet::v1::UNIT_KIND_TOWNSHIP ? "Thị trấn "
+                                                                             : "Xã ",
                                   c.name));
     commune.set_parent_code(town.code());
     commune.set_valid_from(town.valid_from());
@@ -112,12 +114,24 @@ std::vector<AdminUnit> ReferenceUnits() {
   constexpr auto kWard = hamlet::v1::UNIT_KIND_WARD;
   constexpr auto kCommune = hamlet::v1::UNIT_KIND_COMMUNE;
   AddTown(District("206", hamlet::v1::UNIT_KIND_TOWN, "Quảng Yên", "2011-11-25"),
-          {{"07132", "Quảng Yên", kWard},   {"07135", "Đông Mai", kWard},     {"07138", "Minh Thành", kWard},
-           {"07150", "Cộng Hòa", kWard},    {"07159", "Tân An", kWard},       {"07162", "Yên Giang", kWard},
-           {"07165", "Nam Hòa", kWard},     {"07168", "Hà An", kWard},        {"07174", "Phong Hải", kWard},
-           {"07177", "Yên Hải", kWard},     {"07183", "Phong Cốc", kWard},    {"07144", "Sông Khoai", kCommune},
-           {"07147", "Hiệp Hòa", kCommune}, {"07153", "Tiền An", kCommune},   {"07156", "Hoàng Tân", kCommune},
-           {"07171", "Cẩm La", kCommune},   {"07180", "Liên Hòa", kCommune},  {"07186", "Liên Vị", kCommune},
+          {{"07132", "Quảng Yên", kWard},
+           {"07135", "Đông Mai", kWard},
+           {"07138", "Minh Thành", kWard},
+           {"07150", "Cộng Hòa", kWard},
+           {"07159", "Tân An", kWard},
+           {"07162", "Yên Giang", kWard},
+           {"07165", "Nam Hòa", kWard},
+           {"07168", "Hà An", kWard},
+           {"07174", "Phong Hải", kWard},
+           {"07177", "Yên Hải", kWard},
+           {"07183", "Phong Cốc", kWard},
+           {"07144", "Sông Khoai", kCommune},
+           {"07147", "Hiệp Hòa", kCommune},
+           {"07153", "Tiền An", kCommune},
+           {"07156", "Hoàng Tân", kCommune},
+           {"07171", "Cẩm La", kCommune},
+           {"07180", "Liên Hòa", kCommune},
+           {"07186", "Liên Vị", kCommune},
            {"07189", "Tiền Phong", kCommune}},
           &units);
 

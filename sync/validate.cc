@@ -92,8 +92,8 @@ bool EnvelopeHoldsUnknownFields(const Record& change) {
 
 absl::Status ValidateChange(const Record& change, const UnitDirectory& units, ChangeOrigin origin) {
   if (!IsUuid(change.id())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "record id \"", change.id(), "\" is not a UUID (8-4-4-4-12 hex digits); generate one per record"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("record id \"", change.id(), "\" is not a UUID (8-4-4-4-12 hex digits); generate one per record"));
   }
   const std::string who = absl::StrCat("record ", change.id());
   if (change.unit_code().empty()) {
@@ -115,16 +115,17 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
     const FieldRule* rule = schema.find(static_cast<int>(fs.field()));
     const bool newer = rule == nullptr && IsNewerAppField(*descriptor, fs.field());
     if (rule == nullptr && !newer) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": stamp for field ", fs.field(), ", which ",
-                                                     descriptor->name(), " does not have"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": stamp for field ", fs.field(), ", which ", descriptor->name(), " does not have"));
     }
-    const std::string name = newer ? absl::StrCat(descriptor->name(), " field ", fs.field(), " (unknown to this server)")
-                                   : absl::StrCat(descriptor->name(), ".", rule->field->name());
-    if (previous != nullptr && (fs.field() < previous->field() ||
-                                (fs.field() == previous->field() && fs.key() <= previous->key()))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          who, ": field_stamps must be ordered by (field, key) without repeats; ", name, " key \"", fs.key(),
-          "\" is out of place"));
+    const std::string name = newer
+                                 ? absl::StrCat(descriptor->name(), " field ", fs.field(), " (unknown to this server)")
+                                 : absl::StrCat(descriptor->name(), ".", rule->field->name());
+    if (previous != nullptr &&
+        (fs.field() < previous->field() || (fs.field() == previous->field() && fs.key() <= previous->key()))) {
+      return absl::InvalidArgumentError(absl::StrCat(who,
+                                                     ": field_stamps must be ordered by (field, key) without repeats; ",
+                                                     name, " key \"", fs.key(), "\" is out of place"));
     }
     previous = &fs;
     if (fs.stamp().node().empty() || fs.stamp().physical_ms() <= 0) {
@@ -133,16 +134,17 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
     }
     if (newer) {
       if (!fs.key().empty() || fs.has_removed() || fs.has_supersedes()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            who, ": ", name, " is kept as a plain value (last writer wins): its stamp takes no key, removed or "
-            "supersedes"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(who, ": ", name,
+                         " is kept as a plain value (last writer wins): its stamp takes no key, removed or "
+                         "supersedes"));
       }
       continue;
     }
     if (rule->is_set() != !fs.key().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          who, ": ", name, rule->is_set() ? " is a set: stamp each element with its key"
-                                          : " is not a set: its stamp takes no key"));
+          who, ": ", name,
+          rule->is_set() ? " is a set: stamp each element with its key" : " is not a set: its stamp takes no key"));
     }
     if (fs.has_removed() && rule->policy != hamlet::v1::MERGE_POLICY_ADD_WINS_SET) {
       return absl::InvalidArgumentError(absl::StrCat(who, ": ", name, " elements cannot be removed"));
@@ -159,9 +161,9 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
         in_body = in_body || ElementKey(*body, *rule, i) == fs.key();
       }
       if (present != in_body) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            who, ": ", name, " element \"", fs.key(), "\" is ", present ? "stamped as present but missing"
-                                                                        : "stamped as removed but still there"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(who, ": ", name, " element \"", fs.key(), "\" is ",
+                         present ? "stamped as present but missing" : "stamped as removed but still there"));
       }
     }
   }
@@ -186,8 +188,9 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
   }
   if (EnvelopeHoldsUnknownFields(change)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        who, ": a stamp, create_time, conflict or superseded value carries a field unknown to this server; they are "
-             "merged whole, so the server must know every field of them: update the server"));
+        who,
+        ": a stamp, create_time, conflict or superseded value carries a field unknown to this server; they are "
+        "merged whole, so the server must know every field of them: update the server"));
   }
   if (!hamlet::v1::Sensitivity_IsValid(change.sensitivity())) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": sensitivity ", change.sensitivity(),
@@ -215,8 +218,8 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
                                                        "\" is empty or repeated"));
       }
       if (FindFieldStamp(change, number, key) == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(who, ": ", descriptor->name(), ".", field->name(),
-                                                       " element \"", key, "\" has no stamp"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(who, ": ", descriptor->name(), ".", field->name(), " element \"", key, "\" has no stamp"));
       }
     }
   }
@@ -225,8 +228,7 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
     const FieldStamp* lead = FindFieldStamp(change, static_cast<uint32_t>(rule.field->number()));
     for (const FieldDescriptor* part : schema.group(rule.field)) {
       const FieldStamp* s = FindFieldStamp(change, static_cast<uint32_t>(part->number()));
-      if ((s == nullptr) != (lead == nullptr) ||
-          (s != nullptr && CompareStamps(s->stamp(), lead->stamp()) != 0)) {
+      if ((s == nullptr) != (lead == nullptr) || (s != nullptr && CompareStamps(s->stamp(), lead->stamp()) != 0)) {
         std::vector<std::string> names;
         for (const FieldDescriptor* f : schema.group(rule.field)) names.push_back(f->name());
         return absl::InvalidArgumentError(absl::StrCat(who, ": ", absl::StrJoin(names, ", "), " of ",
@@ -277,8 +279,8 @@ absl::Status ValidateChange(const Record& change, const UnitDirectory& units, Ch
 absl::Status CheckSameRecord(const Record& change, const Record& existing) {
   const std::string who = absl::StrCat("record ", change.id());
   if (change.body_case() != existing.body_case()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        who, " exists as ", RecordBody(existing)->GetDescriptor()->name(), "; its type cannot change"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(who, " exists as ", RecordBody(existing)->GetDescriptor()->name(), "; its type cannot change"));
   }
   if (change.sensitivity() != hamlet::v1::SENSITIVITY_UNSPECIFIED && change.sensitivity() != existing.sensitivity()) {
     return absl::FailedPreconditionError(absl::StrCat(who, " has sensitivity ",
@@ -286,8 +288,8 @@ absl::Status CheckSameRecord(const Record& change, const Record& existing) {
                                                       "; a record's sensitivity cannot change"));
   }
   if (change.unit_code() != existing.unit_code()) {
-    return absl::FailedPreconditionError(absl::StrCat(who, " belongs to unit ", existing.unit_code(),
-                                                      "; a record's unit cannot change"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(who, " belongs to unit ", existing.unit_code(), "; a record's unit cannot change"));
   }
   if (!change.author().empty() && change.author() != existing.author()) {
     return absl::FailedPreconditionError(
@@ -302,8 +304,8 @@ absl::Status CheckSameRecord(const Record& change, const Record& existing) {
 
 absl::Status CheckCreatable(const Record& change) {
   if (change.author().empty() || !change.has_create_time()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "record ", change.id(), " is new here, so it needs author and create_time"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("record ", change.id(), " is new here, so it needs author and create_time"));
   }
   return absl::OkStatus();
 }

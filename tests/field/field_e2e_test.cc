@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <gmock/gmock.h>
-#include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <chrono>
 #include <filesystem>
@@ -16,14 +16,14 @@
 #include <sstream>
 #include <thread>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "tests/support/admin.h"
-#include "tests/support/server_process.h"
-#include "tests/support/records.h"
-#include "tests/support/temp_dir.h"
 #include "client/device.h"
+#include "tests/support/admin.h"
+#include "tests/support/records.h"
+#include "tests/support/server_process.h"
+#include "tests/support/temp_dir.h"
 
 namespace hamlet {
 namespace {
@@ -102,18 +102,21 @@ TEST_F(FieldE2eTest, TwoDevicesEditOfflineSyncAndEndIdentical) {
   EnrollPhone("phone-a", hamlet::v1::ROLE_MEMBER, "07132", "hgv-01");
   EnrollPhone("phone-b", hamlet::v1::ROLE_TEAM_LEADER, "07132", "tv-07");
   // Offline: each phone records something.
-  FieldRun a_case = Field(dir_, "phone-a",
-                     {"create", "mediation_case", "--unit=07132", "--author=hgv-01",
-                      R"(--json={"summary":"Tranh chấp lối đi chung","status":"MEDIATION_STATUS_RECEIVED","round":1,"dispute_type":"DISPUTE_TYPE_LAND"})"});
+  FieldRun a_case = Field(
+      dir_, "phone-a",
+      {"create", "mediation_case", "--unit=07132", "--author=hgv-01",
+       R"(--json={"summary":"Tranh chấp lối đi chung","status":"MEDIATION_STATUS_RECEIVED","round":1,"dispute_type":"DISPUTE_TYPE_LAND"})"});
   ASSERT_EQ(a_case.code, 0) << a_case.output;
   const std::string case_id = FirstLine(a_case.output);
-  FieldRun b_house = Field(dir_, "phone-b",
-                      {"create", "household_registration", "--unit=07132-K03", "--author=tv-07",
-                       R"(--json={"household":"Hộ ông Trần Văn Bình","head":"Trần Văn Bình","village":"07132-K03","year":2017})"});
+  FieldRun b_house = Field(
+      dir_, "phone-b",
+      {"create", "household_registration", "--unit=07132-K03", "--author=tv-07",
+       R"(--json={"household":"Hộ ông Trần Văn Bình","head":"Trần Văn Bình","village":"07132-K03","year":2017})"});
   ASSERT_EQ(b_house.code, 0) << b_house.output;
   const std::string house_id = FirstLine(b_house.output);
-  FieldRun doomed = Field(dir_, "phone-b", {"create", "security_tip", "--unit=07132", "--author=tv-07",
-                                       R"(--json={"summary":"nghi vấn đánh bạc","category":"TIP_CATEGORY_GAMBLING"})"});
+  FieldRun doomed = Field(dir_, "phone-b",
+                          {"create", "security_tip", "--unit=07132", "--author=tv-07",
+                           R"(--json={"summary":"nghi vấn đánh bạc","category":"TIP_CATEGORY_GAMBLING"})"});
   ASSERT_EQ(doomed.code, 0);
   const std::string tip_id = FirstLine(doomed.output);
 
@@ -124,7 +127,10 @@ TEST_F(FieldE2eTest, TwoDevicesEditOfflineSyncAndEndIdentical) {
 
   // Offline again: each edits the other's record, and B deletes its tip.
   ASSERT_EQ(Field(dir_, "phone-a", {"edit", house_id, R"(--json={"evaluation":"HOUSEHOLD_EVALUATION_PASS"})"}).code, 0);
-  ASSERT_EQ(Field(dir_, "phone-b", {"edit", case_id, R"(--json={"status":"MEDIATION_STATUS_ASSIGNED","mediators":["hgv-02"]})"}).code, 0);
+  ASSERT_EQ(Field(dir_, "phone-b",
+                  {"edit", case_id, R"(--json={"status":"MEDIATION_STATUS_ASSIGNED","mediators":["hgv-02"]})"})
+                .code,
+            0);
   ASSERT_EQ(Field(dir_, "phone-b", {"delete", tip_id}).code, 0);
   FieldRun status = Field(dir_, "phone-b", {"status"});
   EXPECT_THAT(status.output, HasSubstr("unsynced edits: 2"));
@@ -158,9 +164,10 @@ TEST_F(FieldE2eTest, ARefusedChangeIsSetAsideAndTheRestOfTheBatchArrives) {
   EnrollPhone("phone-b", hamlet::v1::ROLE_TEAM_LEADER, "07132", "tv-07");
   std::vector<std::string> ids;
   for (const char* unit : {"07132-K01", "07135-K01", "07132-K02"}) {
-    FieldRun created = Field(dir_, "phone-a",
-                             {"create", "mediation_case", absl::StrCat("--unit=", unit), "--author=hgv-01",
-                              R"(--json={"summary":"Tranh chấp ranh giới","status":"MEDIATION_STATUS_RECEIVED","round":1})"});
+    FieldRun created =
+        Field(dir_, "phone-a",
+              {"create", "mediation_case", absl::StrCat("--unit=", unit), "--author=hgv-01",
+               R"(--json={"summary":"Tranh chấp ranh giới","status":"MEDIATION_STATUS_RECEIVED","round":1})"});
     ASSERT_EQ(created.code, 0) << created.output;
     ids.push_back(FirstLine(created.output));
   }
@@ -192,15 +199,15 @@ TEST_F(FieldE2eTest, ARefusedChangeIsSetAsideAndTheRestOfTheBatchArrives) {
 
 TEST_F(FieldE2eTest, WorksOfflineAndSyncFailsClearlyWithoutServer) {
   EnrollPhone("phone", hamlet::v1::ROLE_MEMBER, "07132", "x");
-  FieldRun created = Field(dir_, "phone", {"create", "mediation_case", "--unit=07132", "--author=x",
-                                      R"(--json={"summary":"s"})"});
+  FieldRun created =
+      Field(dir_, "phone", {"create", "mediation_case", "--unit=07132", "--author=x", R"(--json={"summary":"s"})"});
   ASSERT_EQ(created.code, 0) << created.output;
   FieldRun sync = Field(dir_, "phone", {"sync", "--server=127.0.0.1:1", "--attempts=2"});
   EXPECT_EQ(sync.code, 3) << sync.output;
   EXPECT_THAT(sync.output, HasSubstr("UNAVAILABLE"));
   EXPECT_THAT(Field(dir_, "phone", {"status"}).output, HasSubstr("unsynced edits: 1"));
-  FieldRun bad = Field(dir_, "phone", {"create", "mediation_case", "--unit=07132", "--author=x",
-                                  R"(--json={"no_such_field":1})"});
+  FieldRun bad =
+      Field(dir_, "phone", {"create", "mediation_case", "--unit=07132", "--author=x", R"(--json={"no_such_field":1})"});
   EXPECT_EQ(bad.code, 2);
   EXPECT_THAT(bad.output, HasSubstr("no field \"no_such_field\""));
 }
@@ -216,20 +223,30 @@ TEST_F(FieldE2eTest, ConflictingOutcomesAreKeptUntilTheTeamLeaderResolvesThem) {
     FieldRun run = Field(dir_, phone, {"sync", ServerFlag()});
     ASSERT_EQ(run.code, 0) << phone << ": " << run.output;
   };
-  FieldRun created = Field(dir_, "phone-a",
-                           {"create", "mediation_case", "--unit=07132-K04", "--author=hgv-01",
-                            R"(--json={"summary":"Tranh chấp ranh giới vườn","status":"MEDIATION_STATUS_RECEIVED","round":1})"});
+  FieldRun created =
+      Field(dir_, "phone-a",
+            {"create", "mediation_case", "--unit=07132-K04", "--author=hgv-01",
+             R"(--json={"summary":"Tranh chấp ranh giới vườn","status":"MEDIATION_STATUS_RECEIVED","round":1})"});
   ASSERT_EQ(created.code, 0) << created.output;
   const std::string id = FirstLine(created.output);
-  ASSERT_EQ(Field(dir_, "phone-a", {"edit", id, R"(--json={"status":"MEDIATION_STATUS_ASSIGNED","mediators":["hgv-01","hgv-02"]})"}).code, 0);
+  ASSERT_EQ(Field(dir_, "phone-a",
+                  {"edit", id, R"(--json={"status":"MEDIATION_STATUS_ASSIGNED","mediators":["hgv-01","hgv-02"]})"})
+                .code,
+            0);
   ASSERT_EQ(Field(dir_, "phone-a", {"edit", id, R"(--json={"status":"MEDIATION_STATUS_IN_MEDIATION"})"}).code, 0);
   sync_ok("phone-a");
   sync_ok("phone-b");
 
   // Offline, each mediator holds a session and records a different outcome.
-  FieldRun a_edit = Field(dir_, "phone-a", {"edit", id, R"(--json={"sessions":[{"id":"s-a","date":"2017-08-20","notes":"Hai bên đồng ý dời hàng rào"}],"status":"MEDIATION_STATUS_SUCCESSFUL","outcome":"MEDIATION_OUTCOME_SUCCESSFUL"})"});
+  FieldRun a_edit = Field(
+      dir_, "phone-a",
+      {"edit", id,
+       R"(--json={"sessions":[{"id":"s-a","date":"2017-08-20","notes":"Hai bên đồng ý dời hàng rào"}],"status":"MEDIATION_STATUS_SUCCESSFUL","outcome":"MEDIATION_OUTCOME_SUCCESSFUL"})"});
   ASSERT_EQ(a_edit.code, 0) << a_edit.output;
-  FieldRun b_edit = Field(dir_, "phone-b", {"edit", id, R"(--json={"sessions":[{"id":"s-b","date":"2017-08-21","notes":"Bên bị không đồng ý"}],"status":"MEDIATION_STATUS_UNSUCCESSFUL","outcome":"MEDIATION_OUTCOME_UNSUCCESSFUL"})"});
+  FieldRun b_edit = Field(
+      dir_, "phone-b",
+      {"edit", id,
+       R"(--json={"sessions":[{"id":"s-b","date":"2017-08-21","notes":"Bên bị không đồng ý"}],"status":"MEDIATION_STATUS_UNSUCCESSFUL","outcome":"MEDIATION_OUTCOME_UNSUCCESSFUL"})"});
   ASSERT_EQ(b_edit.code, 0) << b_edit.output;
   sync_ok("phone-a");
   sync_ok("phone-b");
@@ -244,17 +261,21 @@ TEST_F(FieldE2eTest, ConflictingOutcomesAreKeptUntilTheTeamLeaderResolvesThem) {
   EXPECT_EQ(record.conflicts(0).field(), 9u);
   std::set<int> outcomes;
   for (const auto& v : record.conflicts(0).values()) outcomes.insert(v.value().mediation_case().outcome());
-  EXPECT_EQ(outcomes, (std::set<int>{hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL,
-                                     hamlet::v1::MEDIATION_OUTCOME_UNSUCCESSFUL}));
+  EXPECT_EQ(outcomes,
+            (std::set<int>{hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL, hamlet::v1::MEDIATION_OUTCOME_UNSUCCESSFUL}));
   EXPECT_THAT(Field(dir_, "phone-a", {"conflicts"}).output, HasSubstr("MEDIATION_OUTCOME_UNSUCCESSFUL"));
 
   // A member may not settle it; the team leader may.
-  FieldRun refused = Field(dir_, "phone-a", {"resolve", id, ServerFlag(), "--field=9", "--resolver=hgv-01",
-                                             R"(--json={"status":"MEDIATION_STATUS_SUCCESSFUL","round":1,"outcome":"MEDIATION_OUTCOME_SUCCESSFUL"})"});
+  FieldRun refused =
+      Field(dir_, "phone-a",
+            {"resolve", id, ServerFlag(), "--field=9", "--resolver=hgv-01",
+             R"(--json={"status":"MEDIATION_STATUS_SUCCESSFUL","round":1,"outcome":"MEDIATION_OUTCOME_SUCCESSFUL"})"});
   EXPECT_EQ(refused.code, 2);
   EXPECT_THAT(refused.output, HasSubstr("PERMISSION_DENIED"));
-  FieldRun resolved = Field(dir_, "leader", {"resolve", id, ServerFlag(), "--field=9", "--resolver=tt-01",
-                                             R"(--json={"status":"MEDIATION_STATUS_UNSUCCESSFUL","round":1,"outcome":"MEDIATION_OUTCOME_UNSUCCESSFUL"})"});
+  FieldRun resolved = Field(
+      dir_, "leader",
+      {"resolve", id, ServerFlag(), "--field=9", "--resolver=tt-01",
+       R"(--json={"status":"MEDIATION_STATUS_UNSUCCESSFUL","round":1,"outcome":"MEDIATION_OUTCOME_UNSUCCESSFUL"})"});
   ASSERT_EQ(resolved.code, 0) << resolved.output;
   for (const char* phone : {"leader", "phone-a", "phone-b"}) sync_ok(phone);
 
@@ -298,8 +319,8 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
 
   // Push in small batches and kill the client part-way.
   const std::string out = dir_.Sub("push.out");
-  pid_t pid = Spawn({HAMLET_FIELD_PATH, "--store=" + dir_.Sub("phone-c"), "sync", ServerFlag(), "--batch_records=5"},
-                    out);
+  pid_t pid =
+      Spawn({HAMLET_FIELD_PATH, "--store=" + dir_.Sub("phone-c"), "sync", ServerFlag(), "--batch_records=5"}, out);
   ASSERT_GT(pid, 0);
   const std::string pushed_line = "push device=" + device_id;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
@@ -368,7 +389,8 @@ TEST_F(FieldE2eTest, KilledSyncResumesWithoutDuplicatesOrStartingOver) {
   request.set_page_size(1);
   hamlet::v1::PullResponse response;
   ASSERT_TRUE(stub->Pull(&context, request, &response).ok());
-  EXPECT_EQ(response.remaining() + response.records_size(), static_cast<uint64_t>(hamlet::testing::kSeededUnits + kRecords));
+  EXPECT_EQ(response.remaining() + response.records_size(),
+            static_cast<uint64_t>(hamlet::testing::kSeededUnits + kRecords));
   EXPECT_EQ(response.records(0).server_seq(), 1u);
 }
 

@@ -46,8 +46,7 @@ void FuzzStoredValue(absl::string_view bytes) {
   const std::string encoded = storage::internal::EncodeValue(decoded);
   Message again;
   Check(storage::internal::DecodeValue(encoded, &again).ok(), "an encoded value decodes");
-  Check(again.SerializeAsString() == decoded.SerializeAsString(), "a stored value round-trips",
-        decoded.GetTypeName());
+  Check(again.SerializeAsString() == decoded.SerializeAsString(), "a stored value round-trips", decoded.GetTypeName());
 }
 
 void FuzzCursor(absl::string_view bytes) {
@@ -97,20 +96,48 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The bytes end where libFuzzer's buffer ends, so reading past them is caught.
   const absl::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
   switch (data[0] % 14) {
-    case 0: fuzz::FuzzStoredValue<v1::Record>(bytes); break;
-    case 1: fuzz::FuzzStoredValue<storage::DeviceState>(bytes); break;
-    case 2: fuzz::FuzzStoredValue<storage::BatchReceipt>(bytes); break;
-    case 3: fuzz::FuzzStoredValue<storage::Enrolment>(bytes); break;
-    case 4: fuzz::FuzzStoredValue<v1::AuditEntry>(bytes); break;
-    case 5: fuzz::FuzzStoredValue<storage::ReplicationState>(bytes); break;
-    case 6: fuzz::FuzzStoredValue<storage::PullPosition>(bytes); break;
-    case 7: fuzz::FuzzStoredValue<storage::PendingBatch>(bytes); break;
-    case 8: fuzz::FuzzStoredValue<storage::OutboxEntry>(bytes); break;
-    case 9: fuzz::FuzzStoredValue<storage::RejectedEdit>(bytes); break;
-    case 10: fuzz::FuzzStoredValue<v1::Stamp>(bytes); break;
-    case 11: fuzz::FuzzCursor(bytes); break;
-    case 12: fuzz::FuzzSealed(bytes); break;
-    case 13: fuzz::FuzzSealedBody(bytes); break;
+    case 0:
+      fuzz::FuzzStoredValue<v1::Record>(bytes);
+      break;
+    case 1:
+      fuzz::FuzzStoredValue<storage::DeviceState>(bytes);
+      break;
+    case 2:
+      fuzz::FuzzStoredValue<storage::BatchReceipt>(bytes);
+      break;
+    case 3:
+      fuzz::FuzzStoredValue<storage::Enrolment>(bytes);
+      break;
+    case 4:
+      fuzz::FuzzStoredValue<v1::AuditEntry>(bytes);
+      break;
+    case 5:
+      fuzz::FuzzStoredValue<storage::ReplicationState>(bytes);
+      break;
+    case 6:
+      fuzz::FuzzStoredValue<storage::PullPosition>(bytes);
+      break;
+    case 7:
+      fuzz::FuzzStoredValue<storage::PendingBatch>(bytes);
+      break;
+    case 8:
+      fuzz::FuzzStoredValue<storage::OutboxEntry>(bytes);
+      break;
+    case 9:
+      fuzz::FuzzStoredValue<storage::RejectedEdit>(bytes);
+      break;
+    case 10:
+      fuzz::FuzzStoredValue<v1::Stamp>(bytes);
+      break;
+    case 11:
+      fuzz::FuzzCursor(bytes);
+      break;
+    case 12:
+      fuzz::FuzzSealed(bytes);
+      break;
+    case 13:
+      fuzz::FuzzSealedBody(bytes);
+      break;
   }
   return 0;
 }

@@ -93,9 +93,8 @@ std::vector<Record> HistoryOf(const hamlet::v1::PushRequest& request, bool resol
       envelope.set_unit_code("07132");
       envelope.set_author("person-1");
       envelope.mutable_create_time()->set_seconds(1'796'000'000);
-      envelope.set_sensitivity(hamlet::v1::Sensitivity_IsValid(change.sensitivity())
-                                   ? change.sensitivity()
-                                   : hamlet::v1::SENSITIVITY_NORMAL);
+      envelope.set_sensitivity(hamlet::v1::Sensitivity_IsValid(change.sensitivity()) ? change.sensitivity()
+                                                                                     : hamlet::v1::SENSITIVITY_NORMAL);
     }
     change.set_id(envelope.id());
     change.set_unit_code(envelope.unit_code());
@@ -192,8 +191,7 @@ void FuzzMerge(uint8_t control, const uint8_t* data, size_t size) {
 
   // a ⊔ b == b ⊔ a, for two changes and for two states.
   if (n >= 2) {
-    CheckSame(Fold({&history[0], &history[1]}), Fold({&history[1], &history[0]}), "a ⊔ b == b ⊔ a (changes)",
-              history);
+    CheckSame(Fold({&history[0], &history[1]}), Fold({&history[1], &history[0]}), "a ⊔ b == b ⊔ a (changes)", history);
   }
   const size_t cut1 = ((control >> 1) & 7) % (n + 1);
   const size_t cut2 = cut1 + ((control >> 4) & 7) % (n - cut1 + 1);

@@ -118,13 +118,12 @@ void PushSeeds() {
   // A town's merged state, with a conflict, replicated up.
   Record state = created;
   sync::MergeRecord(CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL,
-                                     MakeStamp(1'796'000'003'000, 0, "a"), 1,
-                                     hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL),
+                                     MakeStamp(1'796'000'003'000, 0, "a"), 1, hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL),
                     &state);
-  sync::MergeRecord(CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL,
-                                     MakeStamp(1'796'000'003'500, 0, "b"), 1,
-                                     hamlet::v1::MEDIATION_OUTCOME_UNSUCCESSFUL),
-                    &state);
+  sync::MergeRecord(
+      CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL, MakeStamp(1'796'000'003'500, 0, "b"), 1,
+                       hamlet::v1::MEDIATION_OUTCOME_UNSUCCESSFUL),
+      &state);
   hamlet::v1::PushRequest replica;
   replica.set_device_id(kDevice);
   replica.set_batch_id(kBatch);
@@ -152,28 +151,29 @@ void MergeSeeds() {
 
   const Record ok = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(2000, 0, "a"), 1,
                                      hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL);
-  const Record not_ok = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL, MakeStamp(2500, 0, "b"),
-                                         1, hamlet::v1::MEDIATION_OUTCOME_UNSUCCESSFUL);
+  const Record not_ok = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL, MakeStamp(2500, 0, "b"), 1,
+                                         hamlet::v1::MEDIATION_OUTCOME_UNSUCCESSFUL);
   Write("merge", "lifecycle_conflict", WithControl(0x02 | 0x10, history({created, ok, not_ok})));
-  Record resolution = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL,
-                                       MakeStamp(3000, 0, "leader"), 1, hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL);
+  Record resolution = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(3000, 0, "leader"),
+                                       1, hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL);
   hamlet::v1::FieldStamp lead = *sync::FindFieldStamp(resolution, MediationCase::kStatusFieldNumber);
   *lead.mutable_supersedes() = MakeStamp(2500, 0, "b#2");  // not_ok's stamp, as the fuzzer renames it
   sync::PutFieldStamp(&resolution, lead);
   Write("merge", "conflict_resolved", WithControl(0x01 | 0x04 | 0x20, history({created, ok, not_ok, resolution})));
 
   Write("merge", "party_set",
-        WithControl(0x02 | 0x20,
-                    history({created, WithParty(created, "p1", "Nguyễn Văn A", MakeStamp(2000, 0, "a")),
-                             WithoutParty(created, "p1", MakeStamp(2000, 0, "a#1")),
-                             WithParty(created, "p1", "Nguyễn Văn An", MakeStamp(2500, 0, "c")),
-                             WithParty(created, "p2", "Trần Thị B", MakeStamp(2600, 0, "b"))})));
+        WithControl(0x02 | 0x20, history({created, WithParty(created, "p1", "Nguyễn Văn A", MakeStamp(2000, 0, "a")),
+                                          WithoutParty(created, "p1", MakeStamp(2000, 0, "a#1")),
+                                          WithParty(created, "p1", "Nguyễn Văn An", MakeStamp(2500, 0, "c")),
+                                          WithParty(created, "p2", "Trần Thị B", MakeStamp(2600, 0, "b"))})));
 
   Record deleted = sync::EmptyChangeOf(created);
   deleted.set_deleted(true);
   *deleted.mutable_deleted_stamp() = MakeStamp(3000, 0, "b");
   Record newer = sync::EmptyChangeOf(created);
-  newer.mutable_mediation_case()->GetReflection()->MutableUnknownFields(newer.mutable_mediation_case())
+  newer.mutable_mediation_case()
+      ->GetReflection()
+      ->MutableUnknownFields(newer.mutable_mediation_case())
       ->AddLengthDelimited(1000, "ghi chú");
   sync::SetFieldStamp(&newer, 1000, MakeStamp(2000, 0, "c"));
   Write("merge", "deleted_and_newer_field",
@@ -267,8 +267,8 @@ std::string Dump(uint8_t kind, const std::string& dir, const std::vector<std::st
 }
 
 void StoreSeeds(const std::string& scratch) {
-  const std::vector<std::string> town_families = {"default",  "records", "changes",    "commune_changes",
-                                                  "devices",  "batches", "enrolments", "audit",
+  const std::vector<std::string> town_families = {"default",    "records", "changes",     "commune_changes",
+                                                  "devices",    "batches", "enrolments",  "audit",
                                                   "conflicted", "tallies", "index_counts"};
   const std::string town_dir = scratch + "/town";
   {
@@ -319,8 +319,9 @@ void StoreSeeds(const std::string& scratch) {
     pending.set_batch_id(kBatch);
     pending.set_last_outbox_seq(1);
     if (!store->SetPendingBatch(pending).ok()) std::exit(1);
-    if (!store->SavePulledPage({}, "07132", sync::EncodeCursor({kServer, 1, "07132", 2, ""}),
-                               MakeStamp(1'796'000'001'000, 1, kDevice))
+    if (!store
+             ->SavePulledPage({}, "07132", sync::EncodeCursor({kServer, 1, "07132", 2, ""}),
+                              MakeStamp(1'796'000'001'000, 1, kDevice))
              .ok()) {
       std::exit(1);
     }

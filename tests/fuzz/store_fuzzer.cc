@@ -51,8 +51,8 @@ namespace {
 using absl::StatusCode;
 using hamlet::v1::Record;
 
-const std::vector<std::string> kTownFamilies = {"default",  "records", "changes",      "commune_changes",
-                                                "devices",  "batches", "enrolments",   "audit",
+const std::vector<std::string> kTownFamilies = {"default",    "records", "changes",     "commune_changes",
+                                                "devices",    "batches", "enrolments",  "audit",
                                                 "conflicted", "tallies", "index_counts"};
 const std::vector<std::string> kDeviceFamilies = {"default", "records", "outbox", "rejected"};
 
@@ -110,8 +110,7 @@ const std::string& ScratchDir() {
 
 // Opens the database in `dir` with `families`, creating what is missing,
 // writes `entries` and closes it.
-void WriteEntries(const std::string& dir, const std::vector<std::string>& families,
-                  const std::vector<Entry>& entries) {
+void WriteEntries(const std::string& dir, const std::vector<std::string>& families, const std::vector<Entry>& entries) {
   rocksdb::DBOptions options;
   options.create_if_missing = true;
   options.create_missing_column_families = true;
@@ -290,9 +289,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const uint8_t kind = data[0];
   const bool device = (kind & 1) != 0;
-  const auto entries = hamlet::fuzz::ParseEntries(data + 1, size - 1,
-                                                  device ? hamlet::fuzz::kDeviceFamilies.size()
-                                                         : hamlet::fuzz::kTownFamilies.size());
+  const auto entries = hamlet::fuzz::ParseEntries(
+      data + 1, size - 1, device ? hamlet::fuzz::kDeviceFamilies.size() : hamlet::fuzz::kTownFamilies.size());
   if (device) {
     hamlet::fuzz::FuzzDeviceStore(kind, entries);
   } else {

@@ -56,7 +56,7 @@ class CanarySyncService final
   }
 
   grpc::ServerWriteReactor<hamlet::v1::WatchResponse>* Watch(grpc::CallbackServerContext*,
-                                                            const hamlet::v1::WatchRequest*) override {
+                                                             const hamlet::v1::WatchRequest*) override {
     class Reactor final : public grpc::ServerWriteReactor<hamlet::v1::WatchResponse> {
      public:
       Reactor() {

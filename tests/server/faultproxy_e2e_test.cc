@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "client/device.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "hamlet/v1/sync.grpc.pb.h"
@@ -38,7 +39,6 @@
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
-#include "client/device.h"
 #include "tools/field/week.h"
 #include "tools/harness/fault_proxy.h"
 
@@ -723,8 +723,7 @@ TEST_F(FaultProxyE2eTest, TwoPhonesConvergeOverRural3g) {
 
 // A week of a member's offline work (tools/field/week.h), recorded on `phone`; fails the test if
 // the phone refuses an edit.
-field::WeekOfWork RecordWeek(field::FieldDevice& phone, int cases, int tips, int edits,
-                                   const std::string& author) {
+field::WeekOfWork RecordWeek(field::FieldDevice& phone, int cases, int tips, int edits, const std::string& author) {
   absl::StatusOr<field::WeekOfWork> work = field::RecordWeekOfWork(phone, cases, tips, edits, author);
   EXPECT_TRUE(work.ok()) << work.status();
   return work.ok() ? *work : field::WeekOfWork();
@@ -754,9 +753,8 @@ LinkRun SyncThroughLink(const hamlet::testing::TempDir& dir, const std::string& 
   const auto since_start = [&start] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  const pid_t pid =
-      hamlet::testing::Spawn({HAMLET_FIELD_PATH, "--store=" + dir.Sub(store), "--server=" + proxy->address(), "sync"},
-                             log);
+  const pid_t pid = hamlet::testing::Spawn(
+      {HAMLET_FIELD_PATH, "--store=" + dir.Sub(store), "--server=" + proxy->address(), "sync"}, log);
   // Watch the output grow, to time the progress lines.
   size_t lines = 0;
   double last_line = -1;
@@ -839,13 +837,25 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
     int cases, tips, edits;
   };
   const std::vector<Link> links = {
-      {"rural3g", "0a000000-0000-4000-8000-000000000001",
-       {"--seed=3", "--rate_kbit=100", "--delay_ms=200", "--cut=0.05"}, kCases, kTips, kEdits},
+      {"rural3g",
+       "0a000000-0000-4000-8000-000000000001",
+       {"--seed=3", "--rate_kbit=100", "--delay_ms=200", "--cut=0.05"},
+       kCases,
+       kTips,
+       kEdits},
       // The same week through the same link cutting half of its connections.
-      {"rural3g-cuts", "0a000000-0000-4000-8000-000000000002",
-       {"--seed=4", "--rate_kbit=100", "--delay_ms=200", "--cut=0.5", "--cut_within_ms=3000"}, kCases, kTips, kEdits},
-      {"2g", "0b000000-0000-4000-8000-000000000002", {"--seed=4", "--rate_kbit=30", "--delay_ms=300", "--cut=0.5"},
-       kSmall * 7 / 10, kSmall * 3 / 10, kSmall / 3},
+      {"rural3g-cuts",
+       "0a000000-0000-4000-8000-000000000002",
+       {"--seed=4", "--rate_kbit=100", "--delay_ms=200", "--cut=0.5", "--cut_within_ms=3000"},
+       kCases,
+       kTips,
+       kEdits},
+      {"2g",
+       "0b000000-0000-4000-8000-000000000002",
+       {"--seed=4", "--rate_kbit=30", "--delay_ms=300", "--cut=0.5"},
+       kSmall * 7 / 10,
+       kSmall * 3 / 10,
+       kSmall / 3},
   };
   uint64_t rural3g_bytes_up = 0;
   for (const Link& link : links) {
@@ -881,8 +891,8 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
       EXPECT_LE(static_cast<double>(run.proxy.at("bytes_up")), 1.35 * static_cast<double>(rural3g_bytes_up));
     }
     ASSERT_EQ(run.exit_code, 0) << run.output;
-    EXPECT_THAT(run.output, ::testing::HasSubstr(absl::StrCat("synced: pushed ", work.ids.size() + work.edits,
-                                                              " records")));
+    EXPECT_THAT(run.output,
+                ::testing::HasSubstr(absl::StrCat("synced: pushed ", work.ids.size() + work.edits, " records")));
     EXPECT_THAT(run.output, ::testing::HasSubstr("pushed 0 of"));  // Progress from the start...
     EXPECT_THAT(run.output, ::testing::HasSubstr(absl::StrCat("pushed ", work.ids.size() + work.edits, " of")));
     EXPECT_THAT(run.output, ::testing::HasSubstr("pulled "));  // ...and through the pull.
@@ -890,12 +900,12 @@ TEST_F(FaultProxyE2eTest, AWeekOfWorkSyncsInOneGoOverRuralLinksWithDefaultFlags)
     // bound; the test allows 0.5 s more for its 50 ms polling on a busy machine).
     EXPECT_LE(run.first_line, 3.0);
     EXPECT_LE(run.longest_silence, 2.5);
-    std::cout << "[ link     ] " << link.name << ": " << work.ids.size() << " records and " << work.edits
-              << " edits (" << pushed_bytes / 1024 << " KiB serialized, " << lean_bytes / 1024
-              << " KiB with lean stamps) in " << run.seconds << " s; wire bytes up "
-              << run.proxy.at("bytes_up") << ", down " << run.proxy.at("bytes_down") << "; connections "
-              << run.proxy.at("connections") << ", cuts " << run.proxy.at("cuts") << "; first progress after "
-              << run.first_line << " s, longest silence " << run.longest_silence << " s\n";
+    std::cout << "[ link     ] " << link.name << ": " << work.ids.size() << " records and " << work.edits << " edits ("
+              << pushed_bytes / 1024 << " KiB serialized, " << lean_bytes / 1024 << " KiB with lean stamps) in "
+              << run.seconds << " s; wire bytes up " << run.proxy.at("bytes_up") << ", down "
+              << run.proxy.at("bytes_down") << "; connections " << run.proxy.at("connections") << ", cuts "
+              << run.proxy.at("cuts") << "; first progress after " << run.first_line << " s, longest silence "
+              << run.longest_silence << " s\n";
     // Compressed on the way up, and not downloaded again on the way down: under 5% of what
     // went up, or under 2 KiB for a small week (a sync's answers cost about half a KiB of
     // headers, acknowledgements and cursors whatever it carries).

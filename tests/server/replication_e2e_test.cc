@@ -4,8 +4,8 @@
 // restarted at random moments meanwhile (docs/REPLICATION.md).
 
 #include <gmock/gmock.h>
-#include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <httplib.h>
 
 #include <algorithm>
@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "client/device.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -41,7 +42,6 @@
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
-#include "client/device.h"
 
 namespace hamlet {
 namespace {
@@ -61,7 +61,8 @@ constexpr char kInformantCanary[] = "CANARY-INFORMANT";
 // another thread than the one using its addresses.
 class Node {
  public:
-  Node(std::string data_dir, std::vector<std::string> flags) : data_dir_(std::move(data_dir)), flags_(std::move(flags)) {
+  Node(std::string data_dir, std::vector<std::string> flags)
+      : data_dir_(std::move(data_dir)), flags_(std::move(flags)) {
     process_ = ServerProcess::Start(data_dir_, flags_);
     if (process_ == nullptr) return;
     address_ = process_->address();
@@ -345,9 +346,10 @@ class ReplicationE2eTest : public ::testing::Test {
       moved.set_status(hamlet::v1::MEDIATION_STATUS_ASSIGNED);
       moved.set_round(1);
       const std::string id = cases[cases.size() - 2];
-      auto edited = phone.device->Edit(id, moved, {hamlet::v1::MediationCase::kStatusFieldNumber,
-                                                   hamlet::v1::MediationCase::kRoundFieldNumber,
-                                                   hamlet::v1::MediationCase::kOutcomeFieldNumber});
+      auto edited = phone.device->Edit(
+          id, moved,
+          {hamlet::v1::MediationCase::kStatusFieldNumber, hamlet::v1::MediationCase::kRoundFieldNumber,
+           hamlet::v1::MediationCase::kOutcomeFieldNumber});
       EXPECT_TRUE(edited.ok()) << edited.status();
     }
     return ids;
@@ -408,10 +410,9 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
     hamlet::v1::Stamp stamp;
     stamp.set_physical_ms(absl::ToUnixMillis(absl::Now()));
     stamp.set_node(admin_id);
-    auto change = sync::BuildChange(minh_thanh, merged,
-                                    {hamlet::v1::AdminUnit::kValidToFieldNumber,
-                                     hamlet::v1::AdminUnit::kSuccessorCodesFieldNumber},
-                                    stamp);
+    auto change = sync::BuildChange(
+        minh_thanh, merged,
+        {hamlet::v1::AdminUnit::kValidToFieldNumber, hamlet::v1::AdminUnit::kSuccessorCodesFieldNumber}, stamp);
     ASSERT_TRUE(change.ok()) << change.status();
     hamlet::v1::PushRequest push;
     push.set_device_id(admin_id);
@@ -490,7 +491,8 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
   std::vector<Officer> officers;
   for (const auto& [town, code] : {std::pair<const Node*, std::string>{quang_yen.get(), "206"}, {co_to.get(), "207"}}) {
     const std::string id = absl::StrCat("00000000-0000-4000-8000-000000000", code);
-    officers.push_back({town, id, AdminClient(*ServerProcessOf(*town)).Enroll(id, hamlet::v1::ROLE_TOWN_OFFICER, code, "officer")});
+    officers.push_back(
+        {town, id, AdminClient(*ServerProcessOf(*town)).Enroll(id, hamlet::v1::ROLE_TOWN_OFFICER, code, "officer")});
   }
   std::set<std::string> town_records;
   for (const Officer& officer : officers) {
@@ -505,7 +507,9 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
       Record got = it->second;
       got.clear_server_seq();
       EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(got, expected_state))
-          << "province:\n" << got.DebugString() << "town:\n" << expected_state.DebugString();
+          << "province:\n"
+          << got.DebugString() << "town:\n"
+          << expected_state.DebugString();
     }
   }
   std::set<std::string> province_records;
@@ -519,7 +523,8 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
   }
   EXPECT_EQ(province_records, expected);
   EXPECT_EQ(town_records, expected);
-  for (const std::string& id : sealed) EXPECT_EQ(at_province.count(id), 0u) << "sealed record " << id << " left its town";
+  for (const std::string& id : sealed)
+    EXPECT_EQ(at_province.count(id), 0u) << "sealed record " << id << " left its town";
 
   // No byte of a personal or sealed field anywhere in the province's files.
   // (RocksDB may compress its table files; the record-by-record checks above
@@ -550,10 +555,11 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
   const auto by_default = month(*province_, hamlet::v1::REPORT_AUDIENCE_UNSPECIFIED);
   const auto for_province = month(*quang_yen, hamlet::v1::REPORT_AUDIENCE_PROVINCE);
   EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(by_default, for_province))
-      << "province, by default:\n" << by_default.DebugString() << "town, for the province:\n"
+      << "province, by default:\n"
+      << by_default.DebugString() << "town, for the province:\n"
       << for_province.DebugString();
-  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
-      month(*province_, hamlet::v1::REPORT_AUDIENCE_TOWN), in_town));
+  EXPECT_TRUE(
+      google::protobuf::util::MessageDifferencer::Equals(month(*province_, hamlet::v1::REPORT_AUDIENCE_TOWN), in_town));
   int small = 0;
   for (const auto& figure : in_town.figures()) small += figure.count() > 0 && figure.count() < 3;
   EXPECT_GT(small, 0) << "the village's month has no small count to withhold:\n" << in_town.DebugString();
@@ -563,8 +569,9 @@ TEST_F(ReplicationE2eTest, EveryRecordReachesTheProvinceOnceThroughCrashesAndNoS
   // officer's device does not carry Quảng Yên's units.)
   for (const Officer& officer : officers) {
     const std::string reader = absl::StrCat(officer.id.substr(0, officer.id.size() - 3), "999");
-    const std::string token =
-        AdminClient(*ServerProcessOf(*officer.town)).Enroll(reader, hamlet::v1::ROLE_REPLICATION_NODE, officer.town == quang_yen.get() ? "206" : "207", "units");
+    const std::string token = AdminClient(*ServerProcessOf(*officer.town))
+                                  .Enroll(reader, hamlet::v1::ROLE_REPLICATION_NODE,
+                                          officer.town == quang_yen.get() ? "206" : "207", "units");
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     bool arrived = false;
     while (!arrived && absl::Now() < deadline) {
@@ -615,17 +622,16 @@ TEST_F(ReplicationE2eTest, PauseHoldsChangesBackAndResumeSendsThem) {
   EXPECT_EQ(ReplicationOf(*town).state(), hamlet::v1::REPLICATION_STATE_PAUSED);
 
   hamlet::v1::ResumeReplicationResponse resumed;
-  ASSERT_TRUE(call(&hamlet::v1::AdminService::Stub::ResumeReplication, hamlet::v1::ResumeReplicationRequest(),
-                   &resumed)
-                  .ok());
+  ASSERT_TRUE(
+      call(&hamlet::v1::AdminService::Stub::ResumeReplication, hamlet::v1::ResumeReplicationRequest(), &resumed).ok());
   status = WaitForReplication(*town, CaughtUp, absl::Seconds(20));
   EXPECT_EQ(status.lag_records(), 0u) << status.DebugString();
   EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_RUNNING);
 
   // Both acts are in the audit log.
   hamlet::v1::ListAuditEntriesResponse audit;
-  ASSERT_TRUE(call(&hamlet::v1::AdminService::Stub::ListAuditEntries, hamlet::v1::ListAuditEntriesRequest(), &audit)
-                  .ok());
+  ASSERT_TRUE(
+      call(&hamlet::v1::AdminService::Stub::ListAuditEntries, hamlet::v1::ListAuditEntriesRequest(), &audit).ok());
   std::set<std::string> actions;
   for (const auto& entry : audit.entries()) actions.insert(entry.action());
   EXPECT_EQ(actions.count("pause_replication"), 1u);
@@ -758,8 +764,10 @@ TEST_F(ReplicationE2eTest, EachServerKeepsToItsOwnUnits) {
   AdminClient admin(province_->process());
   {
     hamlet::v1::GetServerStatsResponse stats;
-    ASSERT_TRUE(AdminClient(town->process()).stub().GetServerStats(
-        AdminClient(town->process()).Context().get(), {}, &stats).ok());
+    ASSERT_TRUE(AdminClient(town->process())
+                    .stub()
+                    .GetServerStats(AdminClient(town->process()).Context().get(), {}, &stats)
+                    .ok());
     hamlet::v1::EnrollDeviceRequest second;
     second.set_device_id("00000000-0000-4000-8000-000000000b06");
     second.set_person_id("another-206");
@@ -768,8 +776,8 @@ TEST_F(ReplicationE2eTest, EachServerKeepsToItsOwnUnits) {
     hamlet::v1::EnrollDeviceResponse response;
     const grpc::Status refused = admin.stub().EnrollDevice(admin.Context().get(), second, &response);
     EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-    EXPECT_THAT(refused.error_message(), ::testing::HasSubstr(absl::StrCat("already has a replication node, ",
-                                                                           stats.server_id())));
+    EXPECT_THAT(refused.error_message(),
+                ::testing::HasSubstr(absl::StrCat("already has a replication node, ", stats.server_id())));
     hamlet::v1::EnrollDeviceRequest again = second;
     again.set_device_id(stats.server_id());
     EXPECT_TRUE(admin.stub().EnrollDevice(admin.Context().get(), again, &response).ok());
@@ -877,8 +885,7 @@ TEST_F(ReplicationE2eTest, DISABLED_LagUnderSustainedPushLoad) {
       "[ lag      ] caught up %.2f s after the load stopped (%llu records sent up)\n",
       kPushers, kBatch, load_seconds, pushed_records / load_seconds,
       static_cast<unsigned long long>(pushed_records.load()), at(0.5), at(0.9), lag_seconds.back(),
-      static_cast<unsigned long long>(max_lag_records), drain,
-      static_cast<unsigned long long>(status.records_sent()));
+      static_cast<unsigned long long>(max_lag_records), drain, static_cast<unsigned long long>(status.records_sent()));
 }
 
 // The metrics endpoint speaks the Prometheus text format, as promtool checks.

@@ -93,11 +93,12 @@ void AddCase(Pusher& p, const std::string& unit, const std::string& date, hamlet
   StampAll(&created, p.Stamp());
   sync::SetFieldStamp(&created, MediationCase::kOutcomeFieldNumber, created.field_stamps(0).stamp());
   p.Add(created);
-  const auto final_status = outcome == hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL ? hamlet::v1::MEDIATION_STATUS_SUCCESSFUL
-                                                                               : hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL;
+  const auto final_status = outcome == hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL
+                                ? hamlet::v1::MEDIATION_STATUS_SUCCESSFUL
+                                : hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL;
   for (auto status : {hamlet::v1::MEDIATION_STATUS_ASSIGNED, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION, final_status}) {
-    p.Add(hamlet::testing::CaseStatusChange(created, status, p.Stamp(), 1,
-                                            status == final_status ? outcome : hamlet::v1::MEDIATION_OUTCOME_UNSPECIFIED));
+    p.Add(hamlet::testing::CaseStatusChange(
+        created, status, p.Stamp(), 1, status == final_status ? outcome : hamlet::v1::MEDIATION_OUTCOME_UNSPECIFIED));
   }
 }
 
@@ -108,15 +109,17 @@ void AddTip(Pusher& p, const std::string& unit, int64_t received_s, hamlet::v1::
   t->mutable_received_time()->set_seconds(received_s);
   t->mutable_forwarded_time()->set_seconds(received_s + 2 * 86400);
   t->set_category(wanted != hamlet::v1::WANTED_PERSON_OUTCOME_UNSPECIFIED ? hamlet::v1::TIP_CATEGORY_WANTED_PERSON
-                                                                         : hamlet::v1::TIP_CATEGORY_THEFT);
+                                                                          : hamlet::v1::TIP_CATEGORY_THEFT);
   t->set_status(hamlet::v1::TIP_STATUS_NEW);
   StampAll(&tip, p.Stamp());
-  for (uint32_t f : {hamlet::v1::SecurityTip::kResultFieldNumber, hamlet::v1::SecurityTip::kWantedPersonOutcomeFieldNumber}) {
+  for (uint32_t f :
+       {hamlet::v1::SecurityTip::kResultFieldNumber, hamlet::v1::SecurityTip::kWantedPersonOutcomeFieldNumber}) {
     sync::SetFieldStamp(&tip, f, tip.field_stamps(0).stamp());
   }
   p.Add(tip);
   if (result == hamlet::v1::TIP_RESULT_UNSPECIFIED) return;
-  for (auto status : {hamlet::v1::TIP_STATUS_FORWARDED, hamlet::v1::TIP_STATUS_VERIFYING, hamlet::v1::TIP_STATUS_HAS_RESULT}) {
+  for (auto status :
+       {hamlet::v1::TIP_STATUS_FORWARDED, hamlet::v1::TIP_STATUS_VERIFYING, hamlet::v1::TIP_STATUS_HAS_RESULT}) {
     Record move = sync::EmptyChangeOf(tip);
     move.mutable_security_tip()->set_status(status);
     if (status == hamlet::v1::TIP_STATUS_HAS_RESULT) {
@@ -159,11 +162,11 @@ TEST(ReportE2eTest, QuangYenSummaryComesBackFromTheRecords) {
   // 226 tips: 62 prosecuted, 23 handled administratively, 5 wanted persons
   // (3 arrested, 2 surrendered) among the prosecuted.
   for (int i = 0; i < 226; ++i) {
-    const auto result = i < 62 ? hamlet::v1::TIP_RESULT_PROSECUTED
-                        : i < 85 ? hamlet::v1::TIP_RESULT_ADMINISTRATIVE
+    const auto result = i < 62    ? hamlet::v1::TIP_RESULT_PROSECUTED
+                        : i < 85  ? hamlet::v1::TIP_RESULT_ADMINISTRATIVE
                         : i < 150 ? hamlet::v1::TIP_RESULT_NO_SIGN_OF_CRIME
                                   : hamlet::v1::TIP_RESULT_UNSPECIFIED;
-    const auto wanted = i < 3 ? hamlet::v1::WANTED_PERSON_OUTCOME_ARRESTED
+    const auto wanted = i < 3   ? hamlet::v1::WANTED_PERSON_OUTCOME_ARRESTED
                         : i < 5 ? hamlet::v1::WANTED_PERSON_OUTCOME_SURRENDERED
                                 : hamlet::v1::WANTED_PERSON_OUTCOME_UNSPECIFIED;
     AddTip(p, villages[(i * 7) % villages.size()], 1'330'000'000 + int64_t{i} * 600'000, result, wanted);

@@ -2,8 +2,8 @@
 // pushed for a while after it was acknowledged, and offer it again to a server restored from a
 // backup that did not hold it (docs/PROTOCOL.md, "After a restore"; docs/RELIABILITY.md).
 
-#include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/device.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "hamlet/v1/admin.grpc.pb.h"
 #include "hamlet/v1/sync.grpc.pb.h"
@@ -25,7 +26,6 @@
 #include "tests/support/admin.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
-#include "client/device.h"
 
 namespace hamlet {
 namespace {
@@ -55,8 +55,8 @@ class RestoreE2eTest : public ::testing::Test {
     phone->device->set_role(phone->role);
   }
   field::FieldDevice::SyncReport Sync(Phone& phone) {
-    auto stub = hamlet::v1::SyncService::NewStub(
-        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    auto stub =
+        hamlet::v1::SyncService::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
     auto report = phone.device->Sync(*stub, field::FieldDevice::SyncOptions());
     EXPECT_TRUE(report.ok()) << phone.name << ": " << report.status();
     return report.ok() ? *report : field::FieldDevice::SyncReport();
@@ -82,8 +82,8 @@ class RestoreE2eTest : public ::testing::Test {
   std::map<std::string, Record> ServerRecords() {
     const std::string officer = "0ff1ce00-0000-4000-8000-000000000206";
     const std::string token = AdminClient(*server_).Enroll(officer, hamlet::v1::ROLE_TOWN_OFFICER, "206", "officer");
-    auto stub = hamlet::v1::SyncService::NewStub(
-        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    auto stub =
+        hamlet::v1::SyncService::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
     std::map<std::string, Record> records;
     std::string cursor;
     while (true) {
@@ -192,10 +192,10 @@ TEST_F(RestoreE2eTest, PhonesGiveBackWhatTheServerAcknowledgedAfterTheBackup) {
     settled.set_status(hamlet::v1::MEDIATION_STATUS_SUCCESSFUL);
     settled.set_outcome(hamlet::v1::MEDIATION_OUTCOME_SUCCESSFUL);
     settled.set_round(1);
-    auto stub = hamlet::v1::SyncService::NewStub(
-        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
-    auto resolved = leader.device->ResolveConflict(*stub, disputed, 9, settled, "tt-1",
-                                                   field::FieldDevice::SyncOptions());
+    auto stub =
+        hamlet::v1::SyncService::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    auto resolved =
+        leader.device->ResolveConflict(*stub, disputed, 9, settled, "tt-1", field::FieldDevice::SyncOptions());
     ASSERT_TRUE(resolved.ok()) << resolved.status();
   }
   for (Phone* p : {&a, &b, &leader}) Sync(*p);
@@ -208,10 +208,10 @@ TEST_F(RestoreE2eTest, PhonesGiveBackWhatTheServerAcknowledgedAfterTheBackup) {
   std::filesystem::remove_all(dir_.Sub("data"));
   {
     const std::string log = dir_.Sub("restore.log");
-    const pid_t pid = hamlet::testing::Spawn({HAMLETD_PATH_FOR_TESTS, "--restore_from=" + backup,
-                                              "--data_dir=" + dir_.Sub("restored"),
-                                              "--sealed_key_file=" + dir_.Sub("data.key")},
-                                             log);
+    const pid_t pid =
+        hamlet::testing::Spawn({HAMLETD_PATH_FOR_TESTS, "--restore_from=" + backup,
+                                "--data_dir=" + dir_.Sub("restored"), "--sealed_key_file=" + dir_.Sub("data.key")},
+                               log);
     ASSERT_EQ(hamlet::testing::WaitExit(pid), 0) << hamlet::testing::ReadFile(log);
   }
   std::filesystem::copy_file(dir_.Sub("data.key"), dir_.Sub("restored.key"));
@@ -262,7 +262,9 @@ TEST_F(RestoreE2eTest, PhonesGiveBackWhatTheServerAcknowledgedAfterTheBackup) {
     ASSERT_EQ(recovered.count(id), 1u) << id;
     const Record& now = recovered.at(id);
     EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*sync::RecordBody(now), *sync::RecordBody(was)))
-        << id << "\nbefore:\n" << was.DebugString() << "now:\n" << now.DebugString();
+        << id << "\nbefore:\n"
+        << was.DebugString() << "now:\n"
+        << now.DebugString();
     EXPECT_EQ(now.conflicts_size(), was.conflicts_size()) << id;
     if (id != disputed) {
       EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(now, was)) << id;
@@ -292,8 +294,8 @@ TEST_F(RestoreE2eTest, PhonesGiveBackWhatTheServerAcknowledgedAfterTheBackup) {
   std::cout << "[ restore  ] " << before_loss.size() << " records before the disk died, " << restored.size()
             << " in the backup; " << changed_after << " created or changed after it (" << lost
             << " new), all acknowledged; back as they were: " << back << " of " << changed_after << ", in " << rounds
-            << " rounds of syncs; calls offered again: hgv-a " << reoffered["hgv-a"] << ", hgv-b "
-            << reoffered["hgv-b"] << ", tt-1 " << reoffered["tt-1"] << "\n";
+            << " rounds of syncs; calls offered again: hgv-a " << reoffered["hgv-a"] << ", hgv-b " << reoffered["hgv-b"]
+            << ", tt-1 " << reoffered["tt-1"] << "\n";
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "absl/strings/str_format.h"
+#include "client/device.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "sync/clock.h"
 #include "sync/merge.h"
@@ -17,7 +18,6 @@
 #include "tests/support/records.h"
 #include "tests/support/server_process.h"
 #include "tests/support/temp_dir.h"
-#include "client/device.h"
 
 namespace hamlet {
 namespace {
@@ -46,8 +46,8 @@ std::vector<std::string> FilesContaining(const std::string& root, const std::vec
 }
 
 std::vector<Record> PullAll(const ServerProcess& server, const std::string& device_id, const std::string& token) {
-  auto stub = hamlet::v1::SyncService::NewStub(
-      grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      hamlet::v1::SyncService::NewStub(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
   std::vector<Record> out;
   std::string cursor;
   while (true) {
@@ -97,8 +97,8 @@ TEST(SealedE2eTest, InformantNamesNeverReachTheDiskOrAnyoneButThePolice) {
   tip.mutable_security_tip()->set_informant_ref(created->id());
   ASSERT_TRUE((*phone)->Create(tip).ok());
   {
-    auto stub = hamlet::v1::SyncService::NewStub(
-        grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+    auto stub =
+        hamlet::v1::SyncService::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
     auto synced = (*phone)->Sync(*stub, {});
     ASSERT_TRUE(synced.ok()) << synced.status();
   }

@@ -257,8 +257,8 @@ TEST_F(SyncE2eTest, BatchIdReusedForOtherContentIsRefusedAndWritesNothing) {
   PushResponse response;
   ASSERT_TRUE(
       client_->Push(Batch(Uuid(100), {NewCase(Uuid(1), "07132", MakeStamp(NowMs(), 0, kDevice))}), &response).ok());
-  const grpc::Status status = client_->Push(
-      Batch(Uuid(100), {NewCase(Uuid(2), "07132", MakeStamp(NowMs(), 0, kDevice))}), &response);
+  const grpc::Status status =
+      client_->Push(Batch(Uuid(100), {NewCase(Uuid(2), "07132", MakeStamp(NowMs(), 0, kDevice))}), &response);
   EXPECT_THAT(status, StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("new batch needs a new batch_id")));
   std::vector<Record> pulled = NewSinceStart();
   ASSERT_EQ(pulled.size(), 1u);
@@ -312,8 +312,7 @@ TEST_F(SyncE2eTest, BadPushesGetPreciseErrorsAndWriteNothing) {
   const int64_t now = NowMs();
   const Record good = NewCase(Uuid(1), "07132", MakeStamp(now, 0, kDevice));
   PushResponse response;
-  ASSERT_TRUE(client_->Push(Batch(Uuid(99), {NewCase(Uuid(50), "07135", MakeStamp(now, 0, kDevice))}), &response)
-                  .ok());
+  ASSERT_TRUE(client_->Push(Batch(Uuid(99), {NewCase(Uuid(50), "07135", MakeStamp(now, 0, kDevice))}), &response).ok());
   const Record existing_tip_id = NewCase(Uuid(50), "07135", MakeStamp(now, 1, kDevice));
 
   struct Case {
@@ -343,13 +342,13 @@ TEST_F(SyncE2eTest, BadPushesGetPreciseErrorsAndWriteNothing) {
   {
     Record bad = NewCase(Uuid(2), "07132", MakeStamp(now, 0, kDevice));
     bad.mutable_mediation_case()->set_status(static_cast<hamlet::v1::MediationStatus>(77));
-    cases.push_back({"unknown enum value", Batch(Uuid(104), {good, bad}), absl::StatusCode::kInvalidArgument,
-                     "status = 77"});
+    cases.push_back(
+        {"unknown enum value", Batch(Uuid(104), {good, bad}), absl::StatusCode::kInvalidArgument, "status = 77"});
   }
   {
     Record bad = NewCase("not-a-uuid", "07132", MakeStamp(now, 0, kDevice));
-    cases.push_back({"record id not a UUID", Batch(Uuid(105), {good, bad}), absl::StatusCode::kInvalidArgument,
-                     "not a UUID"});
+    cases.push_back(
+        {"record id not a UUID", Batch(Uuid(105), {good, bad}), absl::StatusCode::kInvalidArgument, "not a UUID"});
   }
   {
     Record bad = existing_tip_id;
@@ -397,8 +396,8 @@ TEST_F(SyncE2eTest, OversizedMessageIsResourceExhausted) {
 
 TEST_F(SyncE2eTest, PullPagesCountDownAndCommuneScopeIsFiltered) {
   std::vector<Record> batch;
-  for (int i = 0; i < 30; ++i) batch.push_back(NewCase(Uuid(i), i % 3 == 0 ? "07135" : "07132-K02",
-                                                       MakeStamp(NowMs(), 0, kDevice)));
+  for (int i = 0; i < 30; ++i)
+    batch.push_back(NewCase(Uuid(i), i % 3 == 0 ? "07135" : "07132-K02", MakeStamp(NowMs(), 0, kDevice)));
   PushResponse response;
   ASSERT_TRUE(client_->Push(Batch(Uuid(100), batch), &response).ok());
 

@@ -1,9 +1,9 @@
 // TLS on the device listener, and mTLS for replication nodes, with
 // certificates made by openssl for the test.
 
+#include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/credentials.h>
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -103,9 +103,8 @@ TEST(TlsE2eTest, ATownReplicatesToItsProvinceOverMutualTls) {
   hamlet::testing::TempDir dir;
   ASSERT_TRUE(MakeCertificates(dir.path())) << "openssl could not make the test certificates";
   auto province = ServerProcess::Start(
-      dir.Sub("province"),
-      {"--tier=province", "--tls_cert_file=" + dir.Sub("server.pem"), "--tls_key_file=" + dir.Sub("server.key"),
-       "--tls_client_ca_file=" + dir.Sub("ca.pem")});
+      dir.Sub("province"), {"--tier=province", "--tls_cert_file=" + dir.Sub("server.pem"),
+                            "--tls_key_file=" + dir.Sub("server.key"), "--tls_client_ca_file=" + dir.Sub("ca.pem")});
   ASSERT_NE(province, nullptr) << ReadFile(dir.Sub("province.log"));
   std::string previous_node;  // A province takes one replication node per town: the next replaces it.
   for (const bool with_certificate : {true, false}) {
@@ -139,8 +138,8 @@ TEST(TlsE2eTest, ATownReplicatesToItsProvinceOverMutualTls) {
     do {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
       status = ReplicationOf(*town);
-    } while (status.state() != (with_certificate ? hamlet::v1::REPLICATION_STATE_RUNNING
-                                                 : hamlet::v1::REPLICATION_STATE_FAILING) &&
+    } while (status.state() !=
+                 (with_certificate ? hamlet::v1::REPLICATION_STATE_RUNNING : hamlet::v1::REPLICATION_STATE_FAILING) &&
              std::chrono::steady_clock::now() < deadline);
     if (with_certificate) {
       EXPECT_EQ(status.state(), hamlet::v1::REPLICATION_STATE_RUNNING) << status.DebugString();

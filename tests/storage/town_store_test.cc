@@ -400,7 +400,12 @@ TEST_F(DamagedTownStoreTest, ChangeIndexNamingAMissingRecordIsDataLoss) {
 // were rebuilt.
 TEST_F(DamagedTownStoreTest, IndexKeysOfAnotherLengthAreDataLoss) {
   Commit("b1", {{NewCase(Id(1), "07132", MakeStamp(1000, 0, "a")), "07132"}});
-  Damage({{"changes", std::string("\0\0\2", 3), Id(1)}, {"commune_changes", "\5" "07132" + Be64(2) + "x", Id(1)}});
+  Damage({{"changes", std::string("\0\0\2", 3), Id(1)},
+          {"commune_changes",
+           "\5"
+           "07132" +
+               Be64(2) + "x",
+           Id(1)}});
   auto store = OpenDamaged();
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_THAT((*store)->ReadChanges(ChangeScope::WholeServer(), 0, 10, 1 << 20, CountRemaining::kNo),

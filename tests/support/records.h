@@ -43,8 +43,9 @@ inline hamlet::v1::Record NewCase(const std::string& id, const std::string& unit
   c->set_status(hamlet::v1::MEDIATION_STATUS_RECEIVED);
   c->set_round(1);
   // status, round and outcome are one lifecycle value: stamped together.
-  for (uint32_t field : {hamlet::v1::MediationCase::kSummaryFieldNumber, hamlet::v1::MediationCase::kStatusFieldNumber,
-                         hamlet::v1::MediationCase::kRoundFieldNumber, hamlet::v1::MediationCase::kOutcomeFieldNumber}) {
+  for (uint32_t field :
+       {hamlet::v1::MediationCase::kSummaryFieldNumber, hamlet::v1::MediationCase::kStatusFieldNumber,
+        hamlet::v1::MediationCase::kRoundFieldNumber, hamlet::v1::MediationCase::kOutcomeFieldNumber}) {
     sync::SetFieldStamp(&r, field, stamp);
   }
   return r;
@@ -52,10 +53,9 @@ inline hamlet::v1::Record NewCase(const std::string& id, const std::string& unit
 
 // A change to an existing case that moves its lifecycle (status, round,
 // outcome), keeping the round unless one is given.
-inline hamlet::v1::Record CaseStatusChange(const hamlet::v1::Record& existing, hamlet::v1::MediationStatus status,
-                                           const hamlet::v1::Stamp& stamp, uint32_t round = 0,
-                                           hamlet::v1::MediationOutcome outcome =
-                                               hamlet::v1::MEDIATION_OUTCOME_UNSPECIFIED) {
+inline hamlet::v1::Record CaseStatusChange(
+    const hamlet::v1::Record& existing, hamlet::v1::MediationStatus status, const hamlet::v1::Stamp& stamp,
+    uint32_t round = 0, hamlet::v1::MediationOutcome outcome = hamlet::v1::MEDIATION_OUTCOME_UNSPECIFIED) {
   hamlet::v1::Record r = sync::EmptyChangeOf(existing);
   r.mutable_mediation_case()->set_status(status);
   r.mutable_mediation_case()->set_round(round != 0 ? round : existing.mediation_case().round());

@@ -29,13 +29,16 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
   const std::string ready = data_dir + ".ready";
   unlink(ready.c_str());
   server->data_dir_ = data_dir;
-  std::vector<std::string> argv = {HAMLETD_PATH, "--listen=127.0.0.1:0", "--admin_listen=127.0.0.1:0",
-                                   "--metrics_listen=127.0.0.1:0", "--data_dir=" + data_dir, "--ready_file=" + ready};
+  std::vector<std::string> argv = {HAMLETD_PATH,
+                                   "--listen=127.0.0.1:0",
+                                   "--admin_listen=127.0.0.1:0",
+                                   "--metrics_listen=127.0.0.1:0",
+                                   "--data_dir=" + data_dir,
+                                   "--ready_file=" + ready};
   // Every test server seals informant identities, with a key next to its data
   // (kept across restarts), unless the test says otherwise.
-  const bool key_given = std::any_of(flags.begin(), flags.end(), [](const std::string& f) {
-    return f.rfind("--sealed_key_file", 0) == 0;
-  });
+  const bool key_given = std::any_of(flags.begin(), flags.end(),
+                                     [](const std::string& f) { return f.rfind("--sealed_key_file", 0) == 0; });
   if (!key_given) {
     const std::string key_file = data_dir + ".key";
     if (ReadFile(key_file).empty()) {

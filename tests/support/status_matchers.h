@@ -40,8 +40,7 @@ MATCHER_P(StatusIs, code, absl::StrCat("has status ", absl::StatusCodeToString(c
 MATCHER_P2(StatusIs, code, message_matcher, "") {
   const absl::StatusCode actual = CodeOf(arg);
   *result_listener << "status is " << absl::StatusCodeToString(actual) << ": " << MessageOf(arg);
-  return actual == code &&
-         ::testing::ExplainMatchResult(message_matcher, MessageOf(arg), result_listener);
+  return actual == code && ::testing::ExplainMatchResult(message_matcher, MessageOf(arg), result_listener);
 }
 
 #define HAMLET_ASSERT_OK(expr) ASSERT_THAT((expr), ::hamlet::testing::StatusIs(absl::StatusCode::kOk))

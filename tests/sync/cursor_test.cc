@@ -10,8 +10,8 @@ namespace {
 
 using hamlet::testing::StatusIs;
 
-RC_GTEST_PROP(CursorTest, RoundTrips, (const std::string& server_id, uint64_t epoch, const std::string& scope,
-                                       uint64_t seq)) {
+RC_GTEST_PROP(CursorTest, RoundTrips,
+              (const std::string& server_id, uint64_t epoch, const std::string& scope, uint64_t seq)) {
   RC_PRE(server_id.size() < 256 && scope.size() < 256);
   const std::string tag = *rc::gen::container<std::string>(kCursorTagBytes, rc::gen::arbitrary<char>());
   const Cursor cursor{server_id, epoch, scope, seq, tag};

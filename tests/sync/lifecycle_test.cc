@@ -41,10 +41,10 @@ TEST(LifecycleTest, DeclaredMovesAreLegal) {
                     .ok());
   }
   const Record unsuccessful = At(hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL);
-  EXPECT_TRUE(CheckLifecycleMoves(unsuccessful,
-                                  CaseStatusChange(unsuccessful, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION,
-                                                   MakeStamp(3000, 0, "a"), 2),
-                                  Authority::kTeam, Vantage::kWriterSawState)
+  EXPECT_TRUE(CheckLifecycleMoves(
+                  unsuccessful,
+                  CaseStatusChange(unsuccessful, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION, MakeStamp(3000, 0, "a"), 2),
+                  Authority::kTeam, Vantage::kWriterSawState)
                   .ok());
 }
 
@@ -59,17 +59,16 @@ TEST(LifecycleTest, SkippingStatesIsRefusedWithWhatIsAllowed) {
 
 TEST(LifecycleTest, ANewRoundMustBeTheNextOne) {
   const Record unsuccessful = At(hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL);
-  EXPECT_THAT(CheckLifecycleMoves(unsuccessful,
-                                  CaseStatusChange(unsuccessful, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION,
-                                                   MakeStamp(3000, 0, "a"), 3),
-                                  Authority::kTeam, Vantage::kServer),
+  EXPECT_THAT(CheckLifecycleMoves(
+                  unsuccessful,
+                  CaseStatusChange(unsuccessful, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION, MakeStamp(3000, 0, "a"), 3),
+                  Authority::kTeam, Vantage::kServer),
               StatusIs(kPrecondition));
 }
 
 TEST(LifecycleTest, OnlyACommuneRoleReopensAClosedCase) {
   const Record closed = At(hamlet::v1::MEDIATION_STATUS_CLOSED);
-  const Record reopen =
-      CaseStatusChange(closed, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION, MakeStamp(3000, 0, "a"), 2);
+  const Record reopen = CaseStatusChange(closed, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION, MakeStamp(3000, 0, "a"), 2);
   EXPECT_THAT(CheckLifecycleMoves(closed, reopen, Authority::kTeam, Vantage::kServer),
               StatusIs(kPrecondition, HasSubstr("only a commune-level role")));
   EXPECT_TRUE(CheckLifecycleMoves(closed, reopen, Authority::kCommune, Vantage::kServer).ok());
@@ -95,8 +94,7 @@ TEST(LifecycleTest, TheWriterMayNotMoveBackFromWhatItSees) {
   // On the server the same change is just late: the merge orders it.
   EXPECT_TRUE(CheckLifecycleMoves(successful, back, Authority::kTeam, Vantage::kServer).ok());
   // Staying put is no move.
-  const Record same =
-      CaseStatusChange(successful, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(3000, 0, "a"));
+  const Record same = CaseStatusChange(successful, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(3000, 0, "a"));
   EXPECT_TRUE(CheckLifecycleMoves(successful, same, Authority::kTeam, Vantage::kWriterSawState).ok());
 }
 
@@ -110,11 +108,9 @@ TEST(LifecycleTest, AMoveFromAStateOthersOvertookIsStillLegal) {
   for (auto status : {hamlet::v1::MEDIATION_STATUS_ASSIGNED, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION}) {
     MergeRecord(CaseStatusChange(created, status, MakeStamp(1100 + status, 0, "a")), &server);
   }
-  const Record a_ok =
-      CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(2000, 0, "a"));
+  const Record a_ok = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(2000, 0, "a"));
   const Record a_closed = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_CLOSED, MakeStamp(2100, 0, "a"));
-  const Record b_not_ok =
-      CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL, MakeStamp(2050, 0, "b"));
+  const Record b_not_ok = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL, MakeStamp(2050, 0, "b"));
   const Record b_round_two =
       CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_IN_MEDIATION, MakeStamp(2150, 0, "b"), 2);
   for (const Record* change : {&a_ok, &a_closed, &b_not_ok, &b_round_two}) {
@@ -130,12 +126,9 @@ TEST(LifecycleTest, AMoveFromAStateOthersOvertookIsStillLegal) {
 TEST(LifecycleTest, AResolutionDoesNotSettleALaterStateItNeverSaw) {
   const Record created = NewCase(kId, "07132", MakeStamp(1000, 0, "a"));
   const Record ok = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(2000, 0, "a"));
-  const Record not_ok =
-      CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL, MakeStamp(2100, 0, "b"));
-  const Record closed_offline =
-      CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_CLOSED, MakeStamp(2200, 0, "c"));
-  Record resolution =
-      CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(3000, 0, "leader"));
+  const Record not_ok = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_UNSUCCESSFUL, MakeStamp(2100, 0, "b"));
+  const Record closed_offline = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_CLOSED, MakeStamp(2200, 0, "c"));
+  Record resolution = CaseStatusChange(created, hamlet::v1::MEDIATION_STATUS_SUCCESSFUL, MakeStamp(3000, 0, "leader"));
   hamlet::v1::FieldStamp lead = *FindFieldStamp(resolution, MediationCase::kStatusFieldNumber);
   *lead.mutable_supersedes() = MakeStamp(2300, 0, "b");
   PutFieldStamp(&resolution, lead);

@@ -1,9 +1,9 @@
 #include "sync/merge.h"
 
-#include <algorithm>
-#include <set>
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
+#include <algorithm>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "sync/access.h"
@@ -191,7 +191,7 @@ TEST(MergeTest, PartiesAddedOnTwoPhonesAreBothKept) {
 TEST(MergeTest, AnEditTheRemoverHadNotSeenWinsOverTheRemoval) {
   Record created = NewCase(kId, "07132", MakeStamp(1000, 0, "a"));
   Record add = WithParty(created, "p1", "Nguyễn Văn A", MakeStamp(2000, 0, "a"));
-  Record remove = WithoutParty(created, "p1", MakeStamp(2000, 0, "a"));  // B saw the add, removed it.
+  Record remove = WithoutParty(created, "p1", MakeStamp(2000, 0, "a"));              // B saw the add, removed it.
   Record edit = WithParty(created, "p1", "Nguyễn Văn An", MakeStamp(2500, 0, "c"));  // C edited, unseen by B.
   Record state = Merged({&created, &add, &remove, &edit});
   ASSERT_EQ(state.mediation_case().parties_size(), 1);
@@ -304,9 +304,8 @@ TEST(MergeTest, ANewerAppsFieldIsKeptAndMergedLikeAPlainField) {
   // What a province sees carries none of it: this server cannot tell whether it is personal.
   Record for_province = state;
   ASSERT_TRUE(PrepareForProvince(&for_province));
-  EXPECT_EQ(for_province.mediation_case().GetReflection()->GetUnknownFields(for_province.mediation_case())
-                .field_count(),
-            0);
+  EXPECT_EQ(
+      for_province.mediation_case().GetReflection()->GetUnknownFields(for_province.mediation_case()).field_count(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -442,8 +441,8 @@ struct History {
 };
 
 History RandomHistory(int max_changes, int min_changes = 1) {
-  static const std::vector<std::string> kTypes = {"mediation_case", "security_tip", "informant_identity",
-                                                  "household_registration", "team", "admin_unit"};
+  static const std::vector<std::string> kTypes = {"mediation_case",         "security_tip", "informant_identity",
+                                                  "household_registration", "team",         "admin_unit"};
   Record base;
   base.set_id(kId);
   base.set_unit_code("07132");
@@ -543,8 +542,7 @@ RC_GTEST_PROP(MergeLaws, ConvergesAndLosesNothing, ()) {
     RC_ASSERT(distinct.size() == static_cast<size_t>(conflict.values_size()));
   }
 
-  const bool any_deleted =
-      std::any_of(h.changes.begin(), h.changes.end(), [](const Record& c) { return c.deleted(); });
+  const bool any_deleted = std::any_of(h.changes.begin(), h.changes.end(), [](const Record& c) { return c.deleted(); });
   RC_ASSERT(phone.deleted() == any_deleted);
 
   if (phone.superseded_size() < kMaxSuperseded) {

@@ -12,8 +12,8 @@ namespace {
 using hamlet::testing::MakeStamp;
 using hamlet::testing::NewCase;
 using hamlet::testing::StatusIs;
-using ::testing::HasSubstr;
 using hamlet::v1::Record;
+using ::testing::HasSubstr;
 
 constexpr char kId[] = "6f1c3a52-0d7e-4c1b-9a43-2b8f0e6d5c71";
 const absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
@@ -63,7 +63,9 @@ TEST_F(ValidateTest, RefusesUnstampedField) {
 // other; it is kept as a plain value.
 TEST_F(ValidateTest, AcceptsAStampedFieldOfANewerApp) {
   Record r = Valid();
-  r.mutable_mediation_case()->GetReflection()->MutableUnknownFields(r.mutable_mediation_case())
+  r.mutable_mediation_case()
+      ->GetReflection()
+      ->MutableUnknownFields(r.mutable_mediation_case())
       ->AddLengthDelimited(99, "a newer app's note");
   SetFieldStamp(&r, 99, MakeStamp(1000, 0, "dev"));
   EXPECT_TRUE(ValidateChange(r, units_).ok());
@@ -75,7 +77,9 @@ TEST_F(ValidateTest, AcceptsAStampedFieldOfANewerApp) {
 
 TEST_F(ValidateTest, RefusesWhatANewerAppFieldCannotBe) {
   Record r = Valid();
-  r.mutable_mediation_case()->GetReflection()->MutableUnknownFields(r.mutable_mediation_case())
+  r.mutable_mediation_case()
+      ->GetReflection()
+      ->MutableUnknownFields(r.mutable_mediation_case())
       ->AddLengthDelimited(99, "unstamped");
   EXPECT_THAT(ValidateChange(r, units_),
               StatusIs(kInvalid, HasSubstr("field 99 (unknown to this server) is set but has no stamp")));
@@ -91,7 +95,9 @@ TEST_F(ValidateTest, RefusesWhatANewerAppFieldCannotBe) {
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("stamp for field 19500")));
   // A known field number with another wire type: the schemas disagree.
   r = Valid();
-  r.mutable_mediation_case()->GetReflection()->MutableUnknownFields(r.mutable_mediation_case())
+  r.mutable_mediation_case()
+      ->GetReflection()
+      ->MutableUnknownFields(r.mutable_mediation_case())
       ->AddLengthDelimited(hamlet::v1::MediationCase::kRoundFieldNumber, "not a number");
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("another wire type")));
   // A newer app's envelope field cannot be merged: refused, not dropped.
@@ -125,7 +131,8 @@ TEST_F(ValidateTest, KeepsANewerAppsEnumValuesButNotItsLifecycleStatesOrSensitiv
 
   r = Valid();
   r.mutable_mediation_case()->set_status(static_cast<hamlet::v1::MediationStatus>(42));
-  EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("status = 42 is a state this server does not know")));
+  EXPECT_THAT(ValidateChange(r, units_),
+              StatusIs(kInvalid, HasSubstr("status = 42 is a state this server does not know")));
   r = Valid();
   r.set_sensitivity(static_cast<hamlet::v1::Sensitivity>(7));
   EXPECT_THAT(ValidateChange(r, units_), StatusIs(kInvalid, HasSubstr("sensitivity 7 is unknown")));
@@ -230,12 +237,16 @@ TEST_F(ValidateTest, RefusesStampsWithFieldsUnknownToThisServer) {
   deleted.set_deleted(true);
   *deleted.mutable_deleted_stamp() = MakeStamp(2000, 0, "dev");
   EXPECT_TRUE(ValidateChange(deleted, units_).ok());
-  deleted.mutable_deleted_stamp()->GetReflection()->MutableUnknownFields(deleted.mutable_deleted_stamp())
+  deleted.mutable_deleted_stamp()
+      ->GetReflection()
+      ->MutableUnknownFields(deleted.mutable_deleted_stamp())
       ->AddVarint(4, 1);
   EXPECT_THAT(ValidateChange(deleted, units_), StatusIs(kInvalid, HasSubstr("unknown to this server")));
 
   Record created_at = Valid();
-  created_at.mutable_create_time()->GetReflection()->MutableUnknownFields(created_at.mutable_create_time())
+  created_at.mutable_create_time()
+      ->GetReflection()
+      ->MutableUnknownFields(created_at.mutable_create_time())
       ->AddVarint(3, 1);
   EXPECT_THAT(ValidateChange(created_at, units_), StatusIs(kInvalid, HasSubstr("unknown to this server")));
 

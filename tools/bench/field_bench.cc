@@ -18,13 +18,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/device.h"
 #include "google/protobuf/util/json_util.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "storage/device_store.h"
 #include "sync/clock.h"
 #include "sync/merge.h"
 #include "tools/bench/pouch_server.h"
-#include "client/device.h"
 #include "tools/field/week.h"
 #include "tools/harness/fault_proxy.h"
 #include "tools/harness/hamletd_process.h"
@@ -154,8 +154,10 @@ std::string PouchDocs(field::FieldDevice& phone) {
       edits.push_back(absl::StrCat(R"({"_id":")", change.id(), "\",", fields, "}"));
     }
   }
-  return absl::StrCat(R"({"docs":[)", absl::StrJoin(docs, ",\n"), "],\n" R"("edits":[)", absl::StrJoin(edits, ",\n"),
-                      "]}\n");
+  return absl::StrCat(R"({"docs":[)", absl::StrJoin(docs, ",\n"),
+                      "],\n"
+                      R"("edits":[)",
+                      absl::StrJoin(edits, ",\n"), "]}\n");
 }
 
 void WriteFile(const std::string& path, const std::string& text) {
@@ -179,7 +181,8 @@ struct Targets {
   void AtMost(const std::string& what, double ratio, double needed) {
     const bool met = ratio <= needed;
     all_met = all_met && met;
-    lines.push_back(absl::StrFormat("  %-64s %6.2fx  (target <= %.2fx)  %s", what, ratio, needed, met ? "met" : "MISSED"));
+    lines.push_back(
+        absl::StrFormat("  %-64s %6.2fx  (target <= %.2fx)  %s", what, ratio, needed, met ? "met" : "MISSED"));
   }
 };
 
@@ -193,8 +196,10 @@ int RunFieldBench(const FieldBenchOptions& o) {
   std::printf("link: %s (hamlet-faultproxy, seed %llu); without cuts: %s; cutting half: %s\n",
               absl::StrJoin(o.link, " ").c_str(), static_cast<unsigned long long>(o.seed),
               absl::StrJoin(o.steady_link, " ").c_str(), absl::StrJoin(o.cutting_link, " ").c_str());
-  std::printf("phone 1 recorded offline: %d mediation cases (two parties, 200-600 characters of Vietnamese), "
-              "%d security tips, %d later edits of case summaries\n\n", o.cases, o.tips, o.edits);
+  std::printf(
+      "phone 1 recorded offline: %d mediation cases (two parties, 200-600 characters of Vietnamese), "
+      "%d security tips, %d later edits of case summaries\n\n",
+      o.cases, o.tips, o.edits);
 
   // Hamlet: phone 1 was set up in the office (the admin units came down on
   // the office's network), then worked a week offline, twice over: once for
@@ -210,7 +215,8 @@ int RunFieldBench(const FieldBenchOptions& o) {
     const harness::Device device = town->Enroll(hamlet::v1::ROLE_MEMBER, "07132");
     const std::string store = absl::StrCat(o.work, "/hamlet-phone1-", phone1_stores.size());
     auto phone = NewPhone(store, device, hamlet::v1::ROLE_MEMBER);
-    auto stub = hamlet::v1::SyncService::NewStub(grpc::CreateChannel(town->address(), grpc::InsecureChannelCredentials()));
+    auto stub =
+        hamlet::v1::SyncService::NewStub(grpc::CreateChannel(town->address(), grpc::InsecureChannelCredentials()));
     if (auto office = phone->Sync(*stub, field::FieldDevice::SyncOptions()); !office.ok()) {
       Fail(office.status().ToString());
     }
@@ -252,14 +258,14 @@ int RunFieldBench(const FieldBenchOptions& o) {
                                  {"pull", "--remote=" + remote, "--db=" + o.work + "/pouch-phone2"});
     PrintRun("new phone: first pull", p2);
     PouchServer pouch_steady(o.work + "/pouchdb-server-steady", o.pouchdb_install, "field");
-    const LinkRun p1_steady = PouchSync(o, "pouch-phone1-steady", pouch_steady.port(), o.steady_link,
-                                        {"push", "--docs=" + docs, "--remote=" + remote,
-                                         "--db=" + o.work + "/pouch-phone1-steady"});
+    const LinkRun p1_steady =
+        PouchSync(o, "pouch-phone1-steady", pouch_steady.port(), o.steady_link,
+                  {"push", "--docs=" + docs, "--remote=" + remote, "--db=" + o.work + "/pouch-phone1-steady"});
     PrintRun("phone 1 through the link without cuts", p1_steady);
     PouchServer pouch_cut(o.work + "/pouchdb-server-cuts", o.pouchdb_install, "field");
-    const LinkRun p1_cut = PouchSync(o, "pouch-phone1-cuts", pouch_cut.port(), o.cutting_link,
-                                     {"push", "--docs=" + docs, "--remote=" + remote,
-                                      "--db=" + o.work + "/pouch-phone1-cuts"});
+    const LinkRun p1_cut =
+        PouchSync(o, "pouch-phone1-cuts", pouch_cut.port(), o.cutting_link,
+                  {"push", "--docs=" + docs, "--remote=" + remote, "--db=" + o.work + "/pouch-phone1-cuts"});
     PrintRun(absl::StrCat("phone 1, link cutting half (", p1_cut.attempts, " tries)"), p1_cut);
     targets.AtMost("phone 1 wire bytes, Hamlet vs PouchDB", Bytes(h1) / Bytes(p1), 0.5);
     targets.AtMost("phone 1 wall time, Hamlet vs PouchDB", h1.seconds / p1.seconds, 0.5);

@@ -52,10 +52,10 @@
 #include "hamlet/v1/admin.grpc.pb.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "storage/raw_baseline.h"
-#include "tools/bench/field_bench.h"
-#include "tools/bench/pouch_server.h"
 #include "sync/merge.h"
 #include "sync/uuid.h"
+#include "tools/bench/field_bench.h"
+#include "tools/bench/pouch_server.h"
 #include "tools/harness/hamletd_process.h"
 #include "tools/harness/program_flags.h"
 
@@ -101,7 +101,8 @@ std::shared_ptr<grpc::Channel> OwnChannel(const std::string& address, int n) {
 const std::string& Summary() {
   static const std::string* text = [] {
     auto* s = new std::string();
-    while (s->size() < 900) s->append("Tranh chấp ranh giới đất giữa hai hộ liền kề ở khu 3; hai bên đồng ý hoà giải. ");
+    while (s->size() < 900)
+      s->append("Tranh chấp ranh giới đất giữa hai hộ liền kề ở khu 3; hai bên đồng ý hoà giải. ");
     s->resize(900);
     return s;
   }();
@@ -127,10 +128,10 @@ Record NewCase(absl::BitGen& gen, const std::string& unit, const std::string& de
   stamp.set_physical_ms(now_ms);
   stamp.set_logical(logical);
   stamp.set_node(device);
-  for (uint32_t field : {hamlet::v1::MediationCase::kDateReceivedFieldNumber,
-                         hamlet::v1::MediationCase::kDisputeTypeFieldNumber,
-                         hamlet::v1::MediationCase::kSummaryFieldNumber, hamlet::v1::MediationCase::kStatusFieldNumber,
-                         hamlet::v1::MediationCase::kRoundFieldNumber, hamlet::v1::MediationCase::kOutcomeFieldNumber}) {
+  for (uint32_t field :
+       {hamlet::v1::MediationCase::kDateReceivedFieldNumber, hamlet::v1::MediationCase::kDisputeTypeFieldNumber,
+        hamlet::v1::MediationCase::kSummaryFieldNumber, hamlet::v1::MediationCase::kStatusFieldNumber,
+        hamlet::v1::MediationCase::kRoundFieldNumber, hamlet::v1::MediationCase::kOutcomeFieldNumber}) {
     sync::SetFieldStamp(&r, field, stamp);
   }
   return r;
@@ -143,7 +144,6 @@ using harness::ProgramDir;
 using harness::ReadFile;
 using harness::Rss;
 using harness::RssOf;
-
 
 struct Throughput {
   double records_per_s = 0;
@@ -239,10 +239,10 @@ void Fill(const std::string& address, const std::vector<Device>& devices, uint64
 }
 
 struct PullResult {
-  double seconds = 0;  // Slowest client.
+  double seconds = 0;        // Slowest client.
   double records_per_s = 0;  // Per client.
   double bytes_per_record = 0;
-  uint64_t records = 0;  // Per client.
+  uint64_t records = 0;      // Per client.
   double payload_bytes = 0;  // Per client.
 };
 
@@ -348,7 +348,8 @@ double IdleWatchRssMib(const Hamletd& server, const Device& device, int streams)
   for (int i = 0; i < streams; ++i) {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
     contexts.back()->AddMetadata("authorization", "Bearer " + device.token);
-    readers.push_back(stubs[static_cast<size_t>(i) % stubs.size()]->PrepareAsyncWatch(contexts.back().get(), request, &cq));
+    readers.push_back(
+        stubs[static_cast<size_t>(i) % stubs.size()]->PrepareAsyncWatch(contexts.back().get(), request, &cq));
     readers.back()->StartCall(reinterpret_cast<void*>(static_cast<intptr_t>(i + 1)));
   }
   int started = 0;
@@ -550,8 +551,8 @@ struct Targets {
   std::vector<std::string> lines;
   void Check(const std::string& what, double ratio, double needed, bool at_most = false) {
     const bool met = at_most ? ratio <= needed : ratio >= needed;
-    lines.push_back(absl::StrFormat("  %-72s %8.2fx  (target %s %.2fx)  %s", what, ratio, at_most ? "<=" : ">=",
-                                    needed, met ? "met" : "MISSED"));
+    lines.push_back(absl::StrFormat("  %-72s %8.2fx  (target %s %.2fx)  %s", what, ratio, at_most ? "<=" : ">=", needed,
+                                    met ? "met" : "MISSED"));
   }
 };
 
@@ -620,9 +621,10 @@ int Run() {
     return *rate;
   };
   const double raw_b1 = raw(1, 1), raw_b50 = raw(50, 1), raw_b1_t8 = raw(1, 8);
-  std::printf("\nplain RocksDB, 1 KB values, synced WriteBatches (records/s):\n"
-              "  1 writer, batch 1: %.0f   1 writer, batch 50: %.0f   8 writers, batch 1: %.0f\n",
-              raw_b1, raw_b50, raw_b1_t8);
+  std::printf(
+      "\nplain RocksDB, 1 KB values, synced WriteBatches (records/s):\n"
+      "  1 writer, batch 1: %.0f   1 writer, batch 50: %.0f   8 writers, batch 1: %.0f\n",
+      raw_b1, raw_b50, raw_b1_t8);
   Echo echo;
   const double echo_unary = echo.UnaryRate(4, 200, run);
   std::printf("bare gRPC echo: %.0f unary calls/s (4 threads, 200 bytes)\n", echo_unary);
@@ -667,8 +669,8 @@ int Run() {
     pull_address = grown->address();
     stored = 289;
   }
-  const std::vector<uint64_t> sizes = full ? std::vector<uint64_t>{10000, 100000, 1000000}
-                                           : std::vector<uint64_t>{stored};
+  const std::vector<uint64_t> sizes =
+      full ? std::vector<uint64_t>{10000, 100000, 1000000} : std::vector<uint64_t>{stored};
   std::printf("\nHamlet catch-up pull from an empty cursor (one device; ten at once):\n");
   std::printf("  %9s %10s %12s %10s %12s %14s %16s %10s\n", "stored", "1: s", "records/s", "bytes/rec", "10: s",
               "echo same s", "push 64x50 rec/s", "report ms");
@@ -732,9 +734,10 @@ int Run() {
     mixing = false;
     for (auto& t : pullers) t.join();
     const double mix_seconds = absl::ToDoubleSeconds(absl::Now() - mix_start);
-    std::printf("mixed (64 devices pushing batches of 10; 4 devices pulling as changes land; 1,000 Watch streams "
-                "open): push %.0f records/s, p99 %.1f ms; pulled %.0f records/s in all\n",
-                mixed.records_per_s, mixed.p99_ms, static_cast<double>(pulled) / mix_seconds);
+    std::printf(
+        "mixed (64 devices pushing batches of 10; 4 devices pulling as changes land; 1,000 Watch streams "
+        "open): push %.0f records/s, p99 %.1f ms; pulled %.0f records/s in all\n",
+        mixed.records_per_s, mixed.p99_ms, static_cast<double>(pulled) / mix_seconds);
   }
   std::printf("server RSS: peak %.0f MiB after the push runs\n", push_rss.peak_mib);
   // Idle Watch streams on a server of their own, so nothing else is counted.
@@ -745,12 +748,12 @@ int Run() {
     const Device member = watched.Enroll(hamlet::v1::ROLE_MEMBER, "07132-K01");
     const double before = RssOf(watched.pid()).now_mib;
     watch_rss = IdleWatchRssMib(watched, member, streams);
-    std::printf("server RSS with %d idle Watch streams: %.0f MiB (%.0f MiB before they opened)\n", streams,
-                watch_rss, before);
+    std::printf("server RSS with %d idle Watch streams: %.0f MiB (%.0f MiB before they opened)\n", streams, watch_rss,
+                before);
   }
 
-  targets.Check("push 64x50 vs plain RocksDB 1 writer WriteBatch(50) synced", hamlet_push[{64, 50}].records_per_s / raw_b50,
-                1.0);
+  targets.Check("push 64x50 vs plain RocksDB 1 writer WriteBatch(50) synced",
+                hamlet_push[{64, 50}].records_per_s / raw_b50, 1.0);
   targets.Check("push 64x1 vs plain RocksDB 8 writers batch 1 synced", hamlet_push[{64, 1}].records_per_s / raw_b1_t8,
                 1.0);
   targets.Check("no-op RPC vs bare gRPC unary echo", noop / echo_unary, 0.7);
@@ -758,8 +761,8 @@ int Run() {
     targets.Check("push 64x50 throughput, 1M stored vs 10k stored (change)", push_at[10000] / push_at[1000000], 1.5,
                   true);
     targets.Check("pull time per record, 1M stored vs 10k stored (change)",
-                  (pulls[1000000].seconds / pulls[1000000].records) / (pulls[10000].seconds / pulls[10000].records), 1.5,
-                  true);
+                  (pulls[1000000].seconds / pulls[1000000].records) / (pulls[10000].seconds / pulls[10000].records),
+                  1.5, true);
     std::printf("5,000 idle Watch streams: %.0f MiB (target under 300 MiB): %s\n", watch_rss,
                 watch_rss < 300 ? "met" : "MISSED");
   }
@@ -792,20 +795,20 @@ int Run() {
                 pouch_pull.bytes_per_record);
     std::printf("  server RSS: peak %.0f MiB after the push runs\n", pouch_rss.peak_mib);
     const PullResult& ours = pulls[full ? 100000 : sizes.front()];
-    targets.Check("push 64x50 vs pouchdb-server", hamlet_push[{64, 50}].records_per_s / pouch_push[{64, 50}].records_per_s,
-                  10);
+    targets.Check("push 64x50 vs pouchdb-server",
+                  hamlet_push[{64, 50}].records_per_s / pouch_push[{64, 50}].records_per_s, 10);
     targets.Check("push 64x1 vs pouchdb-server", hamlet_push[{64, 1}].records_per_s / pouch_push[{64, 1}].records_per_s,
                   20);
     targets.Check("catch-up pull records/s vs pouchdb-server _changes", ours.records_per_s / pouch_pull.records_per_s,
                   5);
-    targets.Check("push p99 latency 64x50 vs pouchdb-server", hamlet_push[{64, 50}].p99_ms / pouch_push[{64, 50}].p99_ms,
-                  0.25, true);
+    targets.Check("push p99 latency 64x50 vs pouchdb-server",
+                  hamlet_push[{64, 50}].p99_ms / pouch_push[{64, 50}].p99_ms, 0.25, true);
     targets.Check("bytes on the wire per synced record vs pouchdb-server (push + pull)",
                   (hamlet_push[{64, 50}].bytes_per_record + ours.bytes_per_record) /
                       (pouch_push[{64, 50}].bytes_per_record + pouch_pull.bytes_per_record),
                   0.5, true);
-    targets.Check("server peak RSS during the push runs vs pouchdb-server", push_rss.peak_mib / pouch_rss.peak_mib,
-                  0.5, true);
+    targets.Check("server peak RSS during the push runs vs pouchdb-server", push_rss.peak_mib / pouch_rss.peak_mib, 0.5,
+                  true);
   }
 
   std::printf("\nratios (one run, this machine):\n");

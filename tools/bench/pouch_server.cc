@@ -29,12 +29,13 @@ PouchServer::PouchServer(const std::string& dir, const std::string& install, con
   static int servers = 0;
   port_ = 20000 + static_cast<int>((getpid() + 7919 * servers++) % 20000);
   const std::string out = dir + ".pid";
-  const int rc = std::system(absl::StrCat("'", ToolPath("pouchdb-server"), "' ", port_, " '", dir, "' '", install,
-                                          "' > '", out, "'")
-                                 .c_str());
+  const int rc = std::system(
+      absl::StrCat("'", ToolPath("pouchdb-server"), "' ", port_, " '", dir, "' '", install, "' > '", out, "'").c_str());
   if (rc != 0 || !absl::SimpleAtoi(absl::StripAsciiWhitespace(harness::ReadFile(out)), &pid_)) {
-    std::fprintf(stderr, "hamlet-bench: pouchdb-server did not start (see %s/server.out); run with --pouchdb=false "
-                 "to skip it\n", dir.c_str());
+    std::fprintf(stderr,
+                 "hamlet-bench: pouchdb-server did not start (see %s/server.out); run with --pouchdb=false "
+                 "to skip it\n",
+                 dir.c_str());
     std::exit(1);
   }
   httplib::Client client("127.0.0.1", port_);

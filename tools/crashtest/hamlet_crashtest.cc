@@ -60,17 +60,18 @@ ABSL_FLAG(int, fresh_every, 100,
           "Start on a new data dir every this many cycles, so that checks (a full pull) stay fast in long runs.");
 ABSL_FLAG(uint64_t, seed, 0, "Seed for kill times and edits; 0 picks one (printed, to repeat a run).");
 ABSL_FLAG(std::string, hamletd, "", "Path of hamletd (default: ../server/hamletd next to this program).");
-ABSL_FLAG(std::string, work_dir, "", "Directory for the data (default: a new directory under /tmp, removed if all pass).");
+ABSL_FLAG(std::string, work_dir, "",
+          "Directory for the data (default: a new directory under /tmp, removed if all pass).");
 
 namespace hamlet::crashtest {
 namespace {
 
 using google::protobuf::util::MessageDifferencer;
 using google::protobuf::util::TimeUtil;
-using harness::Device;
-using harness::Hamletd;
 using hamlet::v1::PushRequest;
 using hamlet::v1::Record;
+using harness::Device;
+using harness::Hamletd;
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -107,8 +108,8 @@ class Phone {
   std::string PushUntilGone(const std::string& address, const std::atomic<bool>& stop) {
     grpc::ChannelArguments args;
     args.SetInt("hamlet.crashtest.device", static_cast<int>(std::hash<std::string>()(device_.id) & 0x7fffffff));
-    auto stub = hamlet::v1::SyncService::NewStub(
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    auto stub =
+        hamlet::v1::SyncService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
     while (!stop.load()) {
       if (!pending_) pending_ = NextBatch();
       grpc::ClientContext context;
@@ -342,8 +343,8 @@ int Run() {
   const int fresh_every = std::max(1, absl::GetFlag(FLAGS_fresh_every));
   const int min_ms = absl::GetFlag(FLAGS_min_run_ms);
   const int max_ms = std::max(min_ms, absl::GetFlag(FLAGS_max_run_ms));
-  std::printf("hamlet-crashtest: %d cycles, %d devices, seed %llu, data in %s\n", cycles,
-              absl::GetFlag(FLAGS_devices), static_cast<unsigned long long>(seed), work.c_str());
+  std::printf("hamlet-crashtest: %d cycles, %d devices, seed %llu, data in %s\n", cycles, absl::GetFlag(FLAGS_devices),
+              static_cast<unsigned long long>(seed), work.c_str());
   const auto fail = [&](int cycle, const std::vector<std::string>& failures) {
     for (const std::string& f : failures) std::fprintf(stderr, "FAIL after kill %d: %s\n", cycle, f.c_str());
     std::fprintf(stderr, "hamlet-crashtest: failed; repeat with --seed=%llu; data and logs kept in %s\n",
@@ -418,8 +419,9 @@ int Run() {
     ++totals.kills;
     totals.acked_batches += acked - acked_before;
     totals.pending_at_kill += pending;
-    std::printf("kill %4d after %3d ms: %6zu cases held before it; %4llu batches acknowledged in this run, %d cut off\n",
-                cycle, run_ms, records, static_cast<unsigned long long>(acked - acked_before), pending);
+    std::printf(
+        "kill %4d after %3d ms: %6zu cases held before it; %4llu batches acknowledged in this run, %d cut off\n", cycle,
+        run_ms, records, static_cast<unsigned long long>(acked - acked_before), pending);
     std::fflush(stdout);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

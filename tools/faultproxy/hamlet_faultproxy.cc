@@ -266,7 +266,8 @@ absl::StatusOr<std::vector<char>> Resolve(absl::string_view address, bool passiv
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = passive ? AI_PASSIVE : 0;
   addrinfo* found = nullptr;
-  if (int rc = getaddrinfo(hp->host.c_str(), std::to_string(hp->port).c_str(), &hints, &found); rc != 0 || found == nullptr) {
+  if (int rc = getaddrinfo(hp->host.c_str(), std::to_string(hp->port).c_str(), &hints, &found);
+      rc != 0 || found == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", address, ": ", gai_strerror(rc)));
   }
   const auto* raw = reinterpret_cast<const char*>(found->ai_addr);
@@ -704,7 +705,7 @@ void Connection::Pump(Direction direction) {
       if (protocol_ == Protocol::kUnknown) {
         const size_t compared = std::min(static_cast<size_t>(n), kClientPreface.size());
         protocol_ = absl::string_view(buffer.data(), compared) == kClientPreface.substr(0, compared) ? Protocol::kHttp2
-                                                                                                      : Protocol::kOther;
+                                                                                                     : Protocol::kOther;
       }
       enqueue(std::string(buffer.data(), static_cast<size_t>(n)), Fault::kNone, "");
       continue;

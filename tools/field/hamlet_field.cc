@@ -3,9 +3,9 @@
 
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,18 +19,17 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/device.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "sync/merge.h"
-#include "client/device.h"
 #include "tools/harness/program_flags.h"
 
 ABSL_FLAG(std::string, store, "./field-device", "Directory of this device's local store; created if missing.");
 ABSL_FLAG(std::string, server, "127.0.0.1:7420", "Server address for `sync`.");
 ABSL_FLAG(std::string, tls_ca_file, "",
           "PEM CA to verify the server with; set it to talk TLS (the server runs with --tls_cert_file).");
-ABSL_FLAG(std::string, scope, "",
-          "Commune code to pull on `sync`; empty for everything this device may see.");
+ABSL_FLAG(std::string, scope, "", "Commune code to pull on `sync`; empty for everything this device may see.");
 ABSL_FLAG(std::string, unit, "", "Admin unit code of a new record (`create`).");
 ABSL_FLAG(std::string, author, "", "Person id of the author of a new record (`create`).");
 ABSL_FLAG(std::string, id, "", "Id of a new record (`create`); generated if empty.");
@@ -71,7 +70,7 @@ constexpr char kUsage[] =
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "hamlet-field: %s\n", status.ToString().c_str());
   return status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kDeadlineExceeded ? 3
-                                                                                                                   : 2;
+                                                                                                                 : 2;
 }
 
 // 1200 -> "1,200".
@@ -106,8 +105,8 @@ absl::StatusOr<hamlet::sync::FieldNumbers> ParseBody(const std::string& json, go
     fields.insert(field->number());
   }
   if (auto s = google::protobuf::util::JsonStringToMessage(json, body); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--json does not fit ", body->GetDescriptor()->name(), ": ",
-                                                   s.ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--json does not fit ", body->GetDescriptor()->name(), ": ", s.ToString()));
   }
   return fields;
 }
@@ -225,9 +224,9 @@ class ProgressLine {
     const SyncProgress& p = *last_;
     const bool push = p.phase == SyncProgress::Phase::kPush;
     const absl::Duration elapsed = p.elapsed + (absl::Now() - updated_);
-    std::string line = absl::StrCat(push ? "pushed " : "pulled ", WithThousands(p.records_done), " of ",
-                                    WithThousands(p.records_total), push ? " changes" : " records", ", ",
-                                    Kilobytes(p.bytes_done));
+    std::string line =
+        absl::StrCat(push ? "pushed " : "pulled ", WithThousands(p.records_done), " of ",
+                     WithThousands(p.records_total), push ? " changes" : " records", ", ", Kilobytes(p.bytes_done));
     if (p.bytes_total > 0) absl::StrAppend(&line, " of ", push ? "" : "~", Kilobytes(p.bytes_total));
     if (p.bytes_per_second > 0) {
       absl::StrAppend(&line, ", ", Kilobytes(static_cast<uint64_t>(p.bytes_per_second)), "/s");
@@ -259,8 +258,7 @@ int Sync(hamlet::field::FieldDevice& device) {
   if (!report.ok()) return Fail(report.status());
   std::printf("synced: pushed %d records in %d batches, pulled %d records%s%s\n",
               static_cast<int>(report->records_pushed), static_cast<int>(report->batches_pushed),
-              static_cast<int>(report->records_pulled),
-              report->cursor_reset ? " (server asked for a fresh pull)" : "",
+              static_cast<int>(report->records_pulled), report->cursor_reset ? " (server asked for a fresh pull)" : "",
               report->batches_rejected + report->changes_set_aside > 0
                   ? "; some edits were refused: see `hamlet-field rejected`"
                   : "");
@@ -308,17 +306,16 @@ int Run(const std::vector<char*>& args) {
     auto rejected = d.store().ListRejected();
     auto token = d.store().GetToken();
     auto role = d.store().GetRole();
-    for (const absl::Status& s : {outbox.status(), cursor.status(), pending.status(), rejected.status(),
-                                  token.status(), role.status()}) {
+    for (const absl::Status& s :
+         {outbox.status(), cursor.status(), pending.status(), rejected.status(), token.status(), role.status()}) {
       if (!s.ok()) return Fail(s);
     }
     std::printf(
         "device %s\nenrolled: %s\nunsynced edits: %d\nrejected edits: %d\nbatch in flight: %s\n"
         "pulled scope \"%s\" before: %s\n",
-        d.device_id().c_str(), token->empty() ? "no" : hamlet::v1::Role_Name(*role).c_str(),
-        static_cast<int>(*outbox), static_cast<int>(rejected->size()),
-        pending->has_value() ? (*pending)->batch_id().c_str() : "none", absl::GetFlag(FLAGS_scope).c_str(),
-        cursor->empty() ? "no" : "yes");
+        d.device_id().c_str(), token->empty() ? "no" : hamlet::v1::Role_Name(*role).c_str(), static_cast<int>(*outbox),
+        static_cast<int>(rejected->size()), pending->has_value() ? (*pending)->batch_id().c_str() : "none",
+        absl::GetFlag(FLAGS_scope).c_str(), cursor->empty() ? "no" : "yes");
     return 0;
   }
   if (command == "set-token") {

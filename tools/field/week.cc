@@ -8,12 +8,13 @@ namespace hamlet::field {
 
 std::string VietnameseText(std::mt19937_64& gen, size_t length) {
   static const std::vector<std::string> kWords = {
-      "tranh", "chấp", "đất", "đai", "ranh", "giới", "giữa", "hai", "hộ", "gia", "đình", "ông", "bà",
-      "thôn", "khu", "phố", "hoà", "giải", "viên", "đã", "mời", "các", "bên", "đến", "nhà", "văn", "hoá",
-      "để", "trao", "đổi", "về", "lối", "đi", "chung", "nước", "tưới", "ruộng", "vay", "nợ", "tiền",
-      "không", "trả", "đúng", "hạn", "xích", "mích", "hàng", "xóm", "tiếng", "ồn", "chăn", "nuôi", "gà",
-      "vịt", "làm", "ảnh", "hưởng", "môi", "trường", "sau", "buổi", "họp", "thống", "nhất", "cam", "kết",
-      "thực", "hiện", "theo", "thoả", "thuận", "biên", "bản", "ký", "tên", "xác", "nhận", "của", "trưởng"};
+      "tranh", "chấp", "đất",   "đai",  "ranh",  "giới", "giữa",  "hai",  "hộ",    "gia",   "đình",   "ông",
+      "bà",    "thôn", "khu",   "phố",  "hoà",   "giải", "viên",  "đã",   "mời",   "các",   "bên",    "đến",
+      "nhà",   "văn",  "hoá",   "để",   "trao",  "đổi",  "về",    "lối",  "đi",    "chung", "nước",   "tưới",
+      "ruộng", "vay",  "nợ",    "tiền", "không", "trả",  "đúng",  "hạn",  "xích",  "mích",  "hàng",   "xóm",
+      "tiếng", "ồn",   "chăn",  "nuôi", "gà",    "vịt",  "làm",   "ảnh",  "hưởng", "môi",   "trường", "sau",
+      "buổi",  "họp",  "thống", "nhất", "cam",   "kết",  "thực",  "hiện", "theo",  "thoả",  "thuận",  "biên",
+      "bản",   "ký",   "tên",   "xác",  "nhận",  "của",  "trưởng"};
   std::string text;
   while (text.size() < length) {
     if (!text.empty()) text += ' ';
@@ -55,8 +56,8 @@ absl::StatusOr<WeekOfWork> RecordWeekOfWork(FieldDevice& phone, int cases, int t
   for (int i = 0; i < edits && cases > 0; ++i) {
     hamlet::v1::MediationCase body;
     body.set_summary(VietnameseText(gen, absl::Uniform<size_t>(gen, 200, 600)));
-    absl::StatusOr<hamlet::v1::Record> edited = phone.Edit(work.ids[static_cast<size_t>(i % cases)], body,
-                                                           {hamlet::v1::MediationCase::kSummaryFieldNumber});
+    absl::StatusOr<hamlet::v1::Record> edited =
+        phone.Edit(work.ids[static_cast<size_t>(i % cases)], body, {hamlet::v1::MediationCase::kSummaryFieldNumber});
     if (!edited.ok()) return edited.status();
     ++work.edits;
   }

@@ -35,9 +35,7 @@ namespace {
 
 }  // namespace
 
-std::string ProgramDir() {
-  return std::filesystem::canonical("/proc/self/exe").parent_path().string();
-}
+std::string ProgramDir() { return std::filesystem::canonical("/proc/self/exe").parent_path().string(); }
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);

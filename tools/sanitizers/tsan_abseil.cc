@@ -114,8 +114,7 @@ bool Mutex::ReaderTryLock() {
   bool locked = false;
   Announced([this] { __tsan_mutex_pre_lock(this, __tsan_mutex_try_read_lock); }, [&] { locked = real(this); },
             [this, &locked] {
-              __tsan_mutex_post_lock(this, locked ? __tsan_mutex_try_read_lock : __tsan_mutex_try_read_lock_failed,
-                                     0);
+              __tsan_mutex_post_lock(this, locked ? __tsan_mutex_try_read_lock : __tsan_mutex_try_read_lock_failed, 0);
             });
   return locked;
 }
@@ -178,8 +177,8 @@ bool CondVar::WaitWithTimeout(Mutex* mu, absl::Duration timeout) {
 }
 
 bool CondVar::WaitWithDeadline(Mutex* mu, absl::Time deadline) {
-  static auto real = Real<bool (*)(CondVar*, Mutex*, absl::Time)>(
-      "_ZN" HAMLET_ABSL_NS "7CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
+  static auto real = Real<bool (*)(CondVar*, Mutex*, absl::Time)>("_ZN" HAMLET_ABSL_NS
+                                                                  "7CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
   return Waited(mu, [&] { return real(this, mu, deadline); });
 }
 
@@ -189,8 +188,7 @@ void Notification::Notify() {
 }
 
 void Notification::WaitForNotification() const {
-  static auto real =
-      Real<void (*)(const Notification*)>("_ZNK" HAMLET_ABSL_NS "12Notification19WaitForNotificationEv");
+  static auto real = Real<void (*)(const Notification*)>("_ZNK" HAMLET_ABSL_NS "12Notification19WaitForNotificationEv");
   Announced([] {}, [&] { real(this); }, [this] { __tsan_acquire(const_cast<Notification*>(this)); });
 }
 
