@@ -34,124 +34,125 @@ absl::StatusOr<uint64_t> SeqToken(const std::string& token) {
 
 }  // namespace
 
-absl::StatusOr<Caller> AdminServiceImpl::AdminOf(grpc::ServerContext* context, absl::string_view action) const {
+grpc::Status AdminServiceImpl::AsAdmin(grpc::ServerContext* context, absl::string_view action,
+                                       const std::function<absl::Status(const Caller&)>& body) const {
   absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
-  if (!caller.ok()) return caller.status();
+  if (!caller.ok()) return ToGrpc(caller.status(), context);
   if (caller->principal.role != hamlet::v1::ROLE_ADMIN) {
-    return absl::PermissionDeniedError(absl::StrCat("the admin service needs an admin's token; device ",
-                                                    caller->device_id, " is enrolled as ",
-                                                    hamlet::v1::Role_Name(caller->principal.role)));
+    return ToGrpc(
+        absl::PermissionDeniedError(absl::StrCat("the admin service needs an admin's token; device ", caller->device_id,
+                                                 " is enrolled as ", hamlet::v1::Role_Name(caller->principal.role))),
+        context);
   }
   LogLine(absl::StrCat("admin ", action, " by device=", caller->device_id, " peer=", context->peer()));
-  return caller;
+  return ToGrpc(body(*caller), context);
 }
 
 grpc::Status AdminServiceImpl::EnrollDevice(grpc::ServerContext* context,
                                             const hamlet::v1::EnrollDeviceRequest* request,
                                             hamlet::v1::EnrollDeviceResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "EnrollDevice");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (!request->unit_code().empty() && !town_->ServesUnit(request->unit_code())) {
-    return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
-                      "unit ", request->unit_code(), " is not ", town_->options().unit_code,
-                      " or a unit within it; enrol the device at the server of its own town")),
-                  context);
-  }
-  absl::StatusOr<hamlet::v1::EnrollDeviceResponse> result = devices_->Enroll(*request, *admin);
-  if (!result.ok()) return ToGrpc(result.status(), context);
-  *response = std::move(*result);
-  return grpc::Status::OK;
+  return AsAdmin(context, "EnrollDevice", [&](const Caller& admin) -> absl::Status {
+    if (!request->unit_code().empty() && !town_->ServesUnit(request->unit_code())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unit ", request->unit_code(), " is not ", town_->options().unit_code,
+                       " or a unit within it; enrol the device at the server of its own town"));
+    }
+    absl::StatusOr<hamlet::v1::EnrollDeviceResponse> result = devices_->Enroll(*request, admin);
+    if (!result.ok()) return result.status();
+    *response = std::move(*result);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::RevokeDevice(grpc::ServerContext* context,
                                             const hamlet::v1::RevokeDeviceRequest* request,
                                             hamlet::v1::RevokeDeviceResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "RevokeDevice");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  absl::StatusOr<hamlet::v1::Device> device = devices_->Revoke(request->device_id(), request->reason(), *admin);
-  if (!device.ok()) return ToGrpc(device.status(), context);
-  *response->mutable_device() = std::move(*device);
-  return grpc::Status::OK;
+  return AsAdmin(context, "RevokeDevice", [&](const Caller& admin) -> absl::Status {
+    absl::StatusOr<hamlet::v1::Device> device = devices_->Revoke(request->device_id(), request->reason(), admin);
+    if (!device.ok()) return device.status();
+    *response->mutable_device() = std::move(*device);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::ListDevices(grpc::ServerContext* context, const hamlet::v1::ListDevicesRequest* request,
                                            hamlet::v1::ListDevicesResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "ListDevices");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (!request->page_token().empty() && !sync::IsUuid(request->page_token())) {
-    return ToGrpc(absl::InvalidArgumentError("page_token is not one this server issued"), context);
-  }
-  const size_t max = PageSize(request->page_size());
-  // Open conflicts by unit, to count each device's (conflicts are few).
-  auto conflicted = store_->ListConflicted("", "", std::numeric_limits<size_t>::max());
-  if (!conflicted.ok()) return ToGrpc(conflicted.status(), context);
-  std::map<std::string, uint32_t> conflicts_by_unit;
-  for (const hamlet::v1::Record& record : *conflicted) ++conflicts_by_unit[record.unit_code()];
-  for (hamlet::v1::Device& device : devices_->List()) {
-    if (!request->page_token().empty() && device.device_id() <= request->page_token()) continue;
-    if (static_cast<size_t>(response->devices_size()) == max) {
-      response->set_next_page_token(response->devices(response->devices_size() - 1).device_id());
-      break;
+  return AsAdmin(context, "ListDevices", [&](const Caller& admin) -> absl::Status {
+    if (!request->page_token().empty() && !sync::IsUuid(request->page_token())) {
+      return absl::InvalidArgumentError("page_token is not one this server issued");
     }
-    absl::StatusOr<std::optional<storage::DeviceState>> state = store_->GetDevice(device.device_id());
-    if (!state.ok()) return ToGrpc(state.status(), context);
-    if (state->has_value()) {
-      const storage::DeviceState& s = **state;
-      *device.mutable_last_seen_time() = TimeUtil::MillisecondsToTimestamp(s.last_seen_ms());
-      device.set_app_version(s.app_version());
-      device.set_batches_applied(s.batches_applied());
-      device.set_records_applied(s.records_applied());
-      device.set_pending_changes(s.pending_changes());
-      device.set_batches_reoffered(s.batches_reoffered());
-      if (s.last_reoffer_ms() > 0) {
-        *device.mutable_last_reoffer_time() = TimeUtil::MillisecondsToTimestamp(s.last_reoffer_ms());
+    const size_t max = PageSize(request->page_size());
+    // Open conflicts by unit, to count each device's (conflicts are few).
+    auto conflicted = store_->ListConflicted("", "", std::numeric_limits<size_t>::max());
+    if (!conflicted.ok()) return conflicted.status();
+    std::map<std::string, uint32_t> conflicts_by_unit;
+    for (const hamlet::v1::Record& record : *conflicted) ++conflicts_by_unit[record.unit_code()];
+    for (hamlet::v1::Device& device : devices_->List()) {
+      if (!request->page_token().empty() && device.device_id() <= request->page_token()) continue;
+      if (static_cast<size_t>(response->devices_size()) == max) {
+        response->set_next_page_token(response->devices(response->devices_size() - 1).device_id());
+        break;
       }
+      absl::StatusOr<std::optional<storage::DeviceState>> state = store_->GetDevice(device.device_id());
+      if (!state.ok()) return state.status();
+      if (state->has_value()) {
+        const storage::DeviceState& s = **state;
+        *device.mutable_last_seen_time() = TimeUtil::MillisecondsToTimestamp(s.last_seen_ms());
+        device.set_app_version(s.app_version());
+        device.set_batches_applied(s.batches_applied());
+        device.set_records_applied(s.records_applied());
+        device.set_pending_changes(s.pending_changes());
+        device.set_batches_reoffered(s.batches_reoffered());
+        if (s.last_reoffer_ms() > 0) {
+          *device.mutable_last_reoffer_time() = TimeUtil::MillisecondsToTimestamp(s.last_reoffer_ms());
+        }
+      }
+      for (const std::string& unit : town_->UnitsWithin(device.unit_code())) {
+        auto count = conflicts_by_unit.find(unit);
+        if (count != conflicts_by_unit.end()) device.set_open_conflicts(device.open_conflicts() + count->second);
+      }
+      *response->add_devices() = std::move(device);
     }
-    for (const std::string& unit : town_->UnitsWithin(device.unit_code())) {
-      auto count = conflicts_by_unit.find(unit);
-      if (count != conflicts_by_unit.end()) device.set_open_conflicts(device.open_conflicts() + count->second);
-    }
-    *response->add_devices() = std::move(device);
-  }
-  return grpc::Status::OK;
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::GetServerStats(grpc::ServerContext* context,
                                               const hamlet::v1::GetServerStatsRequest* request,
                                               hamlet::v1::GetServerStatsResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "GetServerStats");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  const storage::TownStore& store = *store_;
-  response->set_server_id(store.server_id());
-  response->set_epoch(store.epoch());
-  response->set_last_seq(store.last_seq());
-  absl::StatusOr<uint64_t> records = store.CountRecords();
-  if (!records.ok()) return ToGrpc(records.status(), context);
-  response->set_records(*records);
-  absl::StatusOr<uint64_t> conflicts = store.CountConflicted();
-  if (!conflicts.ok()) return ToGrpc(conflicts.status(), context);
-  response->set_open_conflicts(*conflicts);
-  const int64_t now_ms = clock_->NowMs();
-  *response->mutable_history() = store.history();
-  const bool restored = store.history().has_restore_time();
-  const int64_t restore_ms = TimeUtil::TimestampToMilliseconds(store.history().restore_time());
-  for (const hamlet::v1::Device& device : devices_->List()) {
-    if (device.has_revoke_time() || TimeUtil::TimestampToMilliseconds(device.expire_time()) <= now_ms) {
-      response->set_devices_revoked(response->devices_revoked() + 1);
-      continue;
+  return AsAdmin(context, "GetServerStats", [&](const Caller& admin) -> absl::Status {
+    const storage::TownStore& store = *store_;
+    response->set_server_id(store.server_id());
+    response->set_epoch(store.epoch());
+    response->set_last_seq(store.last_seq());
+    absl::StatusOr<uint64_t> records = store.CountRecords();
+    if (!records.ok()) return records.status();
+    response->set_records(*records);
+    absl::StatusOr<uint64_t> conflicts = store.CountConflicted();
+    if (!conflicts.ok()) return conflicts.status();
+    response->set_open_conflicts(*conflicts);
+    const int64_t now_ms = clock_->NowMs();
+    *response->mutable_history() = store.history();
+    const bool restored = store.history().has_restore_time();
+    const int64_t restore_ms = TimeUtil::TimestampToMilliseconds(store.history().restore_time());
+    for (const hamlet::v1::Device& device : devices_->List()) {
+      if (device.has_revoke_time() || TimeUtil::TimestampToMilliseconds(device.expire_time()) <= now_ms) {
+        response->set_devices_revoked(response->devices_revoked() + 1);
+        continue;
+      }
+      response->set_devices_enrolled(response->devices_enrolled() + 1);
+      if (!restored) continue;
+      absl::StatusOr<std::optional<storage::DeviceState>> state = store.GetDevice(device.device_id());
+      if (!state.ok()) return state.status();
+      const bool heard = state->has_value() && (*state)->last_seen_ms() >= restore_ms;
+      *(heard ? response->add_devices_heard_since_restore() : response->add_devices_not_heard_since_restore()) =
+          device.device_id();
     }
-    response->set_devices_enrolled(response->devices_enrolled() + 1);
-    if (!restored) continue;
-    absl::StatusOr<std::optional<storage::DeviceState>> state = store.GetDevice(device.device_id());
-    if (!state.ok()) return ToGrpc(state.status(), context);
-    const bool heard = state->has_value() && (*state)->last_seen_ms() >= restore_ms;
-    *(heard ? response->add_devices_heard_since_restore() : response->add_devices_not_heard_since_restore()) =
-        device.device_id();
-  }
-  *response->mutable_start_time() = TimeUtil::MillisecondsToTimestamp(start_ms_);
-  response->set_town_code(town_->options().unit_code);
-  *response->mutable_replication() = ReplicationStatus();
-  return grpc::Status::OK;
+    *response->mutable_start_time() = TimeUtil::MillisecondsToTimestamp(start_ms_);
+    response->set_town_code(town_->options().unit_code);
+    *response->mutable_replication() = ReplicationStatus();
+    return absl::OkStatus();
+  });
 }
 
 hamlet::v1::ReplicationStatus AdminServiceImpl::ReplicationStatus() const {
@@ -166,10 +167,10 @@ hamlet::v1::ReplicationStatus AdminServiceImpl::ReplicationStatus() const {
 grpc::Status AdminServiceImpl::GetReplicationStatus(grpc::ServerContext* context,
                                                     const hamlet::v1::GetReplicationStatusRequest* /*request*/,
                                                     hamlet::v1::GetReplicationStatusResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "GetReplicationStatus");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  *response->mutable_status() = ReplicationStatus();
-  return grpc::Status::OK;
+  return AsAdmin(context, "GetReplicationStatus", [&](const Caller& admin) -> absl::Status {
+    *response->mutable_status() = ReplicationStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::Status AdminServiceImpl::SetReplicationPaused(const Caller& admin, bool paused, const std::string& reason) {
@@ -178,9 +179,8 @@ absl::Status AdminServiceImpl::SetReplicationPaused(const Caller& admin, bool pa
   }
   HAMLET_RETURN_IF_ERROR(paused ? replicator_->Pause() : replicator_->Resume());
   const char* action = paused ? "pause_replication" : "resume_replication";
-  HAMLET_RETURN_IF_ERROR(store_->AppendAudit(AuditOf(admin, action, replicator_->Status().upstream(), reason,
-                                                  clock_->NowMs()))
-                             .status());
+  HAMLET_RETURN_IF_ERROR(
+      store_->AppendAudit(AuditOf(admin, action, replicator_->Status().upstream(), reason, clock_->NowMs())).status());
   LogLine(absl::StrCat("replication ", paused ? "paused: " : "resumed", reason));
   return absl::OkStatus();
 }
@@ -188,117 +188,155 @@ absl::Status AdminServiceImpl::SetReplicationPaused(const Caller& admin, bool pa
 grpc::Status AdminServiceImpl::PauseReplication(grpc::ServerContext* context,
                                                 const hamlet::v1::PauseReplicationRequest* request,
                                                 hamlet::v1::PauseReplicationResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "PauseReplication");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (request->reason().empty()) {
-    return ToGrpc(absl::InvalidArgumentError("reason is required (it goes to the audit log)"), context);
-  }
-  if (absl::Status paused = SetReplicationPaused(*admin, /*paused=*/true, request->reason()); !paused.ok()) {
-    return ToGrpc(paused, context);
-  }
-  *response->mutable_status() = ReplicationStatus();
-  return grpc::Status::OK;
+  return AsAdmin(context, "PauseReplication", [&](const Caller& admin) -> absl::Status {
+    if (request->reason().empty()) {
+      return absl::InvalidArgumentError("reason is required (it goes to the audit log)");
+    }
+    if (absl::Status paused = SetReplicationPaused(admin, /*paused=*/true, request->reason()); !paused.ok()) {
+      return paused;
+    }
+    *response->mutable_status() = ReplicationStatus();
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::ResumeReplication(grpc::ServerContext* context,
                                                  const hamlet::v1::ResumeReplicationRequest* /*request*/,
                                                  hamlet::v1::ResumeReplicationResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "ResumeReplication");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (absl::Status resumed = SetReplicationPaused(*admin, /*paused=*/false, ""); !resumed.ok()) return ToGrpc(resumed, context);
-  *response->mutable_status() = ReplicationStatus();
-  return grpc::Status::OK;
+  return AsAdmin(context, "ResumeReplication", [&](const Caller& admin) -> absl::Status {
+    if (absl::Status resumed = SetReplicationPaused(admin, /*paused=*/false, ""); !resumed.ok()) return resumed;
+    *response->mutable_status() = ReplicationStatus();
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::ListConflicts(grpc::ServerContext* context,
                                              const hamlet::v1::ListConflictsRequest* request,
                                              hamlet::v1::ListConflictsResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "ListConflicts");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (!request->page_token().empty() && !sync::IsUuid(request->page_token())) {
-    return ToGrpc(absl::InvalidArgumentError("page_token is not one this server issued"), context);
-  }
-  if (!request->unit_code().empty() && !town_->KnowsUnit(request->unit_code())) {
-    return ToGrpc(absl::InvalidArgumentError(absl::StrCat("unit ", request->unit_code(), " does not exist")),
-                  context);
-  }
-  const size_t max = PageSize(request->page_size());
-  auto records = store_->ListConflicted(request->unit_code(), request->page_token(), max + 1);
-  if (!records.ok()) return ToGrpc(records.status(), context);
-  for (size_t i = 0; i < records->size() && i < max; ++i) *response->add_records() = std::move((*records)[i]);
-  if (records->size() > max) response->set_next_page_token(response->records(response->records_size() - 1).id());
-  return grpc::Status::OK;
+  return AsAdmin(context, "ListConflicts", [&](const Caller& admin) -> absl::Status {
+    if (!request->page_token().empty() && !sync::IsUuid(request->page_token())) {
+      return absl::InvalidArgumentError("page_token is not one this server issued");
+    }
+    if (!request->unit_code().empty() && !town_->KnowsUnit(request->unit_code())) {
+      return absl::InvalidArgumentError(absl::StrCat("unit ", request->unit_code(), " does not exist"));
+    }
+    const size_t max = PageSize(request->page_size());
+    auto records = store_->ListConflicted(request->unit_code(), request->page_token(), max + 1);
+    if (!records.ok()) return records.status();
+    for (size_t i = 0; i < records->size() && i < max; ++i) *response->add_records() = std::move((*records)[i]);
+    if (records->size() > max) response->set_next_page_token(response->records(response->records_size() - 1).id());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::ResolveConflict(grpc::ServerContext* context,
                                                const hamlet::v1::AdminServiceResolveConflictRequest* request,
                                                hamlet::v1::AdminServiceResolveConflictResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "ResolveConflict");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result = town_->ResolveConflict(request->resolution(), *admin);
-  if (!result.ok()) return ToGrpc(result.status(), context);
-  *response->mutable_record() = std::move(*result->mutable_record());
-  return grpc::Status::OK;
+  return AsAdmin(context, "ResolveConflict", [&](const Caller& admin) -> absl::Status {
+    absl::StatusOr<hamlet::v1::ResolveConflictResponse> result = town_->ResolveConflict(request->resolution(), admin);
+    if (!result.ok()) return result.status();
+    *response->mutable_record() = std::move(*result->mutable_record());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::ListAuditEntries(grpc::ServerContext* context,
                                                 const hamlet::v1::ListAuditEntriesRequest* request,
                                                 hamlet::v1::ListAuditEntriesResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "ListAuditEntries");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  absl::StatusOr<uint64_t> after = SeqToken(request->page_token());
-  if (!after.ok()) return ToGrpc(after.status(), context);
-  const size_t max = PageSize(request->page_size());
-  auto entries = store_->ListAudit(*after, max + 1);
-  if (!entries.ok()) return ToGrpc(entries.status(), context);
-  for (size_t i = 0; i < entries->size() && i < max; ++i) *response->add_entries() = std::move((*entries)[i]);
-  if (entries->size() > max) {
-    response->set_next_page_token(absl::StrCat(response->entries(response->entries_size() - 1).seq()));
-  }
-  return grpc::Status::OK;
+  return AsAdmin(context, "ListAuditEntries", [&](const Caller& admin) -> absl::Status {
+    absl::StatusOr<uint64_t> after = SeqToken(request->page_token());
+    if (!after.ok()) return after.status();
+    const size_t max = PageSize(request->page_size());
+    auto entries = store_->ListAudit(*after, max + 1);
+    if (!entries.ok()) return entries.status();
+    for (size_t i = 0; i < entries->size() && i < max; ++i) *response->add_entries() = std::move((*entries)[i]);
+    if (entries->size() > max) {
+      response->set_next_page_token(absl::StrCat(response->entries(response->entries_size() - 1).seq()));
+    }
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::GetReport(grpc::ServerContext* context, const hamlet::v1::GetReportRequest* request,
                                          hamlet::v1::GetReportResponse* response) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "GetReport");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  absl::StatusOr<hamlet::v1::GetReportResponse> report =
-      BuildReport(*town_, *store_, *devices_, *request, clock_->NowMs());
-  if (!report.ok()) return ToGrpc(report.status(), context);
-  *response = std::move(*report);
-  return grpc::Status::OK;
+  return AsAdmin(context, "GetReport", [&](const Caller& admin) -> absl::Status {
+    absl::StatusOr<hamlet::v1::GetReportResponse> report =
+        BuildReport(*town_, *store_, *devices_, *request, clock_->NowMs());
+    if (!report.ok()) return report.status();
+    *response = std::move(*report);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminServiceImpl::CreateBackup(grpc::ServerContext* context,
                                             const hamlet::v1::CreateBackupRequest* request,
                                             grpc::ServerWriter<hamlet::v1::CreateBackupResponse>* writer) {
-  absl::StatusOr<Caller> admin = AdminOf(context, "CreateBackup");
-  if (!admin.ok()) return ToGrpc(admin.status(), context);
-  if (request->directory().empty() || request->directory()[0] != '/') {
-    return ToGrpc(absl::InvalidArgumentError("directory must be an absolute path that does not exist yet"), context);
-  }
-  const auto start = std::chrono::steady_clock::now();
-  hamlet::v1::CreateBackupResponse message;
-  absl::Status status = store_->Backup(request->directory(), [&](const storage::CopyProgress& p) {
-    message.set_bytes_copied(p.bytes_done);
-    message.set_bytes_total(p.bytes_total);
-    message.set_files_copied(p.files_done);
-    message.set_files_total(p.files_total);
-    writer->Write(message);  // A client that went away only misses progress.
+  return AsAdmin(context, "CreateBackup", [&](const Caller& admin) -> absl::Status {
+    if (request->directory().empty() || request->directory()[0] != '/') {
+      return absl::InvalidArgumentError("directory must be an absolute path");
+    }
+    const auto start = std::chrono::steady_clock::now();
+    hamlet::v1::CreateBackupResponse message;
+    absl::StatusOr<storage::BackupSummary> backup =
+        store_->Backup(request->directory(), [&](const storage::CopyProgress& p) {
+          message.set_bytes_copied(p.bytes_done);
+          message.set_bytes_total(p.bytes_total);
+          message.set_files_copied(p.files_done);
+          message.set_files_total(p.files_total);
+          writer->Write(message);  // A client that went away only misses progress.
+        });
+    absl::Status status = backup.status();
+    const std::string figures =
+        backup.ok() ? absl::StrCat("backup ", backup->backup_id, ": ", backup->bytes_total, " bytes in ",
+                                   backup->files_total, " files, of which ", backup->bytes_copied, " bytes in ",
+                                   backup->files_copied, " files copied")
+                    : "";
+    if (status.ok()) {
+      status = store_->AppendAudit(AuditOf(admin, "backup", request->directory(), figures, clock_->NowMs())).status();
+    }
+    LogLine(absl::StrCat("backup to ", request->directory(), ": ", status.ok() ? figures : status.ToString(), " in ",
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
+    if (!status.ok()) return status;
+    message.set_bytes_copied(backup->bytes_copied);
+    message.set_bytes_total(backup->bytes_total);
+    message.set_files_copied(backup->files_copied);
+    message.set_files_total(backup->files_total);
+    message.set_backup_id(backup->backup_id);
+    message.set_done(true);
+    writer->Write(message);
+    return absl::OkStatus();
   });
-  if (status.ok()) {
-    status = store_->AppendAudit(AuditOf(*admin, "backup", request->directory(),
-                                      absl::StrCat(message.bytes_total(), " bytes in ", message.files_total(),
-                                                   " files"),
-                                      clock_->NowMs()))
-                 .status();
-  }
-  LogLine(absl::StrCat("backup to ", request->directory(), ": ", status.ok() ? "done" : status.ToString(), " in ",
-                       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
-  if (!status.ok()) return ToGrpc(status, context);
-  message.set_done(true);
-  writer->Write(message);
-  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::VerifyBackups(grpc::ServerContext* context,
+                                             const hamlet::v1::VerifyBackupsRequest* request,
+                                             grpc::ServerWriter<hamlet::v1::VerifyBackupsResponse>* writer) {
+  return AsAdmin(context, "VerifyBackups", [&](const Caller& admin) -> absl::Status {
+    if (request->directory().empty() || request->directory()[0] != '/') {
+      return absl::InvalidArgumentError("directory must be an absolute path");
+    }
+    const auto start = std::chrono::steady_clock::now();
+    int damaged = 0;
+    absl::StatusOr<std::vector<storage::BackupCheck>> checks =
+        storage::TownStore::VerifyBackups(request->directory(), [&](const storage::BackupCheck& check) {
+          hamlet::v1::VerifyBackupsResponse message;
+          message.set_backup_id(check.backup.backup_id);
+          *message.mutable_backup_time() = TimeUtil::MillisecondsToTimestamp(check.backup.time_ms);
+          message.set_bytes(check.backup.bytes_total);
+          message.set_files(check.backup.files_total);
+          message.set_ok(check.status.ok());
+          if (!check.status.ok()) {
+            ++damaged;
+            message.set_problem(std::string(check.status.message()));
+          }
+          writer->Write(message);
+        });
+    LogLine(absl::StrCat(
+        "verify backups in ", request->directory(), ": ",
+        checks.ok() ? absl::StrCat(checks->size(), " checked, ", damaged, " damaged") : checks.status().ToString(),
+        " in ", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
+    return checks.status();
+  });
 }
 
 }  // namespace hamlet::server

@@ -1,6 +1,8 @@
 #ifndef HAMLET_SERVER_ADMIN_SERVICE_H_
 #define HAMLET_SERVER_ADMIN_SERVICE_H_
 
+#include <functional>
+
 #include "hamlet/v1/admin.grpc.pb.h"
 #include "server/devices.h"
 #include "server/replicator.h"
@@ -45,6 +47,8 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
                          hamlet::v1::GetReportResponse* response) override;
   grpc::Status CreateBackup(grpc::ServerContext* context, const hamlet::v1::CreateBackupRequest* request,
                             grpc::ServerWriter<hamlet::v1::CreateBackupResponse>* writer) override;
+  grpc::Status VerifyBackups(grpc::ServerContext* context, const hamlet::v1::VerifyBackupsRequest* request,
+                             grpc::ServerWriter<hamlet::v1::VerifyBackupsResponse>* writer) override;
   grpc::Status GetReplicationStatus(grpc::ServerContext* context,
                                     const hamlet::v1::GetReplicationStatusRequest* request,
                                     hamlet::v1::GetReplicationStatusResponse* response) override;
@@ -54,8 +58,13 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
                                  hamlet::v1::ResumeReplicationResponse* response) override;
 
  private:
-  // The admin behind the call; UNAUTHENTICATED or PERMISSION_DENIED otherwise.
-  absl::StatusOr<Caller> AdminOf(grpc::ServerContext* context, absl::string_view action) const;
+  // Every call's preamble and ending, in one place: runs `body` for the admin
+  // behind the call (UNAUTHENTICATED or PERMISSION_DENIED otherwise, and
+  // `body` does not run), logs the call as `action`, and maps the status to
+  // gRPC's. (A gRPC C++ server interceptor cannot end a call before its
+  // handler runs, so this is a wrapper, not an interceptor.)
+  grpc::Status AsAdmin(grpc::ServerContext* context, absl::string_view action,
+                       const std::function<absl::Status(const Caller&)>& body) const;
 
   Town* const town_;
   storage::TownStore* const store_;

@@ -107,7 +107,8 @@ absl::Status SetDeviceListenerLimits(const HamletdOptions& options, grpc::Server
     return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), std::numeric_limits<int>::max()));
   };
   const DeviceListenerLimits& limits = options.limits;
-  if (limits.max_concurrent_streams < 1) return absl::InvalidArgumentError("--max_concurrent_streams must be at least 1");
+  if (limits.max_concurrent_streams < 1)
+    return absl::InvalidArgumentError("--max_concurrent_streams must be at least 1");
   // One thread must keep polling: with a quota of one, gRPC refuses every
   // call (RESOURCE_EXHAUSTED), so N threads serve N - 1 calls at once.
   if (limits.max_threads < 2) return absl::InvalidArgumentError("--max_threads must be at least 2");
@@ -176,10 +177,10 @@ absl::StatusOr<storage::TownStoreOptions> StoreOptions(const HamletdOptions& opt
 
 }  // namespace
 
-absl::Status Hamletd::Restore(const HamletdOptions& options, const std::string& backup_dir,
+absl::Status Hamletd::Restore(const HamletdOptions& options, const std::string& backup_dir, uint32_t backup_id,
                               const storage::ProgressCallback& progress) {
   HAMLET_ASSIGN_OR_RETURN(storage::TownStoreOptions store_options, StoreOptions(options));
-  return storage::TownStore::Restore(backup_dir, options.data_dir, store_options, progress);
+  return storage::TownStore::Restore(backup_dir, backup_id, options.data_dir, store_options, progress);
 }
 
 absl::StatusOr<std::string> Hamletd::ServerId(const HamletdOptions& options) {
@@ -291,31 +292,29 @@ absl::Status Hamletd::Build() {
   admin_builder.RegisterService(admin_service_.get());
   admin_server_ = admin_builder.BuildAndStart();
   if (admin_server_ == nullptr || admin_port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", o.admin_listen, " (address in use or not local?)"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.admin_listen, " (address in use or not local?)"));
   }
   admin_address_ = WithPort(o.admin_listen, admin_port);
   admin_server_->GetHealthCheckService()->SetServingStatus(hamlet::v1::AdminService::service_full_name(), true);
 
-  LogLine(absl::StrCat(o.town.tier == Tier::kProvince ? "province " : "town ", o.town.unit_code,
-                       " serving devices on ", device_address_, ", admin on ", admin_address_,
-                       metrics_address_.empty() ? "" : ", metrics on ", metrics_address_, "; data in ", o.data_dir,
-                       " (server id ", store_->server_id(), ", epoch ", store_->epoch(), ", last seq ",
-                       store_->last_seq(), ")"));
+  LogLine(absl::StrCat(o.town.tier == Tier::kProvince ? "province " : "town ", o.town.unit_code, " serving devices on ",
+                       device_address_, ", admin on ", admin_address_, metrics_address_.empty() ? "" : ", metrics on ",
+                       metrics_address_, "; data in ", o.data_dir, " (server id ", store_->server_id(), ", epoch ",
+                       store_->epoch(), ", last seq ", store_->last_seq(), ")"));
   if (const hamlet::v1::ServerHistory& history = store_->history(); history.has_restore_time()) {
     using google::protobuf::util::TimeUtil;
     // What the backup lacked comes back only from the devices that pushed it.
     LogLine(absl::StrCat(
         "restored from a backup",
-        history.has_backup_time() ? absl::StrCat(" taken ", TimeUtil::ToString(history.backup_time())) : "",
-        ", at ", TimeUtil::ToString(history.restore_time()),
+        history.has_backup_time() ? absl::StrCat(" taken ", TimeUtil::ToString(history.backup_time())) : "", ", at ",
+        TimeUtil::ToString(history.restore_time()),
         ": what was acknowledged after the backup is back only once the devices that pushed it sync; "
         "`tools/hamlet-admin stats` lists the devices not heard from since"));
   }
   if (o.device_tls.cert_file.empty()) {
     absl::StatusOr<HostPort> listen = SplitHostPort(o.listen);
-    const bool loopback = listen.ok() && (listen->host.rfind("127.", 0) == 0 || listen->host == "::1" ||
-                                          listen->host == "localhost");
+    const bool loopback =
+        listen.ok() && (listen->host.rfind("127.", 0) == 0 || listen->host == "::1" || listen->host == "localhost");
     if (!loopback) {
       LogLine(absl::StrCat("WARNING: devices connect to ", device_address_,
                            " in plain text; tokens and records cross the network unencrypted. Use --tls_cert_file."));

@@ -40,7 +40,7 @@ struct TlsFiles {
 // same names say what each does).
 struct DeviceListenerLimits {
   int max_concurrent_streams = 100;
-  int max_threads = 1000;  // At least 2: one thread only polls.
+  int max_threads = 1000;                            // At least 2: one thread only polls.
   absl::Duration keepalive_time = absl::Minutes(2);  // Zero: no pings.
   absl::Duration keepalive_timeout = absl::Seconds(20);
   absl::Duration keepalive_min_ping_interval = absl::Minutes(1);
@@ -94,9 +94,10 @@ class Hamletd {
   // store it cannot open, UNAVAILABLE for an address it cannot listen on.
   static absl::StatusOr<std::unique_ptr<Hamletd>> Start(HamletdOptions options);
 
-  // Restores `options.data_dir` (absent or empty) from a backup at a new epoch
-  // (storage::TownStore::Restore), without serving.
-  static absl::Status Restore(const HamletdOptions& options, const std::string& backup_dir,
+  // Restores `options.data_dir` (absent or empty) from backup `backup_id` in
+  // `backup_dir` (0: the latest) at a new epoch (storage::TownStore::Restore),
+  // without serving.
+  static absl::Status Restore(const HamletdOptions& options, const std::string& backup_dir, uint32_t backup_id,
                               const storage::ProgressCallback& progress);
 
   // This server's id, creating the data dir with a new identity if it is new;

@@ -61,8 +61,11 @@ ABSL_FLAG(std::string, sealed_key_file, "",
 ABSL_FLAG(std::vector<std::string>, old_sealed_key_files, {},
           "Comma-separated files with earlier sealing keys, still used to open records sealed under them.");
 ABSL_FLAG(std::string, restore_from, "",
-          "Restore --data_dir (which must not exist, or be empty) from this backup directory, move it to a new "
-          "epoch so devices pull again from zero, and exit.");
+          "Restore --data_dir (which must not exist, or be empty) from the latest backup in this backup directory "
+          "(or --restore_backup_id), move it to a new epoch so devices pull again from zero, and exit.");
+ABSL_FLAG(uint32_t, restore_backup_id, 0,
+          "With --restore_from: which backup of the directory to restore (`hamlet-admin backup verify` lists them); "
+          "0 means the latest.");
 ABSL_FLAG(bool, print_server_id, false,
           "Print this server's id (creating --data_dir with a new identity if it is new) and exit without "
           "serving: the id a province enrols a town's replication node with (docs/REPLICATION.md).");
@@ -146,9 +149,12 @@ absl::StatusOr<hamlet::server::HamletdOptions> OptionsFromFlags() {
   o.reseal = absl::GetFlag(FLAGS_reseal);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.response_compression = absl::GetFlag(FLAGS_response_compression);
-  o.limits = {absl::GetFlag(FLAGS_max_concurrent_streams),    absl::GetFlag(FLAGS_max_threads),
-              absl::GetFlag(FLAGS_keepalive_time),            absl::GetFlag(FLAGS_keepalive_timeout),
-              absl::GetFlag(FLAGS_keepalive_min_ping_interval), absl::GetFlag(FLAGS_max_connection_idle),
+  o.limits = {absl::GetFlag(FLAGS_max_concurrent_streams),
+              absl::GetFlag(FLAGS_max_threads),
+              absl::GetFlag(FLAGS_keepalive_time),
+              absl::GetFlag(FLAGS_keepalive_timeout),
+              absl::GetFlag(FLAGS_keepalive_min_ping_interval),
+              absl::GetFlag(FLAGS_max_connection_idle),
               absl::GetFlag(FLAGS_handshake_timeout)};
   o.device_rate = absl::GetFlag(FLAGS_device_rate);
   o.device_burst = absl::GetFlag(FLAGS_device_burst);
@@ -156,13 +162,15 @@ absl::StatusOr<hamlet::server::HamletdOptions> OptionsFromFlags() {
 }
 
 int Restore(const hamlet::server::HamletdOptions& options, const std::string& backup) {
-  uint32_t last_reported = 0;
-  const absl::Status restored =
-      hamlet::server::Hamletd::Restore(options, backup, [&last_reported](const hamlet::storage::CopyProgress& p) {
-        if (p.files_done == last_reported && p.files_done != 0) return;
-        last_reported = p.files_done;
-        std::printf("restoring: %u of %u files, %llu of %llu bytes\n", p.files_done, p.files_total,
-                    static_cast<unsigned long long>(p.bytes_done), static_cast<unsigned long long>(p.bytes_total));
+  uint64_t last_reported = 0;
+  const absl::Status restored = hamlet::server::Hamletd::Restore(
+      options, backup, absl::GetFlag(FLAGS_restore_backup_id),
+      [&last_reported](const hamlet::storage::CopyProgress& p) {
+        if (p.bytes_done == last_reported && p.bytes_done != 0) return;
+        last_reported = p.bytes_done;
+        std::printf("restoring: %llu of %llu bytes\n", static_cast<unsigned long long>(p.bytes_done),
+                    static_cast<unsigned long long>(p.bytes_total));
+        std::fflush(stdout);
       });
   if (!restored.ok()) {
     LogLine(absl::StrCat("restore failed: ", restored.ToString()));

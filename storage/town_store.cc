@@ -2,23 +2,11 @@
 
 #include <algorithm>
 
-#include "absl/random/random.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
-#include "google/protobuf/util/time_util.h"
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
-
 #include <openssl/rand.h>
 
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
-#include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/rocks.h"
 #include "sync/big_endian.h"
@@ -79,9 +67,9 @@ absl::StatusOr<std::string> NewCursorKey() {
 }
 
 const std::vector<std::string>& FamilyNames() {
-  static const auto* names = new std::vector<std::string>{
-      "default", "records", "changes", "commune_changes", "devices", "batches", "enrolments", "audit", "conflicted",
-      "tallies", "index_counts"};
+  static const auto* names =
+      new std::vector<std::string>{"default",    "records", "changes",    "commune_changes", "devices",     "batches",
+                                   "enrolments", "audit",   "conflicted", "tallies",         "index_counts"};
   return *names;
 }
 
@@ -154,9 +142,10 @@ bool IsSealed(const Record& record) {
 absl::StatusOr<std::string> TownStore::EncodeRecord(const Record& record) const {
   if (!IsSealed(record)) return EncodeValue(record);
   if (options_.sealer == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "record ", record.id(), " is sealed, and this server has no sealing key (--sealed_key_file); it cannot "
-                                "store informant identities"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("record ", record.id(),
+                     " is sealed, and this server has no sealing key (--sealed_key_file); it cannot "
+                     "store informant identities"));
   }
   HAMLET_ASSIGN_OR_RETURN(std::string sealed, options_.sealer->Seal(record.SerializeAsString(), record.id()));
   return std::string(1, static_cast<char>(kSealedFormatV1)) + sealed;
@@ -278,153 +267,9 @@ absl::StatusOr<uint64_t> TownStore::Reseal() {
   return count;
 }
 
-namespace {
-
-constexpr char kBackupMarker[] = "BACKUP_COMPLETE";
-
-// Copies the regular files of `from` into `to` (created), each synced, then
-// syncs `to`. Progress after every MiB and every file.
-absl::Status CopyFiles(const std::string& from, const std::string& to, const ProgressCallback& progress) {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  std::vector<fs::path> files;
-  CopyProgress p;
-  for (const auto& entry : fs::directory_iterator(from, error)) {
-    if (!entry.is_regular_file()) continue;
-    files.push_back(entry.path());
-    p.bytes_total += entry.file_size();
-  }
-  if (error) return absl::UnavailableError(absl::StrCat("listing ", from, ": ", error.message()));
-  p.files_total = static_cast<uint32_t>(files.size());
-  fs::create_directories(to, error);
-  if (error) return absl::UnavailableError(absl::StrCat("creating ", to, ": ", error.message()));
-  if (progress) progress(p);
-  std::vector<char> buffer(1 << 20);
-  for (const fs::path& file : files) {
-    const std::string target = (fs::path(to) / file.filename()).string();
-    const int in = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    const int out = ::open(target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (in < 0 || out < 0) {
-      if (in >= 0) ::close(in);
-      if (out >= 0) ::close(out);
-      return absl::UnavailableError(absl::StrCat("copying ", file.string(), " to ", target, ": ", strerror(errno)));
-    }
-    ssize_t n;
-    while ((n = ::read(in, buffer.data(), buffer.size())) > 0) {
-      if (::write(out, buffer.data(), static_cast<size_t>(n)) != n) {
-        const int saved = errno;
-        ::close(in);
-        ::close(out);
-        return saved == ENOSPC ? absl::ResourceExhaustedError(absl::StrCat("disk full writing ", target))
-                               : absl::UnavailableError(absl::StrCat("writing ", target, ": ", strerror(saved)));
-      }
-      p.bytes_done += static_cast<uint64_t>(n);
-      if (progress) progress(p);
-    }
-    const bool synced = n == 0 && ::fsync(out) == 0;
-    ::close(in);
-    ::close(out);
-    if (!synced) return absl::UnavailableError(absl::StrCat("copying ", file.string(), ": ", strerror(errno)));
-    ++p.files_done;
-    if (progress) progress(p);
-  }
-  const int dir = ::open(to.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-absl::Status TownStore::Backup(const std::string& dir, const ProgressCallback& progress) {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  if (fs::exists(dir, error)) {
-    return absl::FailedPreconditionError(absl::StrCat("backup directory ", dir, " already exists; name a new one"));
-  }
-  // The checkpoint goes next to the database (same file system: hard links),
-  // then is copied to wherever the backup should live.
-  absl::BitGen gen;
-  const std::string staging = absl::StrCat(db_->db->GetName(), "/backup-staging-", sync::NewUuid(gen));
-  rocksdb::Checkpoint* raw = nullptr;
-  HAMLET_RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_->db.get(), &raw), "preparing backup"));
-  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
-  const uint64_t seq = last_seq_.load();
-  const int64_t backup_ms = (options_.clock != nullptr ? options_.clock : sync::SystemClock::Get())->NowMs();
-  HAMLET_RETURN_IF_ERROR(FromRocks(checkpoint->CreateCheckpoint(staging), "taking checkpoint"));
-  absl::Status copied = CopyFiles(staging, dir, progress);
-  fs::remove_all(staging, error);
-  HAMLET_RETURN_IF_ERROR(copied);
-  std::ofstream marker(dir + "/" + kBackupMarker);
-  marker << "server_id " << server_id_ << "\nepoch " << epoch_ << "\nlast_seq_at_start " << seq << "\ntime_ms "
-         << backup_ms << "\n";
-  marker.close();
-  if (!marker) return absl::UnavailableError(absl::StrCat("writing the backup marker in ", dir));
-  return absl::OkStatus();
-}
-
-absl::Status TownStore::Restore(const std::string& backup_dir, const std::string& data_dir,
-                                const TownStoreOptions& options, const ProgressCallback& progress) {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  if (!fs::exists(fs::path(backup_dir) / kBackupMarker, error)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(backup_dir, " is not a complete Hamlet backup (no ", kBackupMarker, ")"));
-  }
-  if (fs::exists(data_dir, error) && !fs::is_empty(data_dir, error)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("data dir ", data_dir, " is not empty; restore into a new one"));
-  }
-  fs::remove(data_dir, error);
-  HAMLET_RETURN_IF_ERROR(CopyFiles(backup_dir, data_dir, progress));
-  // When the backup was taken (backups made before the marker said so: unknown).
-  int64_t backup_ms = 0;
-  {
-    std::ifstream marker(fs::path(data_dir) / kBackupMarker);
-    for (std::string key, value; marker >> key >> value;) {
-      if (key == "time_ms" && !absl::SimpleAtoi(value, &backup_ms)) backup_ms = 0;
-    }
-  }
-  fs::remove(fs::path(data_dir) / kBackupMarker, error);
-  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<TownStore> store, Open(data_dir, options));
-  // A new epoch: cursors handed out after the backup point into a history
-  // this store no longer has. The restore time makes it one no earlier restore
-  // of the same backup had.
-  const int64_t now_ms = (options.clock != nullptr ? options.clock : sync::SystemClock::Get())->NowMs();
-  const uint64_t epoch = std::max(store->epoch_ + 1, static_cast<uint64_t>(now_ms));
-  // What the new epoch holds of the ones before it: the backed-up epoch
-  // through the last change in the backup, and each earlier one through no
-  // more than that.
-  hamlet::v1::ServerHistory history = store->history_;
-  history.clear_server_id();  // Open sets these from their own keys.
-  history.clear_epoch();
-  for (hamlet::v1::EpochHeld& earlier : *history.mutable_earlier()) {
-    earlier.set_through_seq(std::min(earlier.through_seq(), store->last_seq_.load()));
-  }
-  hamlet::v1::EpochHeld& backed_up = *history.add_earlier();
-  backed_up.set_epoch(store->epoch_);
-  backed_up.set_through_seq(store->last_seq_.load());
-  *history.mutable_restore_time() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(now_ms);
-  if (backup_ms > 0) {
-    *history.mutable_backup_time() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(backup_ms);
-  } else {
-    history.clear_backup_time();
-  }
-  rocksdb::WriteBatch batch;
-  batch.Put(store->meta_, "epoch", SeqKey(epoch));
-  batch.Put(store->meta_, "history", EncodeValue(history));
-  rocksdb::WriteOptions write;
-  write.sync = true;
-  HAMLET_RETURN_IF_ERROR(FromRocks(store->db_->db->Write(write, &batch), "moving to a new epoch"));
-  return absl::OkStatus();
-}
-
 TownStore::~TownStore() = default;
 
-absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& dir,
-                                                           const TownStoreOptions& options) {
+absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& dir, const TownStoreOptions& options) {
   HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, FamilyNames(), options.env));
   std::unique_ptr<TownStore> store(new TownStore());
   store->options_ = options;
@@ -472,9 +317,9 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading store format"));
   if (value != kFormat) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data dir ", dir, " has store format ", value, "; this hamletd reads format ", kFormat,
-        ". Use the hamletd that wrote it."));
+    return absl::FailedPreconditionError(absl::StrCat("data dir ", dir, " has store format ", value,
+                                                      "; this hamletd reads format ", kFormat,
+                                                      ". Use the hamletd that wrote it."));
   }
   // Written with "format" in one batch: a store without them is damaged.
   const auto get_identity = [&](const char* key, std::string* out) {
@@ -510,8 +355,8 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   }
   if (options.sealer == nullptr &&
       !db->Get(rocksdb::ReadOptions(), store->meta_, "holds_sealed", &value).IsNotFound()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data dir ", dir, " holds sealed records (informant identities): start with --sealed_key_file"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("data dir ", dir, " holds sealed records (informant identities): start with --sealed_key_file"));
   }
   if (db->Get(rocksdb::ReadOptions(), store->meta_, "tallies", &value).IsNotFound() || value != kTalliesVersion) {
     HAMLET_RETURN_IF_ERROR(store->RebuildTallies());

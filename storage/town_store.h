@@ -113,7 +113,9 @@ struct ChangePage {
   uint64_t remaining = 0;
 };
 
-// How far a backup or restore has got.
+// How far a backup or restore has got. While a backup runs, files are not
+// counted and bytes_total is the size of the store; the last report has the
+// backup's own figures (BackupSummary).
 struct CopyProgress {
   uint64_t bytes_done = 0;
   uint64_t bytes_total = 0;
@@ -121,6 +123,26 @@ struct CopyProgress {
   uint32_t files_total = 0;
 };
 using ProgressCallback = std::function<void(const CopyProgress&)>;
+
+// One backup in a backup directory.
+struct BackupSummary {
+  uint32_t backup_id = 0;  // 1, 2, ... in the order they were made.
+  int64_t time_ms = 0;     // When it was started.
+  // The backup's files: what a restore reads.
+  uint64_t bytes_total = 0;
+  uint32_t files_total = 0;
+  // Of those, what making it copied; the rest it shares with the earlier
+  // backups in the same directory.
+  uint64_t bytes_copied = 0;
+  uint32_t files_copied = 0;
+};
+
+// One backup checked against the checksums recorded when it was made.
+struct BackupCheck {
+  BackupSummary backup;  // bytes_copied and files_copied are 0.
+  // OK, or DATA_LOSS naming what is missing, truncated or changed.
+  absl::Status status;
+};
 
 // The town server's database: current records, the change index, device state,
 // batch receipts and server metadata. docs/STORAGE.md gives the key layout.
@@ -133,8 +155,7 @@ class TownStore {
   // Opens the store in `dir`, creating it (with a new server id, epoch 1) if
   // missing. FAILED_PRECONDITION if another process has it open or it was
   // written by an unknown format version; DATA_LOSS if it is damaged.
-  static absl::StatusOr<std::unique_ptr<TownStore>> Open(const std::string& dir,
-                                                         const TownStoreOptions& options);
+  static absl::StatusOr<std::unique_ptr<TownStore>> Open(const std::string& dir, const TownStoreOptions& options);
   ~TownStore();
 
   // Fixed when the data dir is created.
@@ -233,19 +254,32 @@ class TownStore {
   // change index (one per record), from its block counts.
   absl::StatusOr<uint64_t> CountRecords() const { return CountChangesAfter(0); }
 
-  // Writes a consistent copy of the store into `dir`, which must not exist:
-  // a checkpoint (hard links, instant) copied file by file, each synced, with
-  // `progress` told after every MiB and every file, and a BACKUP_COMPLETE
-  // marker last. Pushes go on meanwhile; the backup holds the store as of its
-  // start. Sealed records stay sealed; the key is not in the backup.
-  // FAILED_PRECONDITION if `dir` exists; UNAVAILABLE/RESOURCE_EXHAUSTED on I/O.
-  absl::Status Backup(const std::string& dir, const ProgressCallback& progress);
+  // Adds a backup of the store to `dir` (created if missing), with RocksDB's
+  // BackupEngine: the memtables are flushed, then each file the store needs
+  // is copied with its checksum, unless an earlier backup in `dir` holds it
+  // already, so a second backup of a store that changed little copies
+  // little. `progress` is told after every MiB copied. Pushes go on
+  // meanwhile; the backup holds the store as of its start. Sealed records
+  // stay sealed; the key is not in the backup. FAILED_PRECONDITION if `dir`
+  // holds something else than Hamlet backups (or a backup of another
+  // server); UNAVAILABLE/RESOURCE_EXHAUSTED on I/O.
+  absl::StatusOr<BackupSummary> Backup(const std::string& dir, const ProgressCallback& progress);
 
-  // Makes `data_dir` (which must not exist, or be empty) a copy of the backup
-  // in `backup_dir`, then moves it to a new epoch, so that every cursor issued
-  // before the restore is refused and devices pull again from zero.
-  // FAILED_PRECONDITION for an incomplete backup or a non-empty data_dir.
-  static absl::Status Restore(const std::string& backup_dir, const std::string& data_dir,
+  // Checks every backup in `dir`: each file there, its size and its
+  // checksum, against what was recorded when it was made; `checked` is told
+  // of each backup as it is done. Reads every byte: slow on a large store.
+  // NOT_FOUND if `dir` holds no backup.
+  static absl::StatusOr<std::vector<BackupCheck>> VerifyBackups(const std::string& dir,
+                                                                const std::function<void(const BackupCheck&)>& checked);
+
+  // Makes `data_dir` (which must not exist, or be empty) the store of backup
+  // `backup_id` in `backup_dir` (0: the latest), then moves it to a new epoch,
+  // so that every cursor issued before the restore is refused and devices
+  // pull again from zero. A directory written by a Hamlet before BackupEngine
+  // (a copy with a BACKUP_COMPLETE marker) restores too. FAILED_PRECONDITION
+  // for a directory with no complete backup or a non-empty data_dir;
+  // NOT_FOUND for a backup id it does not hold; DATA_LOSS for a damaged backup.
+  static absl::Status Restore(const std::string& backup_dir, uint32_t backup_id, const std::string& data_dir,
                               const TownStoreOptions& options, const ProgressCallback& progress);
 
   // Report tallies (sync/report.h) of `units`, summed over months
@@ -265,6 +299,9 @@ class TownStore {
 
  private:
   TownStore() = default;
+  // Opens a restored store and moves it to a new epoch, recording in its
+  // history the backup's epoch and last seq, and `backup_ms` (0: unknown).
+  static absl::Status StartNewEpoch(const std::string& data_dir, const TownStoreOptions& options, int64_t backup_ms);
   absl::StatusOr<std::string> EncodeRecord(const hamlet::v1::Record& record) const;
   absl::Status DecodeRecord(absl::string_view value, const std::string& id, hamlet::v1::Record* record) const;
   // Recomputes every tally from the records (for a store written before

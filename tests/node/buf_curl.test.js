@@ -164,6 +164,7 @@ const ADMIN_METHODS = [
   'hamlet.v1.AdminService/ResolveConflict',
   'hamlet.v1.AdminService/ResumeReplication',
   'hamlet.v1.AdminService/RevokeDevice',
+  'hamlet.v1.AdminService/VerifyBackups',
 ];
 
 test('reflection on the admin listener lists health, reflection and AdminService, not SyncService', { timeout: 20_000 }, async () => {

@@ -94,8 +94,7 @@ bool ExpectedCreate(Role role, const std::string& type) {
       return type == "mediation_case" || type == "security_tip" || type == "informant_identity" ||
              type == "household_registration";
     case hamlet::v1::ROLE_TEAM_LEADER:
-      return type == "mediation_case" || type == "security_tip" || type == "household_registration" ||
-             type == "team";
+      return type == "mediation_case" || type == "security_tip" || type == "household_registration" || type == "team";
     case hamlet::v1::ROLE_COMMUNE_POLICE:
       return type == "security_tip" || type == "informant_identity" || type == "team";
     case hamlet::v1::ROLE_COMMUNE_JUSTICE:
@@ -229,8 +228,8 @@ class AccessE2eTest : public ::testing::Test {
       }
     }
     Seeded referred{"mediation_case", Side::kOwn, true, Uuid(2, ++n)};
-    Record referred_case = NewRecord(referred.id, "mediation_case", Village(Side::kOwn), "author-x", "chuyển công an",
-                                     "seeder");
+    Record referred_case =
+        NewRecord(referred.id, "mediation_case", Village(Side::kOwn), "author-x", "chuyển công an", "seeder");
     referred_case.mutable_mediation_case()->set_transferred_to(hamlet::v1::TRANSFER_TARGET_COMMUNE_POLICE);
     sync::SetFieldStamp(&referred_case, hamlet::v1::MediationCase::kTransferredToFieldNumber,
                         MakeStamp(NowMs(), 0, "seeder"));
@@ -257,8 +256,7 @@ class AccessE2eTest : public ::testing::Test {
   std::unique_ptr<Device> DeviceFor(Role role, int n) {
     const std::string id = Uuid(3, n);
     const std::string unit = role == hamlet::v1::ROLE_MEMBER || role == hamlet::v1::ROLE_TEAM_LEADER ||
-                                     role == hamlet::v1::ROLE_COMMUNE_POLICE ||
-                                     role == hamlet::v1::ROLE_COMMUNE_JUSTICE
+                                     role == hamlet::v1::ROLE_COMMUNE_POLICE || role == hamlet::v1::ROLE_COMMUNE_JUSTICE
                                  ? "07132"
                                  : "206";
     hamlet::testing::AdminClient admin(*server_);
@@ -290,13 +288,12 @@ const std::vector<Role> kRoles = {hamlet::v1::ROLE_MEMBER,         hamlet::v1::R
 // request. Taken from the descriptors: a new RPC is covered without a change here.
 TEST_F(AccessE2eTest, EveryRpcRefusesCallsWithoutAValidToken) {
   for (const auto* service : {SyncServiceDescriptor(), AdminServiceDescriptor()}) {
-    const std::string address =
-        service == AdminServiceDescriptor() ? server_->admin_address() : server_->address();
+    const std::string address = service == AdminServiceDescriptor() ? server_->admin_address() : server_->address();
     grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     for (int i = 0; i < service->method_count(); ++i) {
       const std::string method = absl::StrCat("/", service->full_name(), "/", service->method(i)->name());
-      for (const std::string& token : {std::string(), std::string("Bearer hmt_not-a-real-token"),
-                                       std::string("Basic dXNlcjpwYXNz")}) {
+      for (const std::string& token :
+           {std::string(), std::string("Bearer hmt_not-a-real-token"), std::string("Basic dXNlcjpwYXNz")}) {
         SCOPED_TRACE(method + " with \"" + token + "\"");
         grpc::ClientContext context;
         if (!token.empty()) context.AddMetadata("authorization", token);
@@ -327,13 +324,12 @@ TEST_F(AccessE2eTest, EveryRpcRefusesCallsWithoutAValidToken) {
           std::mutex mu;
           std::condition_variable done_cv;
           bool done = false;
-          stub.UnaryCall(&context, method, grpc::StubOptions(), &empty_request, &response,
-                         [&](grpc::Status s) {
-                           std::lock_guard<std::mutex> lock(mu);
-                           status = s;
-                           done = true;
-                           done_cv.notify_one();
-                         });
+          stub.UnaryCall(&context, method, grpc::StubOptions(), &empty_request, &response, [&](grpc::Status s) {
+            std::lock_guard<std::mutex> lock(mu);
+            status = s;
+            done = true;
+            done_cv.notify_one();
+          });
           std::unique_lock<std::mutex> lock(mu);
           done_cv.wait(lock, [&] { return done; });
         }
@@ -347,15 +343,23 @@ TEST_F(AccessE2eTest, EveryRpcRefusesCallsWithoutAValidToken) {
 // creations, which scopes; and that the admin service is for admins only.
 TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
   // Every RPC must have its expectations here.
-  const std::set<std::string> covered = {
-      "hamlet.v1.SyncService.Push",          "hamlet.v1.SyncService.Pull",
-      "hamlet.v1.SyncService.Watch",         "hamlet.v1.SyncService.ResolveConflict",
-      "hamlet.v1.AdminService.EnrollDevice", "hamlet.v1.AdminService.RevokeDevice",
-      "hamlet.v1.AdminService.ListDevices",  "hamlet.v1.AdminService.GetServerStats",
-      "hamlet.v1.AdminService.ListConflicts", "hamlet.v1.AdminService.ResolveConflict",
-      "hamlet.v1.AdminService.ListAuditEntries", "hamlet.v1.AdminService.CreateBackup",
-      "hamlet.v1.AdminService.GetReport", "hamlet.v1.AdminService.GetReplicationStatus",
-      "hamlet.v1.AdminService.PauseReplication", "hamlet.v1.AdminService.ResumeReplication"};
+  const std::set<std::string> covered = {"hamlet.v1.SyncService.Push",
+                                         "hamlet.v1.SyncService.Pull",
+                                         "hamlet.v1.SyncService.Watch",
+                                         "hamlet.v1.SyncService.ResolveConflict",
+                                         "hamlet.v1.AdminService.EnrollDevice",
+                                         "hamlet.v1.AdminService.RevokeDevice",
+                                         "hamlet.v1.AdminService.ListDevices",
+                                         "hamlet.v1.AdminService.GetServerStats",
+                                         "hamlet.v1.AdminService.ListConflicts",
+                                         "hamlet.v1.AdminService.ResolveConflict",
+                                         "hamlet.v1.AdminService.ListAuditEntries",
+                                         "hamlet.v1.AdminService.CreateBackup",
+                                         "hamlet.v1.AdminService.VerifyBackups",
+                                         "hamlet.v1.AdminService.GetReport",
+                                         "hamlet.v1.AdminService.GetReplicationStatus",
+                                         "hamlet.v1.AdminService.PauseReplication",
+                                         "hamlet.v1.AdminService.ResumeReplication"};
   for (const auto* service : {SyncServiceDescriptor(), AdminServiceDescriptor()}) {
     for (int i = 0; i < service->method_count(); ++i) {
       EXPECT_EQ(covered.count(service->method(i)->full_name()), 1u)
@@ -383,8 +387,8 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       const bool visible = by_id.count(s.id) > 0;
       // A pull of "" covers the own commune, or everything for town-level roles.
       const bool in_scope = s.side == Side::kOwn || SeesWholeServer(role);
-      EXPECT_EQ(visible, Expected(role, s).read && in_scope) << s.type << (s.side == Side::kOwn ? " own" : " other")
-                                                 << (s.referred ? " referred" : "");
+      EXPECT_EQ(visible, Expected(role, s).read && in_scope)
+          << s.type << (s.side == Side::kOwn ? " own" : " other") << (s.referred ? " referred" : "");
       if (visible && role == hamlet::v1::ROLE_PROVINCE_OFFICER) {
         for (const auto& party : by_id[s.id]->mediation_case().parties()) {
           EXPECT_EQ(party.name(), "") << "a party's name reached the province";
@@ -527,11 +531,9 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
       hamlet::v1::PauseReplicationRequest pause;
       pause.set_reason("takeover");
       hamlet::v1::PauseReplicationResponse paused;
-      expect_admin_only(device->admin().PauseReplication(device->Context().get(), pause, &paused),
-                        "PauseReplication");
+      expect_admin_only(device->admin().PauseReplication(device->Context().get(), pause, &paused), "PauseReplication");
       hamlet::v1::ResumeReplicationResponse resumed;
-      expect_admin_only(device->admin().ResumeReplication(device->Context().get(), {}, &resumed),
-                        "ResumeReplication");
+      expect_admin_only(device->admin().ResumeReplication(device->Context().get(), {}, &resumed), "ResumeReplication");
       {
         hamlet::v1::CreateBackupRequest backup;
         backup.set_directory(dir_->Sub(absl::StrCat("backup-by-", hamlet::v1::Role_Name(role))));
@@ -541,6 +543,16 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
         while (reader->Read(&progress)) {
         }
         expect_admin_only(reader->Finish(), "CreateBackup");
+      }
+      {
+        hamlet::v1::VerifyBackupsRequest verify;
+        verify.set_directory(dir_->Sub("backups"));
+        auto context = device->Context();
+        auto reader = device->admin().VerifyBackups(context.get(), verify);
+        hamlet::v1::VerifyBackupsResponse checked;
+        while (reader->Read(&checked)) {
+        }
+        expect_admin_only(reader->Finish(), "VerifyBackups");
       }
     }
   }
@@ -569,8 +581,8 @@ TEST_F(AccessE2eTest, AnExpiredTokenIsRefused) {
 TEST_F(AccessE2eTest, RevokedDeviceIsRefusedAtOnceAndABatchHidingAnotherCommuneWritesNothing) {
   auto member = DeviceFor(hamlet::v1::ROLE_MEMBER, 100);
   const Record mine = NewRecord(Uuid(6, 1), "mediation_case", "07132-K03", "person-100", "của tôi", member->id());
-  const Record theirs = NewRecord(Uuid(6, 2), "mediation_case", "07135-K03", "person-100", "của người khác",
-                                  member->id());
+  const Record theirs =
+      NewRecord(Uuid(6, 2), "mediation_case", "07135-K03", "person-100", "của người khác", member->id());
   const grpc::Status mixed = member->Push({mine, theirs});
   EXPECT_EQ(mixed.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(mixed.error_message(), ::testing::HasSubstr(Uuid(6, 2)));
@@ -631,10 +643,10 @@ TEST_F(AccessE2eTest, AMemberMayCreateATipAndEditItInOneBatchWithoutRepeatingThe
 TEST_F(AccessE2eTest, ARefusedChangeIsSetAsideAndTheRestOfItsBatchIsApplied) {
   auto member = DeviceFor(hamlet::v1::ROLE_MEMBER, 102);
   const Record mine = NewRecord(Uuid(8, 11), "mediation_case", "07132-K03", "person-102", "của tôi", member->id());
-  const Record theirs = NewRecord(Uuid(8, 12), "mediation_case", "07135-K03", "person-102", "của người khác",
-                                  member->id());
-  const Record also_mine = NewRecord(Uuid(8, 13), "household_registration", "07132-K03", "person-102", "Hộ A",
-                                     member->id());
+  const Record theirs =
+      NewRecord(Uuid(8, 12), "mediation_case", "07135-K03", "person-102", "của người khác", member->id());
+  const Record also_mine =
+      NewRecord(Uuid(8, 13), "household_registration", "07132-K03", "person-102", "Hộ A", member->id());
   hamlet::v1::PushRequest request = member->Batch({mine, theirs, also_mine});
   request.set_set_aside_refused(true);
   hamlet::v1::PushResponse first;
@@ -666,8 +678,8 @@ TEST_F(AccessE2eTest, ARefusedChangeIsSetAsideAndTheRestOfItsBatchIsApplied) {
 
   // A malformed change (a unit the server does not know) is set aside too.
   Record lost = NewRecord(Uuid(8, 14), "mediation_case", "99999", "person-102", "đơn vị lạ", member->id());
-  hamlet::v1::PushRequest second = member->Batch({lost, NewRecord(Uuid(8, 15), "mediation_case", "07132-K03",
-                                                                    "person-102", "tiếp", member->id())});
+  hamlet::v1::PushRequest second =
+      member->Batch({lost, NewRecord(Uuid(8, 15), "mediation_case", "07132-K03", "person-102", "tiếp", member->id())});
   second.set_set_aside_refused(true);
   hamlet::v1::PushResponse answer;
   ASSERT_TRUE(member->sync().Push(member->Context().get(), second, &answer).ok());

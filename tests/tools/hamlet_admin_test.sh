@@ -316,9 +316,22 @@ check "report --for must be town or province" rc_is 2
 admin backup --dir="$dir/backup-1"
 check "backup exits with 0" rc_is 0
 check "backup reports progress and ends done" has_object '"done": true' '"bytesCopied"' '"filesTotal"'
-check "the backup directory holds a complete backup" test -f "$dir/backup-1/BACKUP_COMPLETE"
+check "the first backup is backup 1" has_object '"done": true' '"backupId": 1'
+check "the backup directory holds BackupEngine's record of it" test -f "$dir/backup-1/meta/1"
 admin backup --dir="$dir/backup-1"
-check "a backup into an existing directory fails with failed_precondition" refused_with failed_precondition
+check "a second backup into the same directory is backup 2" has_object '"done": true' '"backupId": 2'
+admin backup verify --dir="$dir/backup-1"
+check "backup verify finds both backups whole" has_object '"backupId": 1' '"ok": true'
+check "backup verify lists backup 2 too" has_object '"backupId": 2' '"ok": true'
+table=$(find "$dir/backup-1/shared_checksum" -type f -name '*.sst' | head -1)
+printf 'X' | dd of="$table" bs=1 seek=100 conv=notrunc status=none
+admin backup verify --dir="$dir/backup-1"
+check "backup verify names a changed byte" has_object '"problem"'
+mkdir -p "$dir/not-backups" && echo x >"$dir/not-backups/file"
+admin backup --dir="$dir/not-backups"
+check "a backup into a directory of other files fails with failed_precondition" refused_with failed_precondition
+admin backup verify --dir="$dir/not-backups"
+check "verifying a directory without backups fails with not_found" refused_with not_found
 admin backup --dir=relative/path
 check "a relative backup directory is a usage error" rc_is 2
 
