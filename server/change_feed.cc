@@ -58,14 +58,14 @@ absl::Time ChangeFeed::FirstCommitAfter(uint64_t seq) const {
   return std::prev(it)->second;
 }
 
-uint64_t ChangeFeed::WaitAbove(uint64_t seen, absl::Duration timeout) {
+uint64_t ChangeFeed::WaitAbove(uint64_t seen, absl::Duration timeout) const {
   absl::MutexLock lock(&mu_);
   const auto moved = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || last_seq_ > seen; };
   mu_.AwaitWithTimeout(absl::Condition(&moved), timeout);
   return last_seq_;
 }
 
-uint64_t ChangeFeed::WaitForPublication(uint64_t seen, absl::Duration timeout) {
+uint64_t ChangeFeed::WaitForPublication(uint64_t seen, absl::Duration timeout) const {
   absl::MutexLock lock(&mu_);
   const auto moved = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || publications_ > seen; };
   mu_.AwaitWithTimeout(absl::Condition(&moved), timeout);

@@ -39,11 +39,11 @@ class ChangeFeed {
 
   // Blocks until the last sequence number is above `seen`, the feed is closed,
   // or `timeout` passes. Returns the last sequence number.
-  uint64_t WaitAbove(uint64_t seen, absl::Duration timeout);
+  uint64_t WaitAbove(uint64_t seen, absl::Duration timeout) const;
   // Blocks until more than `seen` publications were made (commits may publish
   // out of order, so a commune can move while the last sequence number does
   // not), the feed is closed, or `timeout` passes. Returns the count.
-  uint64_t WaitForPublication(uint64_t seen, absl::Duration timeout);
+  uint64_t WaitForPublication(uint64_t seen, absl::Duration timeout) const;
 
   // Wakes every waiter for good (server shutdown).
   void Close();

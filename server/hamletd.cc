@@ -218,10 +218,11 @@ absl::Status Hamletd::Build() {
     if (!resealed.ok()) return Failed("cannot reseal", resealed.status());
     LogLine(absl::StrCat("resealed ", *resealed, " records under the current key"));
   }
+  feed_ = std::make_unique<ChangeFeed>(store_->last_seq());
   TownOptions town_options = o.town;
   town_options.max_page_bytes = std::min(town_options.max_page_bytes, o.max_message_bytes / 2);
   town_options.default_page_bytes = std::min(town_options.default_page_bytes, town_options.max_page_bytes);
-  absl::StatusOr<std::unique_ptr<Town>> town = Town::Create(store_.get(), o.clock, town_options);
+  absl::StatusOr<std::unique_ptr<Town>> town = Town::Create(store_.get(), feed_.get(), o.clock, town_options);
   if (!town.ok()) return Failed("cannot start", town.status());
   town_ = std::move(*town);
 
@@ -244,7 +245,7 @@ absl::Status Hamletd::Build() {
   if (!o.upstream.empty()) {
     absl::StatusOr<ReplicatorOptions> replication = ReplicationOptions(o);
     absl::StatusOr<std::unique_ptr<Replicator>> started =
-        replication.ok() ? Replicator::Start(town_.get(), store_.get(), o.clock, *std::move(replication))
+        replication.ok() ? Replicator::Start(town_.get(), store_.get(), feed_.get(), o.clock, *std::move(replication))
                          : absl::StatusOr<std::unique_ptr<Replicator>>(replication.status());
     if (!started.ok()) return Failed(absl::StrCat("cannot replicate to ", o.upstream), started.status());
     replicator_ = std::move(*started);
@@ -259,7 +260,8 @@ absl::Status Hamletd::Build() {
 
   // The device listener: sync and health, no reflection.
   rate_limit_ = std::make_unique<DeviceRateLimit>(o.clock, o.device_rate, o.device_burst);
-  sync_service_ = std::make_unique<SyncServiceImpl>(town_.get(), devices_.get(), metrics_.get(), rate_limit_.get());
+  sync_service_ =
+      std::make_unique<SyncServiceImpl>(town_.get(), feed_.get(), devices_.get(), metrics_.get(), rate_limit_.get());
   HAMLET_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, DeviceCredentials(o.device_tls));
   devices_->RequireClientCertificateForReplication(!o.device_tls.ca_file.empty());
   devices_->OneReplicationNodePerUnit(o.town.tier == Tier::kProvince);
@@ -348,7 +350,7 @@ void Hamletd::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   // Watch streams end first: they wait on the feed, not on a deadline.
-  if (town_ != nullptr) town_->feed().Close();
+  if (feed_ != nullptr) feed_->Close();
   stopping_.Notify();
   const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace);
   if (admin_server_ != nullptr) admin_server_->Shutdown(deadline);
@@ -363,6 +365,7 @@ void Hamletd::Shutdown(absl::Duration grace) {
   replicator_.reset();  // Cancels its call in flight, if any.
   devices_.reset();
   town_.reset();
+  feed_.reset();
   const uint64_t last_seq = store_ != nullptr ? store_->last_seq() : 0;
   store_.reset();  // Closes RocksDB.
   if (was_serving) LogLine(absl::StrCat("stopped cleanly at seq ", last_seq));

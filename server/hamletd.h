@@ -83,9 +83,10 @@ struct HamletdOptions {
   const sync::PhysicalClock* clock = sync::SystemClock::Get();
 };
 
-// A running town or province server: it owns the store and hands it to each
-// component (the town's sync logic, enrolments, the replicator, the admin
-// service, metrics), and serves the device and admin listeners until Shutdown.
+// A running town or province server: it owns the store and the feed of its
+// commits and hands them to each component (the town's sync logic,
+// enrolments, the replicator, the Watch streams, the admin service, metrics),
+// and serves the device and admin listeners until Shutdown.
 // Thread-safe.
 class Hamletd {
  public:
@@ -131,6 +132,7 @@ class Hamletd {
   const HamletdOptions options_;
   // Declared in the order they are built; destroyed in reverse, the store last.
   std::unique_ptr<storage::TownStore> store_;
+  std::unique_ptr<ChangeFeed> feed_;
   std::unique_ptr<Town> town_;
   std::unique_ptr<DeviceRegistry> devices_;
   std::unique_ptr<Replicator> replicator_;

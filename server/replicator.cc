@@ -18,7 +18,7 @@ using google::protobuf::util::TimeUtil;
 using hamlet::v1::Record;
 
 absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(Town* town, storage::TownStore* store,
-                                                              const sync::PhysicalClock* clock,
+                                                              const ChangeFeed* feed, const sync::PhysicalClock* clock,
                                                               ReplicatorOptions options) {
   if (options.upstream.empty()) return absl::InvalidArgumentError("replication needs an upstream address");
   if (options.token.empty()) return absl::InvalidArgumentError("replication needs the upstream's token");
@@ -32,14 +32,15 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(Town* town, storag
     state.set_upstream(options.upstream);
     HAMLET_RETURN_IF_ERROR(store->PutReplicationState(state));
   }
-  std::unique_ptr<Replicator> replicator(new Replicator(town, store, clock, std::move(options), std::move(state)));
+  std::unique_ptr<Replicator> replicator(
+      new Replicator(town, store, feed, clock, std::move(options), std::move(state)));
   replicator->thread_ = std::thread([r = replicator.get()] { r->Run(); });
   return replicator;
 }
 
-Replicator::Replicator(Town* town, storage::TownStore* store, const sync::PhysicalClock* clock,
+Replicator::Replicator(Town* town, storage::TownStore* store, const ChangeFeed* feed, const sync::PhysicalClock* clock,
                        ReplicatorOptions options, storage::ReplicationState state)
-    : town_(town), store_(store), clock_(clock), options_(std::move(options)), state_(std::move(state)) {
+    : town_(town), store_(store), feed_(feed), clock_(clock), options_(std::move(options)), state_(std::move(state)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options_.max_message_bytes);
   args.SetMaxSendMessageSize(options_.max_message_bytes);
@@ -134,10 +135,10 @@ void Replicator::Run() {
     // Caught up: wait for a local commit, the next reference pull, or a stop.
     const absl::Duration until_pull =
         std::max(absl::ZeroDuration(), std::min(next_reference_pull - absl::Now(), absl::Seconds(1)));
-    if (town_->feed().closed()) {
+    if (feed_->closed()) {
       Sleep(until_pull);
     } else {
-      town_->feed().WaitAbove(acked, until_pull);
+      feed_->WaitAbove(acked, until_pull);
     }
   }
 }
@@ -246,7 +247,7 @@ bool Replicator::Healthy(absl::Duration max_lag) const {
     if (state_.paused() || !last_error_.empty()) return false;
     acked = state_.acked_seq();
   }
-  const absl::Time oldest = town_->feed().FirstCommitAfter(acked);
+  const absl::Time oldest = feed_->FirstCommitAfter(acked);
   return oldest == absl::InfiniteFuture() || absl::Now() - oldest <= max_lag;
 }
 
@@ -276,7 +277,7 @@ hamlet::v1::ReplicationStatus Replicator::Status() const {
   if (absl::StatusOr<uint64_t> lag = store_->CountChangesAfter(acked); lag.ok()) {
     status.set_lag_records(*lag);
   }
-  const absl::Time oldest = town_->feed().FirstCommitAfter(acked);
+  const absl::Time oldest = feed_->FirstCommitAfter(acked);
   if (oldest != absl::InfiniteFuture() && status.lag_records() > 0) {
     status.set_lag_seconds(absl::ToDoubleSeconds(std::max(absl::ZeroDuration(), absl::Now() - oldest)));
   }

@@ -66,7 +66,8 @@ class Replicator {
   // and starts the thread. `town`, the store it commits to and `clock` must
   // outlive the replicator.
   static absl::StatusOr<std::unique_ptr<Replicator>> Start(Town* town, storage::TownStore* store,
-                                                           const sync::PhysicalClock* clock, ReplicatorOptions options);
+                                                           const ChangeFeed* feed, const sync::PhysicalClock* clock,
+                                                           ReplicatorOptions options);
   // Stops (see Stop).
   ~Replicator();
 
@@ -84,8 +85,8 @@ class Replicator {
   bool Healthy(absl::Duration max_lag) const;
 
  private:
-  Replicator(Town* town, storage::TownStore* store, const sync::PhysicalClock* clock, ReplicatorOptions options,
-             storage::ReplicationState state);
+  Replicator(Town* town, storage::TownStore* store, const ChangeFeed* feed, const sync::PhysicalClock* clock,
+             ReplicatorOptions options, storage::ReplicationState state);
   void Run();
   // Pushes one page; sets *caught_up when nothing is left.
   absl::Status PushPage(bool* caught_up);
@@ -97,6 +98,7 @@ class Replicator {
 
   Town* const town_;
   storage::TownStore* const store_;
+  const ChangeFeed* const feed_;
   const sync::PhysicalClock* const clock_;
   const ReplicatorOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -124,13 +124,10 @@ grpc::Status SyncServiceImpl::StreamedResolveConflict(
 
 grpc::Status SyncServiceImpl::AnswerPush(grpc::ServerContext* context, const hamlet::v1::PushRequest& request,
                                          hamlet::v1::PushResponse* response) {
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
-  absl::StatusOr<hamlet::v1::PushResponse> result =
-      caller.ok() ? town_->Push(request, *caller) : absl::StatusOr<hamlet::v1::PushResponse>(caller.status());
-  const auto took = std::chrono::steady_clock::now() - start;
-  const double ms = std::chrono::duration<double, std::milli>(took).count();
-  metrics_->CountCall("Push", static_cast<grpc::StatusCode>(result.status().code()), absl::FromChrono(took));
+  absl::Duration took;
+  absl::StatusOr<hamlet::v1::PushResponse> result = Measured<hamlet::v1::PushResponse>(
+      *context, CallKind::kWrite, "Push", [&](const Caller& caller) { return town_->Push(request, caller); }, &took);
+  const double ms = absl::ToDoubleMilliseconds(took);
   if (result.ok()) {
     *response = std::move(*result);
     metrics_->CountRecordsApplied(response->applied_records());
@@ -155,12 +152,9 @@ grpc::Status SyncServiceImpl::AnswerPush(grpc::ServerContext* context, const ham
 
 grpc::Status SyncServiceImpl::AnswerPull(grpc::ServerContext* context, const hamlet::v1::PullRequest& request,
                                          hamlet::v1::PullResponse* response) {
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead);
-  absl::StatusOr<hamlet::v1::PullResponse> result =
-      caller.ok() ? town_->Pull(request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
-  metrics_->CountCall("Pull", static_cast<grpc::StatusCode>(result.status().code()),
-                      absl::FromChrono(std::chrono::steady_clock::now() - start));
+  absl::Duration took;
+  absl::StatusOr<hamlet::v1::PullResponse> result = Measured<hamlet::v1::PullResponse>(
+      *context, CallKind::kRead, "Pull", [&](const Caller& caller) { return town_->Pull(request, caller); }, &took);
   if (!result.ok()) {
     LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request.device_id(),
                             request.scope_unit_code(), absl::StatusCodeToString(result.status().code()),
@@ -195,7 +189,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       }
     }
     if (writing_) return;
-    const uint64_t latest = service_->town_->feed().LatestIn(scope_);
+    const uint64_t latest = service_->feed_->LatestIn(scope_);
     if (latest <= seen_) return;
     seen_ = latest;
     hamlet::v1::WatchResponse message;
@@ -248,9 +242,11 @@ class RefusedWatch final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
 }  // namespace
 
-SyncServiceImpl::SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics,
+SyncServiceImpl::SyncServiceImpl(Town* town, const ChangeFeed* feed, const DeviceRegistry* devices, Metrics* metrics,
                                  DeviceRateLimit* rate_limit)
-    : town_(town), devices_(devices), metrics_(metrics), rate_limit_(rate_limit), dispatcher_([this] { Dispatch(); }) {}
+    : town_(town), feed_(feed), devices_(devices), metrics_(metrics), rate_limit_(rate_limit), dispatcher_([this] {
+        Dispatch();
+      }) {}
 
 SyncServiceImpl::~SyncServiceImpl() {
   {
@@ -289,11 +285,11 @@ void SyncServiceImpl::Dispatch() {
   absl::Time tokens_checked = absl::Now();
   while (true) {
     // Wakes on each commit, and at least once a second for the tokens.
-    const bool closing = town_->feed().closed();
+    const bool closing = feed_->closed();
     if (closing) {
       absl::SleepFor(absl::Milliseconds(100));
     } else {
-      dispatched = town_->feed().WaitForPublication(dispatched, absl::Seconds(1));
+      dispatched = feed_->WaitForPublication(dispatched, absl::Seconds(1));
     }
     const bool check_tokens = absl::Now() - tokens_checked >= absl::Seconds(1);
     if (check_tokens) tokens_checked = absl::Now();
@@ -306,13 +302,10 @@ void SyncServiceImpl::Dispatch() {
 grpc::Status SyncServiceImpl::AnswerResolveConflict(grpc::ServerContext* context,
                                                     const hamlet::v1::ResolveConflictRequest& request,
                                                     hamlet::v1::ResolveConflictResponse* response) {
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
-  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result =
-      caller.ok() ? town_->ResolveConflict(request, *caller)
-                  : absl::StatusOr<hamlet::v1::ResolveConflictResponse>(caller.status());
-  metrics_->CountCall("ResolveConflict", static_cast<grpc::StatusCode>(result.status().code()),
-                      absl::FromChrono(std::chrono::steady_clock::now() - start));
+  absl::Duration took;
+  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result = Measured<hamlet::v1::ResolveConflictResponse>(
+      *context, CallKind::kWrite, "ResolveConflict",
+      [&](const Caller& caller) { return town_->ResolveConflict(request, caller); }, &took);
   LogLine(absl::StrFormat("resolve device=%s request=%s record=%s field=%d resolver=%s result=%s%s%s",
                           request.device_id(), request.request_id(), request.record_id(), request.field(),
                           request.resolver(), absl::StatusCodeToString(result.status().code()),

@@ -1,14 +1,18 @@
 #ifndef HAMLET_SERVER_SYNC_SERVICE_H_
 #define HAMLET_SERVER_SYNC_SERVICE_H_
 
+#include <chrono>
 #include <memory>
 #include <set>
 #include <string>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "server/devices.h"
 #include "server/metrics.h"
@@ -47,9 +51,10 @@ class SyncServiceImpl final
               hamlet::v1::SyncService::WithStreamedUnaryMethod_ResolveConflict<
                   hamlet::v1::SyncService::WithRawCallbackMethod_Watch<hamlet::v1::SyncService::Service>>>> {
  public:
-  // `town`, `devices`, `metrics` and `rate_limit` must outlive the service.
-  // Starts the Watch dispatcher.
-  SyncServiceImpl(Town* town, const DeviceRegistry* devices, Metrics* metrics, DeviceRateLimit* rate_limit);
+  // `town`, the feed it publishes to, `devices`, `metrics` and `rate_limit`
+  // must outlive the service. Starts the Watch dispatcher.
+  SyncServiceImpl(Town* town, const ChangeFeed* feed, const DeviceRegistry* devices, Metrics* metrics,
+                  DeviceRateLimit* rate_limit);
   // Stops the dispatcher. REQUIRES: the server using the service is shut down.
   ~SyncServiceImpl() override;
 
@@ -72,6 +77,20 @@ class SyncServiceImpl final
   // The caller of a sync call, once it is authenticated, within its rate and,
   // for a write, still awaited by its client.
   absl::StatusOr<Caller> Admit(const grpc::ServerContext& context, CallKind kind);
+  // What every sync call does around its own work: admits the caller, runs
+  // `work` for it, and counts the call as `method` with its status and time
+  // in the metrics. `*took` is that time, for the call's log line.
+  template <typename Response>
+  absl::StatusOr<Response> Measured(const grpc::ServerContext& context, CallKind kind, absl::string_view method,
+                                    absl::FunctionRef<absl::StatusOr<Response>(const Caller&)> work,
+                                    absl::Duration* took) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<Caller> caller = Admit(context, kind);
+    absl::StatusOr<Response> result = caller.ok() ? work(*caller) : absl::StatusOr<Response>(caller.status());
+    *took = absl::FromChrono(std::chrono::steady_clock::now() - start);
+    metrics_->CountCall(method, static_cast<grpc::StatusCode>(result.status().code()), *took);
+    return result;
+  }
   // The methods, once their requests are read.
   grpc::Status AnswerPush(grpc::ServerContext* context, const hamlet::v1::PushRequest& request,
                           hamlet::v1::PushResponse* response);
@@ -83,6 +102,7 @@ class SyncServiceImpl final
   void Unregister(WatchReactor* watcher);
 
   Town* const town_;
+  const ChangeFeed* const feed_;
   const DeviceRegistry* const devices_;
   Metrics* const metrics_;
   DeviceRateLimit* const rate_limit_;

@@ -68,14 +68,14 @@ hamlet::v1::UnitLevel ServedLevel(Tier tier) {
 
 }  // namespace
 
-Town::Town(storage::TownStore* store, const sync::PhysicalClock* clock, const TownOptions& options)
-    : store_(store), options_(options), clock_(clock, store_->server_id()), feed_(store_->last_seq()) {
+Town::Town(storage::TownStore* store, ChangeFeed* feed, const sync::PhysicalClock* clock, const TownOptions& options)
+    : store_(store), options_(options), clock_(clock, store_->server_id()), feed_(feed) {
   clock_.Restore(store_->persisted_clock());
 }
 
-absl::StatusOr<std::unique_ptr<Town>> Town::Create(storage::TownStore* store, const sync::PhysicalClock* clock,
-                                                   const TownOptions& options) {
-  std::unique_ptr<Town> town(new Town(store, clock, options));
+absl::StatusOr<std::unique_ptr<Town>> Town::Create(storage::TownStore* store, ChangeFeed* feed,
+                                                   const sync::PhysicalClock* clock, const TownOptions& options) {
+  std::unique_ptr<Town> town(new Town(store, feed, clock, options));
   HAMLET_RETURN_IF_ERROR(town->LoadUnits());
   bool seeded;
   {
@@ -147,7 +147,7 @@ absl::Status Town::SeedUnits() {
   commit.clock = clock_.Last();
   HAMLET_ASSIGN_OR_RETURN(uint64_t seq,
                           store_->CommitPush(std::move(commit), [](uint64_t) { return storage::BatchReceipt(); }));
-  feed_.Publish(seq, {""});
+  feed_->Publish(seq, {""});
   return absl::OkStatus();
 }
 
@@ -229,7 +229,7 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
 
 absl::Status Town::FinishCommit(const Committed& committed) {
   HAMLET_RETURN_IF_ERROR(store_->WaitDurable(committed.applied.write));
-  feed_.Publish(committed.applied.last_seq, committed.communes);
+  feed_->Publish(committed.applied.last_seq, committed.communes);
   return absl::OkStatus();
 }
 

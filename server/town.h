@@ -57,10 +57,11 @@ struct TownOptions {
 // pulls and tells watchers about changes. Thread-safe.
 class Town {
  public:
-  // Seeds the reference admin units into an empty store. `store` and `clock`
-  // must outlive the Town; the Town is the store's only writer of records.
-  static absl::StatusOr<std::unique_ptr<Town>> Create(storage::TownStore* store, const sync::PhysicalClock* clock,
-                                                      const TownOptions& options);
+  // Seeds the reference admin units into an empty store. `store`, `feed`
+  // (made at the store's last_seq) and `clock` must outlive the Town; the Town
+  // is the store's only writer of records and publishes each commit to `feed`.
+  static absl::StatusOr<std::unique_ptr<Town>> Create(storage::TownStore* store, ChangeFeed* feed,
+                                                      const sync::PhysicalClock* clock, const TownOptions& options);
 
   // Idempotent by (device_id, batch_id). A change refused for a reason of
   // its own record (INVALID_ARGUMENT, PERMISSION_DENIED or FAILED_PRECONDITION
@@ -108,7 +109,6 @@ class Town {
   };
   absl::StatusOr<WatchStart> StartWatch(const hamlet::v1::WatchRequest& request, const Caller& caller);
 
-  ChangeFeed& feed() { return feed_; }
   bool KnowsUnit(const std::string& code) const;
   // True for the unit this server serves and every unit below it.
   bool ServesUnit(const std::string& code) const;
@@ -120,7 +120,7 @@ class Town {
  private:
   // Push, once every stamp names its writer.
   absl::StatusOr<hamlet::v1::PushResponse> PushWhole(const hamlet::v1::PushRequest& request, const Caller& caller);
-  Town(storage::TownStore* store, const sync::PhysicalClock* clock, const TownOptions& options);
+  Town(storage::TownStore* store, ChangeFeed* feed, const sync::PhysicalClock* clock, const TownOptions& options);
   // A batch's merged records, only those that changed.
   struct Merged {
     std::vector<storage::RecordWrite> writes;
@@ -191,7 +191,7 @@ class Town {
   storage::TownStore* const store_;
   const TownOptions options_;
   sync::HybridClock clock_;
-  ChangeFeed feed_;
+  ChangeFeed* const feed_;
 
   // Held from reading the records a push touches until its commit is applied,
   // so that no other push's merge is lost in between; released before the

@@ -207,7 +207,8 @@ class StoreFaultTest : public ::testing::Test {
     absl::StatusOr<std::unique_ptr<TownStore>> store = TownStore::Open(data_dir_, options);
     if (!store.ok()) return store.status();
     store_ = std::move(*store);
-    absl::StatusOr<std::unique_ptr<Town>> town = Town::Create(store_.get(), &clock_, TownOptions());
+    feed_ = std::make_unique<ChangeFeed>(store_->last_seq());
+    absl::StatusOr<std::unique_ptr<Town>> town = Town::Create(store_.get(), feed_.get(), &clock_, TownOptions());
     if (!town.ok()) return town.status();
     town_ = std::move(*town);
     return absl::OkStatus();
@@ -215,6 +216,7 @@ class StoreFaultTest : public ::testing::Test {
   // The process ends: the town, then its store.
   void Close() {
     town_.reset();
+    feed_.reset();
     store_.reset();
   }
   // A clean restart of the process: close, reopen on a healthy disk.
@@ -251,6 +253,7 @@ class StoreFaultTest : public ::testing::Test {
   std::string data_dir_ = dir_.path();
   sync::FakeClock clock_{kNowMs};
   std::unique_ptr<TownStore> store_;
+  std::unique_ptr<ChangeFeed> feed_;
   std::unique_ptr<Town> town_;
 };
 
