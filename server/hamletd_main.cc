@@ -47,8 +47,8 @@ ABSL_FLAG(std::string, upstream_cert_file, "",
           "PEM client certificate for the upstream (mTLS), with --upstream_key_file and --upstream_ca_file.");
 ABSL_FLAG(std::string, upstream_key_file, "", "PEM private key for --upstream_cert_file.");
 ABSL_FLAG(absl::Duration, replication_poll, absl::Seconds(5),
-          "How often admin units are pulled from the upstream, and the longest wait between replication attempts "
-          "after a failure is six times this.");
+          "How often admin units are pulled from the upstream; the longest wait between replication attempts "
+          "after a failure, and between attempts to connect to the upstream, is six times this.");
 ABSL_FLAG(absl::Duration, replication_lag_alarm, absl::Minutes(10),
           "Health service \"hamlet.replication\" reports NOT_SERVING while a change has waited longer than this "
           "to reach the upstream, or replication is paused or failing.");

@@ -44,6 +44,11 @@ Replicator::Replicator(Town* town, storage::TownStore* store, const ChangeFeed* 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options_.max_message_bytes);
   args.SetMaxSendMessageSize(options_.max_message_bytes);
+  // gRPC waits up to 120 s between connection attempts after failures by
+  // default, which after a long outage would keep a town from its returned
+  // province longer than its own backoff does; the two are capped alike.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+              static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(options_.max_backoff), INT32_MAX)));
   channel_ = grpc::CreateCustomChannel(
       options_.upstream, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);
   stub_ = hamlet::v1::SyncService::NewStub(channel_);
