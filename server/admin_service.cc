@@ -32,6 +32,14 @@ absl::StatusOr<uint64_t> SeqToken(const std::string& token) {
   return seq;
 }
 
+// Backups are written and read by the server, on its own machine.
+absl::Status AbsoluteDirectory(const std::string& directory) {
+  if (directory.empty() || directory[0] != '/') {
+    return absl::InvalidArgumentError("directory must be an absolute path on the server's machine");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 grpc::Status AdminServiceImpl::AsAdmin(grpc::ServerContext* context, absl::string_view action,
@@ -272,9 +280,7 @@ grpc::Status AdminServiceImpl::CreateBackup(grpc::ServerContext* context,
                                             const hamlet::v1::CreateBackupRequest* request,
                                             grpc::ServerWriter<hamlet::v1::CreateBackupResponse>* writer) {
   return AsAdmin(context, "CreateBackup", [&](const Caller& admin) -> absl::Status {
-    if (request->directory().empty() || request->directory()[0] != '/') {
-      return absl::InvalidArgumentError("directory must be an absolute path");
-    }
+    HAMLET_RETURN_IF_ERROR(AbsoluteDirectory(request->directory()));
     const auto start = std::chrono::steady_clock::now();
     hamlet::v1::CreateBackupResponse message;
     absl::StatusOr<storage::BackupSummary> backup =
@@ -297,10 +303,7 @@ grpc::Status AdminServiceImpl::CreateBackup(grpc::ServerContext* context,
     LogLine(absl::StrCat("backup to ", request->directory(), ": ", status.ok() ? figures : status.ToString(), " in ",
                          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
     if (!status.ok()) return status;
-    message.set_bytes_copied(backup->bytes_copied);
-    message.set_bytes_total(backup->bytes_total);
-    message.set_files_copied(backup->files_copied);
-    message.set_files_total(backup->files_total);
+    // The store's last progress report held the backup's own figures.
     message.set_backup_id(backup->backup_id);
     message.set_done(true);
     writer->Write(message);
@@ -312,12 +315,10 @@ grpc::Status AdminServiceImpl::VerifyBackups(grpc::ServerContext* context,
                                              const hamlet::v1::VerifyBackupsRequest* request,
                                              grpc::ServerWriter<hamlet::v1::VerifyBackupsResponse>* writer) {
   return AsAdmin(context, "VerifyBackups", [&](const Caller& admin) -> absl::Status {
-    if (request->directory().empty() || request->directory()[0] != '/') {
-      return absl::InvalidArgumentError("directory must be an absolute path");
-    }
+    HAMLET_RETURN_IF_ERROR(AbsoluteDirectory(request->directory()));
     const auto start = std::chrono::steady_clock::now();
     int damaged = 0;
-    absl::StatusOr<std::vector<storage::BackupCheck>> checks =
+    absl::StatusOr<size_t> checked =
         storage::TownStore::VerifyBackups(request->directory(), [&](const storage::BackupCheck& check) {
           hamlet::v1::VerifyBackupsResponse message;
           message.set_backup_id(check.backup.backup_id);
@@ -333,9 +334,9 @@ grpc::Status AdminServiceImpl::VerifyBackups(grpc::ServerContext* context,
         });
     LogLine(absl::StrCat(
         "verify backups in ", request->directory(), ": ",
-        checks.ok() ? absl::StrCat(checks->size(), " checked, ", damaged, " damaged") : checks.status().ToString(),
-        " in ", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
-    return checks.status();
+        checked.ok() ? absl::StrCat(*checked, " checked, ", damaged, " damaged") : checked.status().ToString(), " in ",
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
+    return checked.status();
   });
 }
 

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -105,7 +106,7 @@ uint64_t BytesUnder(const std::string& dir) {
   return bytes;
 }
 
-absl::Status NotDataLoss(const rocksdb::IOStatus& s, absl::string_view what) {
+absl::Status BackupFailure(const rocksdb::IOStatus& s, absl::string_view what) {
   // A backup file missing, short or changed is damage to the backup, however
   // BackupEngine words it.
   if (s.IsNotFound() || s.IsCorruption() || s.IsInvalidArgument()) {
@@ -222,8 +223,8 @@ absl::StatusOr<BackupSummary> TownStore::Backup(const std::string& dir, const Pr
   return summary;
 }
 
-absl::StatusOr<std::vector<BackupCheck>> TownStore::VerifyBackups(
-    const std::string& dir, const std::function<void(const BackupCheck&)>& checked) {
+absl::StatusOr<size_t> TownStore::VerifyBackups(const std::string& dir,
+                                                const std::function<void(const BackupCheck&)>& checked) {
   std::error_code error;
   if (!fs::exists(fs::path(dir) / "meta", error)) {
     return absl::NotFoundError(absl::StrCat(dir, " holds no Hamlet backup made with BackupEngine"));
@@ -233,7 +234,7 @@ absl::StatusOr<std::vector<BackupCheck>> TownStore::VerifyBackups(
       FromRocks(rocksdb::BackupEngineReadOnly::Open(EngineOptions(dir), rocksdb::Env::Default(), &raw),
                 absl::StrCat("opening backup directory ", dir)));
   std::unique_ptr<rocksdb::BackupEngineReadOnly> engine(raw);
-  std::vector<BackupCheck> checks;
+  size_t checked_count = 0;
   std::vector<rocksdb::BackupID> corrupt;
   engine->GetCorruptedBackups(&corrupt);
   for (rocksdb::BackupID id : corrupt) {
@@ -241,22 +242,20 @@ absl::StatusOr<std::vector<BackupCheck>> TownStore::VerifyBackups(
     check.backup.backup_id = id;
     check.status = absl::DataLossError(absl::StrCat("backup ", id, " is damaged: its record cannot be read"));
     if (checked) checked(check);
-    checks.push_back(std::move(check));
+    ++checked_count;
   }
   std::vector<rocksdb::BackupInfo> infos;
   engine->GetBackupInfo(&infos);
   for (const rocksdb::BackupInfo& info : infos) {
     BackupCheck check;
     check.backup = SummaryOf(info);
-    check.status = NotDataLoss(engine->VerifyBackup(info.backup_id, /*verify_with_checksum=*/true),
-                               absl::StrCat("backup ", info.backup_id));
+    check.status = BackupFailure(engine->VerifyBackup(info.backup_id, /*verify_with_checksum=*/true),
+                                 absl::StrCat("backup ", info.backup_id));
     if (checked) checked(check);
-    checks.push_back(std::move(check));
+    ++checked_count;
   }
-  if (checks.empty()) return absl::NotFoundError(absl::StrCat(dir, " holds no backup"));
-  std::sort(checks.begin(), checks.end(),
-            [](const BackupCheck& a, const BackupCheck& b) { return a.backup.backup_id < b.backup.backup_id; });
-  return checks;
+  if (checked_count == 0) return absl::NotFoundError(absl::StrCat(dir, " holds no backup"));
+  return checked_count;
 }
 
 absl::Status TownStore::Restore(const std::string& backup_dir, uint32_t backup_id, const std::string& data_dir,
@@ -307,7 +306,7 @@ absl::Status TownStore::Restore(const std::string& backup_dir, uint32_t backup_i
     const rocksdb::IOStatus copied = engine->RestoreDBFromBackup(chosen->backup_id, data_dir, data_dir);
     restored.Notify();
     reporter.join();
-    HAMLET_RETURN_IF_ERROR(NotDataLoss(copied, absl::StrCat("restoring backup ", chosen->backup_id)));
+    HAMLET_RETURN_IF_ERROR(BackupFailure(copied, absl::StrCat("restoring backup ", chosen->backup_id)));
     if (progress) progress({chosen->size, chosen->size, chosen->number_files, chosen->number_files});
   }
   return StartNewEpoch(data_dir, options, backup_ms);

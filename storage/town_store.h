@@ -267,10 +267,11 @@ class TownStore {
 
   // Checks every backup in `dir`: each file there, its size and its
   // checksum, against what was recorded when it was made; `checked` is told
-  // of each backup as it is done. Reads every byte: slow on a large store.
-  // NOT_FOUND if `dir` holds no backup.
-  static absl::StatusOr<std::vector<BackupCheck>> VerifyBackups(const std::string& dir,
-                                                                const std::function<void(const BackupCheck&)>& checked);
+  // of each backup as it is done (those whose record cannot be read first,
+  // then the rest from the oldest). Reads every byte: slow on a large store.
+  // Returns how many were checked; NOT_FOUND if `dir` holds no backup.
+  static absl::StatusOr<size_t> VerifyBackups(const std::string& dir,
+                                              const std::function<void(const BackupCheck&)>& checked);
 
   // Makes `data_dir` (which must not exist, or be empty) the store of backup
   // `backup_id` in `backup_dir` (0: the latest), then moves it to a new epoch,
