@@ -9,6 +9,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
@@ -186,8 +187,9 @@ absl::Status Town::CheckChange(const Record& change, const Record& state, const 
   return absl::OkStatus();
 }
 
-absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>& changes, const Caller& caller,
-                                                WriteCheck check, LifecycleCheck lifecycle, OnRefusal on_refusal) {
+absl::StatusOr<Town::Merged> Town::MergeChanges(storage::CommitGroup& group, const std::vector<const Record*>& changes,
+                                                const Caller& caller, WriteCheck check, LifecycleCheck lifecycle,
+                                                OnRefusal on_refusal) {
   Merged merged;
   std::map<std::string, storage::RecordWrite> writes;
   std::set<std::string> changed;
@@ -196,7 +198,7 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
     const Record* change = changes[i];
     auto it = writes.find(change->id());
     if (it == writes.end()) {
-      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, store_->GetRecord(change->id()));
+      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> existing, group.GetRecord(change->id()));
       storage::RecordWrite write;
       if (existing.has_value()) {
         write.previous_seq = existing->server_seq();
@@ -227,27 +229,50 @@ absl::StatusOr<Town::Merged> Town::MergeChanges(const std::vector<const Record*>
   return merged;
 }
 
-absl::Status Town::FinishCommit(const Committed& committed) {
-  HAMLET_RETURN_IF_ERROR(store_->WaitDurable(committed.applied.write));
-  feed_->Publish(committed.applied.last_seq, committed.communes);
-  return absl::OkStatus();
+void Town::Published(const Committed& committed) {
+  if (!committed.units.empty()) {
+    absl::MutexLock lock(&units_mu_);
+    for (const Record& unit : committed.units) {
+      if (unit.deleted()) {
+        units_.Remove(unit.admin_unit().code());
+      } else {
+        units_.Put(unit.admin_unit());
+      }
+    }
+  }
+  feed_->Publish(committed.last_seq, committed.communes);
 }
 
-absl::StatusOr<Town::Committed> Town::CommitMerged(const std::string& device_id, const std::string& batch_id,
-                                                   const DeviceReport& report, const std::string& content_hash,
-                                                   Merged merged, const std::function<std::string(uint64_t)>& respond) {
+absl::Status Town::CommitAndPublish(
+    const std::function<absl::Status(storage::CommitGroup&, std::optional<Committed>*)>& stage) {
+  std::optional<Committed> committed;
+  absl::Notification finished;
+  absl::Status result;
+  store_->Submit([&](storage::CommitGroup& group) { return stage(group, &committed); },
+                 [&](const absl::Status& status) {
+                   if (status.ok() && committed.has_value()) Published(*committed);
+                   result = status;
+                   finished.Notify();
+                 });
+  finished.WaitForNotification();
+  return result;
+}
+
+absl::StatusOr<Town::Committed> Town::CommitMerged(storage::CommitGroup& group, const std::string& device_id,
+                                                   const std::string& batch_id, const DeviceReport& report,
+                                                   const std::string& content_hash, Merged merged,
+                                                   const std::function<std::string(uint64_t)>& respond) {
   const int64_t now_ms = clock_.physical().NowMs();
   storage::PushCommit commit;
   commit.device_id = device_id;
   commit.batch_id = batch_id;
-  std::vector<Record> units;
   Committed committed;
   for (storage::RecordWrite& write : merged.writes) {
-    if (write.state.has_admin_unit()) units.push_back(write.state);
+    if (write.state.has_admin_unit()) committed.units.push_back(write.state);
     committed.communes.push_back(write.commune);
     commit.records.push_back(std::move(write));
   }
-  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> device, store_->GetDevice(device_id));
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::DeviceState> device, group.GetDevice(device_id));
   commit.device = device.value_or(storage::DeviceState());
   commit.device.set_device_id(device_id);
   commit.device.set_last_batch_id(batch_id);
@@ -262,82 +287,102 @@ absl::StatusOr<Town::Committed> Town::CommitMerged(const std::string& device_id,
   commit.device.set_records_applied(commit.device.records_applied() + commit.records.size());
   commit.clock = clock_.Last();
   commit.audit = std::move(merged.audit);
-  HAMLET_ASSIGN_OR_RETURN(committed.applied, store_->ApplyPush(std::move(commit), [&](uint64_t last_seq) {
+  HAMLET_ASSIGN_OR_RETURN(committed.last_seq, group.Stage(std::move(commit), [&](uint64_t last_seq) {
     storage::BatchReceipt receipt;
     receipt.set_content_hash(content_hash);
     receipt.set_response(respond(last_seq));
     receipt.set_commit_time_ms(now_ms);
     return receipt;
   }));
-  if (!units.empty()) {
-    absl::MutexLock lock(&units_mu_);
-    for (const Record& unit : units) {
-      if (unit.deleted()) {
-        units_.Remove(unit.admin_unit().code());
-      } else {
-        units_.Put(unit.admin_unit());
-      }
-    }
-  }
   return committed;
 }
 
+// A push on its way: the request, checked on the caller's thread, and what its
+// merge in the commit group makes of it.
+struct Town::PushJob {
+  hamlet::v1::PushRequest request;
+  Caller caller;
+  PushDone done;
+  bool replica = false;
+  OnRefusal on_refusal = OnRefusal::kRefuseBatch;
+  // The changes that pass validation, and each one's position in the batch.
+  std::vector<const Record*> changes;
+  std::vector<uint32_t> positions;
+  std::vector<hamlet::v1::SetAsideChange> set_aside;
+  std::string hash;
+  hamlet::v1::PushResponse response;
+  // Set when the merge staged a commit (not for a retry's receipt).
+  std::optional<Committed> committed;
+
+  void SetAside(uint32_t index, const absl::Status& why) {
+    hamlet::v1::SetAsideChange& refused = set_aside.emplace_back();
+    refused.set_index(index);
+    refused.set_record_id(request.changes(static_cast<int>(index)).id());
+    refused.set_code(static_cast<int32_t>(why.code()));
+    refused.set_message(std::string(why.message()));
+  }
+};
+
 absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request, const Caller& caller) {
-  HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
-  const bool lean = std::any_of(request.changes().begin(), request.changes().end(), [](const Record& change) {
-    return !change.default_node().empty() || sync::HasLeanStamps(change);
+  absl::Notification finished;
+  absl::StatusOr<hamlet::v1::PushResponse> result;
+  Push(request, caller, [&](absl::StatusOr<hamlet::v1::PushResponse> response) {
+    result = std::move(response);
+    finished.Notify();
   });
-  if (!lean) return PushWhole(request, caller);
-  hamlet::v1::PushRequest whole = request;
-  for (Record& change : *whole.mutable_changes()) sync::ExpandStamps(&change, whole.device_id());
-  return PushWhole(whole, caller);
+  finished.WaitForNotification();
+  return result;
 }
 
-absl::StatusOr<hamlet::v1::PushResponse> Town::PushWhole(const hamlet::v1::PushRequest& request, const Caller& caller) {
+void Town::Push(hamlet::v1::PushRequest request, const Caller& caller, PushDone done) {
+  if (absl::Status device = CheckDevice(request.device_id(), caller); !device.ok()) return done(device);
+  auto job = std::make_shared<PushJob>();
+  job->request = std::move(request);
+  job->caller = caller;
+  job->done = std::move(done);
+  // A batch is the same batch, for its receipt too, in its lean and its whole form.
+  for (Record& change : *job->request.mutable_changes()) {
+    if (!change.default_node().empty() || sync::HasLeanStamps(change)) {
+      sync::ExpandStamps(&change, job->request.device_id());
+    }
+  }
+  PushWhole(std::move(job));
+}
+
+void Town::PushWhole(std::shared_ptr<PushJob> job) {
+  const hamlet::v1::PushRequest& request = job->request;
+  const Caller& caller = job->caller;
   if (!sync::IsUuid(request.batch_id())) {
-    return absl::InvalidArgumentError("batch_id must be a UUID generated for this batch");
+    return job->done(absl::InvalidArgumentError("batch_id must be a UUID generated for this batch"));
   }
-  if (request.changes_size() == 0) {
-    return absl::InvalidArgumentError("a push needs at least one change");
-  }
+  if (request.changes_size() == 0) return job->done(absl::InvalidArgumentError("a push needs at least one change"));
   if (request.changes_size() > options_.max_batch_records) {
-    return absl::InvalidArgumentError(absl::StrCat("a push may carry at most ", options_.max_batch_records,
-                                                   " records; this one has ", request.changes_size(),
-                                                   ". Split it into several batches"));
+    return job->done(absl::InvalidArgumentError(absl::StrCat("a push may carry at most ", options_.max_batch_records,
+                                                             " records; this one has ", request.changes_size(),
+                                                             ". Split it into several batches")));
   }
   // A lower-tier server sends merged states with their original stamps; it
   // held them to the lifecycle rules when its devices pushed them, so they
   // are merged as they are. The clock-skew limit still holds: a stamp ahead
   // of this clock is refused until this clock catches up, and the replicator
   // retries until then.
-  const bool replica = caller.principal.role == hamlet::v1::ROLE_REPLICATION_NODE;
-  const OnRefusal on_refusal = request.set_aside_refused() ? OnRefusal::kSetAside : OnRefusal::kRefuseBatch;
-  // The changes that pass validation, and each one's position in the batch.
-  std::vector<const Record*> changes;
-  std::vector<uint32_t> positions;
-  std::vector<hamlet::v1::SetAsideChange> set_aside;
-  const auto set_aside_change = [&](uint32_t index, const absl::Status& why) {
-    hamlet::v1::SetAsideChange& refused = set_aside.emplace_back();
-    refused.set_index(index);
-    refused.set_record_id(request.changes(static_cast<int>(index)).id());
-    refused.set_code(static_cast<int32_t>(why.code()));
-    refused.set_message(std::string(why.message()));
-  };
+  job->replica = caller.principal.role == hamlet::v1::ROLE_REPLICATION_NODE;
+  job->on_refusal = request.set_aside_refused() ? OnRefusal::kSetAside : OnRefusal::kRefuseBatch;
   for (int i = 0; i < request.changes_size(); ++i) {
     const Record& change = request.changes(i);
     absl::Status valid =
-        ValidatePushedChange(change, replica ? sync::ChangeOrigin::kReplica : sync::ChangeOrigin::kDevice);
+        ValidatePushedChange(change, job->replica ? sync::ChangeOrigin::kReplica : sync::ChangeOrigin::kDevice);
     if (!valid.ok()) {
-      if (on_refusal == OnRefusal::kRefuseBatch) return valid;
-      set_aside_change(static_cast<uint32_t>(i), valid);
+      if (job->on_refusal == OnRefusal::kRefuseBatch) return job->done(valid);
+      job->SetAside(static_cast<uint32_t>(i), valid);
       continue;
     }
-    changes.push_back(&change);
-    positions.push_back(static_cast<uint32_t>(i));
+    job->changes.push_back(&change);
+    job->positions.push_back(static_cast<uint32_t>(i));
   }
   const int64_t now_ms = clock_.physical().NowMs();
   const int64_t limit_ms = now_ms + absl::ToInt64Milliseconds(options_.max_clock_skew);
-  for (const Record* each : changes) {
+  for (const Record* each : job->changes) {
     const Record& change = *each;
     if (sync::MaxStampMs(change) > limit_ms) {
       absl::Status status = absl::FailedPreconditionError(absl::StrFormat(
@@ -345,50 +390,56 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::PushWhole(const hamlet::v1::PushR
           "Correct the device clock and stamp the edits again",
           change.id(), sync::MaxStampMs(change) - now_ms, now_ms, absl::ToInt64Milliseconds(options_.max_clock_skew)));
       status.SetPayload(kServerTimeKey, absl::Cord(absl::StrCat(now_ms)));
-      return WithReason(status, "CLOCK_SKEW");
+      return job->done(WithReason(status, "CLOCK_SKEW"));
     }
   }
-  const std::string hash = ContentHash(request);
+  job->hash = ContentHash(request);
+  store_->Submit([this, job](storage::CommitGroup& group) { return StagePush(*job, group); },
+                 [this, job](const absl::Status& status) {
+                   if (!status.ok()) return job->done(status);
+                   if (job->committed.has_value()) Published(*job->committed);
+                   job->done(std::move(job->response));
+                 });
+}
 
-  hamlet::v1::PushResponse response;
-  // Under push_mu_: a retried batch is answered from its receipt; a new one is
-  // merged and applied. The sync comes after, outside the lock.
-  const auto apply = [&]() -> absl::StatusOr<Committed> {
-    absl::MutexLock push_lock(&push_mu_);
-    HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
-                            store_->GetBatchReceipt(request.device_id(), request.batch_id()));
-    if (receipt.has_value()) {
-      if (receipt->content_hash() != hash) {
-        return absl::AlreadyExistsError(absl::StrCat("batch ", request.batch_id(),
-                                                     " was already applied with different content; "
-                                                     "a new batch needs a new batch_id"));
-      }
-      if (!response.ParseFromString(receipt->response())) {
-        return absl::DataLossError("stored push response is damaged");
-      }
-      // The first attempt may still be on its way to disk: answer once it is.
-      return Committed{storage::TownStore::Applied{0, store_->LastWrite()}, {}};
+absl::Status Town::StagePush(PushJob& job, storage::CommitGroup& group) {
+  const hamlet::v1::PushRequest& request = job.request;
+  // A retried batch is answered from its receipt (durable once the group
+  // that reads it is, if it is in the group); a new one is merged and staged.
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
+                          group.GetBatchReceipt(request.device_id(), request.batch_id()));
+  if (receipt.has_value()) {
+    if (receipt->content_hash() != job.hash) {
+      return absl::AlreadyExistsError(absl::StrCat("batch ", request.batch_id(),
+                                                   " was already applied with different content; "
+                                                   "a new batch needs a new batch_id"));
     }
-    HAMLET_ASSIGN_OR_RETURN(Merged merged,
-                            MergeChanges(changes, caller, WriteCheck::kPerRecord,
-                                         replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves, on_refusal));
-    for (const auto& [i, why] : merged.refused) set_aside_change(positions[i], why);
-    std::sort(set_aside.begin(), set_aside.end(), [](const auto& a, const auto& b) { return a.index() < b.index(); });
-    for (hamlet::v1::SetAsideChange& refused : set_aside) *response.add_set_aside() = std::move(refused);
-    response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
-    return CommitMerged(
-        request.device_id(), request.batch_id(), {request.app_version(), request.pending_changes(), request.reoffer()},
-        hash, std::move(merged), [&](uint64_t last_seq) {
-          response.set_server_seq(last_seq);
-          response.set_server_id(store_->server_id());
-          response.set_epoch(store_->epoch());
-          *response.mutable_server_time() = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
-          return response.SerializeAsString();
-        });
-  };
-  HAMLET_ASSIGN_OR_RETURN(Committed committed, apply());
-  HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
-  return response;
+    if (!job.response.ParseFromString(receipt->response())) {
+      return absl::DataLossError("stored push response is damaged");
+    }
+    return absl::OkStatus();
+  }
+  HAMLET_ASSIGN_OR_RETURN(Merged merged,
+                          MergeChanges(group, job.changes, job.caller, WriteCheck::kPerRecord,
+                                       job.replica ? LifecycleCheck::kNone : LifecycleCheck::kMoves, job.on_refusal));
+  for (const auto& [i, why] : merged.refused) job.SetAside(job.positions[i], why);
+  std::sort(job.set_aside.begin(), job.set_aside.end(),
+            [](const auto& a, const auto& b) { return a.index() < b.index(); });
+  hamlet::v1::PushResponse& response = job.response;
+  for (hamlet::v1::SetAsideChange& refused : job.set_aside) *response.add_set_aside() = std::move(refused);
+  response.set_applied_records(static_cast<uint32_t>(merged.writes.size()));
+  HAMLET_ASSIGN_OR_RETURN(job.committed,
+                          CommitMerged(group, request.device_id(), request.batch_id(),
+                                       {request.app_version(), request.pending_changes(), request.reoffer()}, job.hash,
+                                       std::move(merged), [&](uint64_t last_seq) {
+                                         response.set_server_seq(last_seq);
+                                         response.set_server_id(store_->server_id());
+                                         response.set_epoch(store_->epoch());
+                                         *response.mutable_server_time() =
+                                             TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+                                         return response.SerializeAsString();
+                                       }));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<size_t> Town::ApplyUpstreamUnits(std::vector<Record> records) {
@@ -405,18 +456,17 @@ absl::StatusOr<size_t> Town::ApplyUpstreamUnits(std::vector<Record> records) {
   upstream.principal.role = hamlet::v1::ROLE_REPLICATION_NODE;
   upstream.peer = "upstream";
   absl::BitGen gen;
-  size_t changed;
-  Committed committed;
-  {
-    absl::MutexLock push_lock(&push_mu_);
-    HAMLET_ASSIGN_OR_RETURN(
-        Merged merged, MergeChanges(units, upstream, WriteCheck::kAuthorityCheckedByCaller, LifecycleCheck::kNone));
+  const std::string batch_id = sync::NewUuid(gen);
+  size_t changed = 0;
+  HAMLET_RETURN_IF_ERROR(CommitAndPublish([&](storage::CommitGroup& group, std::optional<Committed>* committed) {
+    HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(group, units, upstream, WriteCheck::kAuthorityCheckedByCaller,
+                                                        LifecycleCheck::kNone));
     changed = merged.writes.size();
-    if (changed == 0) return 0;
-    HAMLET_ASSIGN_OR_RETURN(committed, CommitMerged(store_->server_id(), sync::NewUuid(gen), DeviceReport(), "",
-                                                    std::move(merged), [](uint64_t) { return std::string(); }));
-  }
-  HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
+    if (changed == 0) return absl::OkStatus();
+    HAMLET_ASSIGN_OR_RETURN(*committed, CommitMerged(group, store_->server_id(), batch_id, DeviceReport(), "",
+                                                     std::move(merged), [](uint64_t) { return std::string(); }));
+    return absl::OkStatus();
+  }));
   return changed;
 }
 
@@ -443,10 +493,18 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   }
   const std::string hash = Sha256(request.SerializeAsString());
 
-  // Resolutions are rare: this one syncs while holding push_mu_.
-  absl::MutexLock push_lock(&push_mu_);
+  hamlet::v1::ResolveConflictResponse response;
+  HAMLET_RETURN_IF_ERROR(CommitAndPublish([&](storage::CommitGroup& group, std::optional<Committed>* committed) {
+    return StageResolution(request, caller, hash, group, &response, committed);
+  }));
+  return response;
+}
+
+absl::Status Town::StageResolution(const hamlet::v1::ResolveConflictRequest& request, const Caller& caller,
+                                   const std::string& hash, storage::CommitGroup& group,
+                                   hamlet::v1::ResolveConflictResponse* response, std::optional<Committed>* committed) {
   HAMLET_ASSIGN_OR_RETURN(std::optional<storage::BatchReceipt> receipt,
-                          store_->GetBatchReceipt(request.device_id(), request.request_id()));
+                          group.GetBatchReceipt(request.device_id(), request.request_id()));
   if (receipt.has_value()) {
     if (receipt->content_hash() != hash) {
       return absl::AlreadyExistsError(
@@ -454,14 +512,12 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
     }
     // The receipt names the record but does not hold it (it may be sealed):
     // a retry gets the record as it is now.
-    hamlet::v1::ResolveConflictResponse response;
-    if (!response.ParseFromString(receipt->response())) return absl::DataLossError("stored response is damaged");
-    HAMLET_ASSIGN_OR_RETURN(std::optional<Record> current, store_->GetRecord(request.record_id()));
-    if (current.has_value()) *response.mutable_record() = std::move(*current);
-    HAMLET_RETURN_IF_ERROR(store_->WaitDurable(store_->LastWrite()));
-    return response;
+    if (!response->ParseFromString(receipt->response())) return absl::DataLossError("stored response is damaged");
+    HAMLET_ASSIGN_OR_RETURN(std::optional<Record> current, group.GetRecord(request.record_id()));
+    if (current.has_value()) *response->mutable_record() = std::move(*current);
+    return absl::OkStatus();
   }
-  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, store_->GetRecord(request.record_id()));
+  HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, group.GetRecord(request.record_id()));
   if (!record.has_value()) return absl::NotFoundError(absl::StrCat("no record ", request.record_id()));
   if (caller.principal.role != hamlet::v1::ROLE_ADMIN) {
     absl::MutexLock lock(&units_mu_);
@@ -504,29 +560,27 @@ absl::StatusOr<hamlet::v1::ResolveConflictResponse> Town::ResolveConflict(
   sync::PutFieldStamp(&change, lead);
   HAMLET_RETURN_IF_ERROR(ValidatePushedChange(change, sync::ChangeOrigin::kResolution));
   // The resolver's authority was checked above, in place of the write check.
-  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges({&change}, caller, WriteCheck::kAuthorityCheckedByCaller));
+  HAMLET_ASSIGN_OR_RETURN(Merged merged, MergeChanges(group, {&change}, caller, WriteCheck::kAuthorityCheckedByCaller));
   merged.audit.push_back(AuditOf(caller, "resolve_conflict", request.record_id(),
                                  absl::StrCat("field ", request.field(), " settled by ", request.resolver()),
                                  clock_.physical().NowMs()));
-  hamlet::v1::ResolveConflictResponse response;
   const bool changes = !merged.writes.empty();
-  *response.mutable_record() = changes ? merged.writes.front().state : *record;
-  HAMLET_ASSIGN_OR_RETURN(Committed committed,
-                          CommitMerged(request.device_id(), request.request_id(), DeviceReport(), hash,
+  *response->mutable_record() = changes ? merged.writes.front().state : *record;
+  HAMLET_ASSIGN_OR_RETURN(*committed,
+                          CommitMerged(group, request.device_id(), request.request_id(), DeviceReport(), hash,
                                        std::move(merged), [&](uint64_t last_seq) {
                                          // One record written: it took the last sequence number.
-                                         if (changes) response.mutable_record()->set_server_seq(last_seq);
-                                         response.set_server_id(store_->server_id());
-                                         response.set_epoch(store_->epoch());
+                                         if (changes) response->mutable_record()->set_server_seq(last_seq);
+                                         response->set_server_id(store_->server_id());
+                                         response->set_epoch(store_->epoch());
                                          hamlet::v1::ResolveConflictResponse receipt;
-                                         receipt.mutable_record()->set_id(response.record().id());
-                                         receipt.mutable_record()->set_server_seq(response.record().server_seq());
-                                         receipt.set_server_id(response.server_id());
-                                         receipt.set_epoch(response.epoch());
+                                         receipt.mutable_record()->set_id(response->record().id());
+                                         receipt.mutable_record()->set_server_seq(response->record().server_seq());
+                                         receipt.set_server_id(response->server_id());
+                                         receipt.set_epoch(response->epoch());
                                          return receipt.SerializeAsString();
                                        }));
-  HAMLET_RETURN_IF_ERROR(FinishCommit(committed));
-  return response;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> Town::ResolveScope(const std::string& scope_unit_code, bool reference_only,

@@ -79,6 +79,14 @@ class Town {
   //   FAILED_PRECONDITION  also: an illegal lifecycle move (sync/lifecycle.h)
   // Lean stamps are filled in first (sync::ExpandStamps), so a batch is the
   // same batch, for its receipt too, in its lean and its whole form.
+  //
+  // The push is checked on the calling thread, then merged and written on the
+  // store's commit thread with the pushes arriving with it (one synced
+  // write: storage::TownStore::Submit); `done` is called there once it is
+  // durable, or refused. It must be quick and must not wait for another push.
+  using PushDone = std::function<void(absl::StatusOr<hamlet::v1::PushResponse>)>;
+  void Push(hamlet::v1::PushRequest request, const Caller& caller, PushDone done);
+  // Push, waiting for `done`.
   absl::StatusOr<hamlet::v1::PushResponse> Push(const hamlet::v1::PushRequest& request, const Caller& caller);
 
   // Settles an open conflict (see sync.proto). Errors: INVALID_ARGUMENT,
@@ -118,8 +126,11 @@ class Town {
   const TownOptions& options() const { return options_; }
 
  private:
+  struct PushJob;
   // Push, once every stamp names its writer.
-  absl::StatusOr<hamlet::v1::PushResponse> PushWhole(const hamlet::v1::PushRequest& request, const Caller& caller);
+  void PushWhole(std::shared_ptr<PushJob> job);
+  // The merge and commit of a checked push, in its commit group.
+  absl::Status StagePush(PushJob& job, storage::CommitGroup& group);
   Town(storage::TownStore* store, ChangeFeed* feed, const sync::PhysicalClock* clock, const TownOptions& options);
   // A batch's merged records, only those that changed.
   struct Merged {
@@ -137,11 +148,11 @@ class Town {
   enum class LifecycleCheck { kMoves, kNone };
   absl::Status ValidatePushedChange(const hamlet::v1::Record& change, sync::ChangeOrigin origin) const;
   // Each change is checked and merged into its record's state as left by the
-  // changes before it that were not refused.
-  absl::StatusOr<Merged> MergeChanges(const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller,
+  // changes before it that were not refused (as `group` holds it).
+  absl::StatusOr<Merged> MergeChanges(storage::CommitGroup& group,
+                                      const std::vector<const hamlet::v1::Record*>& changes, const Caller& caller,
                                       WriteCheck check, LifecycleCheck lifecycle = LifecycleCheck::kMoves,
-                                      OnRefusal on_refusal = OnRefusal::kRefuseBatch)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
+                                      OnRefusal on_refusal = OnRefusal::kRefuseBatch);
   // The checks of one change against its record's state (empty if new):
   // same record, creatable, writable, lifecycle moves.
   absl::Status CheckChange(const hamlet::v1::Record& change, const hamlet::v1::Record& state, const Caller& caller,
@@ -158,20 +169,29 @@ class Town {
     // The call offers again what this server acknowledged before a restore.
     bool reoffer = false;
   };
-  // An applied commit, and the communes whose records it changed.
+  // A staged commit: its last sequence number, the communes whose records
+  // it changes, and the admin units among them.
   struct Committed {
-    storage::TownStore::Applied applied;
+    uint64_t last_seq = 0;
     std::vector<std::string> communes;
+    std::vector<hamlet::v1::Record> units;
   };
-  // Commits merged records with a receipt holding respond(last_seq): applies
-  // them (storage::TownStore::ApplyPush); the caller waits for them to be
-  // durable after releasing push_mu_ (FinishCommit).
-  absl::StatusOr<Committed> CommitMerged(const std::string& device_id, const std::string& batch_id,
-                                         const DeviceReport& report, const std::string& content_hash, Merged merged,
-                                         const std::function<std::string(uint64_t)>& respond)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
-  // Waits until a commit is durable, then tells watchers about it.
-  absl::Status FinishCommit(const Committed& committed);
+  // Stages merged records in `group` with a receipt holding respond(last_seq).
+  absl::StatusOr<Committed> CommitMerged(storage::CommitGroup& group, const std::string& device_id,
+                                         const std::string& batch_id, const DeviceReport& report,
+                                         const std::string& content_hash, Merged merged,
+                                         const std::function<std::string(uint64_t)>& respond);
+  // Once a commit is durable: the unit directory takes its admin units, and
+  // watchers are told.
+  void Published(const Committed& committed);
+  // Submits `stage` to the store's commit queue and waits; what it commits
+  // (`*committed`) is published once durable.
+  absl::Status CommitAndPublish(
+      const std::function<absl::Status(storage::CommitGroup&, std::optional<Committed>*)>& stage);
+  // The merge and commit of a checked resolution, in its commit group.
+  absl::Status StageResolution(const hamlet::v1::ResolveConflictRequest& request, const Caller& caller,
+                               const std::string& hash, storage::CommitGroup& group,
+                               hamlet::v1::ResolveConflictResponse* response, std::optional<Committed>* committed);
   absl::Status LoadUnits();
   absl::Status SeedUnits();
   // The commune a pull or watch of `scope_unit_code` reads ("" for the whole
@@ -193,10 +213,6 @@ class Town {
   sync::HybridClock clock_;
   ChangeFeed* const feed_;
 
-  // Held from reading the records a push touches until its commit is applied,
-  // so that no other push's merge is lost in between; released before the
-  // commit is synced, so that concurrent pushes share one sync.
-  absl::Mutex push_mu_;
   mutable absl::Mutex units_mu_;
   sync::UnitDirectory units_ ABSL_GUARDED_BY(units_mu_);
 };

@@ -6,6 +6,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "rocksdb/db.h"
 #include "rocksdb/write_batch.h"
 #include "storage/rocks.h"
@@ -267,9 +268,23 @@ absl::StatusOr<uint64_t> TownStore::Reseal() {
   return count;
 }
 
-TownStore::~TownStore() = default;
+TownStore::~TownStore() {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    stopping_ = true;
+  }
+  // The commits already queued are written first.
+  if (committer_.joinable()) committer_.join();
+}
 
 absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& dir, const TownStoreOptions& options) {
+  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<TownStore> store, Load(dir, options));
+  TownStore* started = store.get();
+  store->committer_ = std::thread([started] { started->RunCommits(); });
+  return store;
+}
+
+absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Load(const std::string& dir, const TownStoreOptions& options) {
   HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, FamilyNames(), options.env));
   std::unique_ptr<TownStore> store(new TownStore());
   store->options_ = options;
@@ -336,11 +351,6 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
   store->last_seq_ = GetBigEndian64(value);
   // Whatever the log held is on disk now: opening replays it into tables.
   HAMLET_RETURN_IF_ERROR(FromRocks(db->SyncWAL(), "syncing the write-ahead log"));
-  store->durable_seq_ = store->last_seq_.load();
-  {
-    absl::MutexLock lock(&store->sync_mu_);
-    store->written_seq_ = store->last_seq_.load();
-  }
   // A store made before cursors were authenticated gets its key now.
   if (const rocksdb::Status got = db->Get(rocksdb::ReadOptions(), store->meta_, "cursor_key", &store->cursor_key_);
       got.IsNotFound()) {
@@ -411,101 +421,162 @@ absl::StatusOr<std::optional<DeviceState>> TownStore::GetDevice(const std::strin
   return device;
 }
 
-absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
-                                               const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
-  HAMLET_ASSIGN_OR_RETURN(Applied applied, ApplyPush(std::move(commit), make_receipt));
-  HAMLET_RETURN_IF_ERROR(WaitDurable(applied.write));
-  return applied.last_seq;
-}
-
 namespace {
 
-// The error of the write that failed, as every later write is refused with it.
+// The error of the write that failed, as every later commit is refused with it.
 absl::Status Refusing(const absl::Status& failed) {
   return absl::Status(failed.code(), absl::StrCat(failed.message(),
                                                   "; the store takes no more writes: check the disk, then restart "
                                                   "hamletd"));
 }
 
+// Most commits one group takes: bounds what one WriteBatch holds (a push
+// carries at most a few MiB) and what the commits at its end wait for.
+constexpr size_t kMaxGroup = 256;
+
 }  // namespace
 
-uint64_t TownStore::LastWrite() const {
-  absl::MutexLock lock(&sync_mu_);
-  return written_;
+CommitGroup::CommitGroup(TownStore* store)
+    : store_(store), seq_(store->last_seq_.load()), batch_(std::make_unique<rocksdb::WriteBatch>()) {}
+
+CommitGroup::~CommitGroup() = default;
+
+absl::StatusOr<std::optional<Record>> CommitGroup::GetRecord(const std::string& id) const {
+  if (auto it = records_.find(id); it != records_.end()) return it->second;
+  return store_->GetRecord(id);
+}
+
+absl::StatusOr<std::optional<BatchReceipt>> CommitGroup::GetBatchReceipt(const std::string& device_id,
+                                                                         const std::string& batch_id) const {
+  if (auto it = receipts_.find(BatchKey(device_id, batch_id)); it != receipts_.end()) return it->second;
+  return store_->GetBatchReceipt(device_id, batch_id);
+}
+
+absl::StatusOr<std::optional<DeviceState>> CommitGroup::GetDevice(const std::string& device_id) const {
+  if (auto it = devices_.find(device_id); it != devices_.end()) return it->second;
+  return store_->GetDevice(device_id);
+}
+
+absl::StatusOr<uint64_t> CommitGroup::Stage(PushCommit commit,
+                                            const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
+  // Everything that can fail comes first, so that a refused commit leaves
+  // nothing in the group.
+  uint64_t seq = seq_;
+  std::vector<std::string> encoded;
+  encoded.reserve(commit.records.size());
+  for (RecordWrite& write : commit.records) {
+    write.state.set_server_seq(++seq);
+    HAMLET_ASSIGN_OR_RETURN(encoded.emplace_back(), store_->EncodeRecord(write.state));
+  }
+  const BatchReceipt receipt = make_receipt(seq);
+
+  rocksdb::WriteBatch& batch = *batch_;
+  for (size_t i = 0; i < commit.records.size(); ++i) {
+    RecordWrite& write = commit.records[i];
+    const uint64_t at = write.state.server_seq();
+    if (write.previous_seq != 0) {
+      batch.Delete(store_->changes_, SeqKey(write.previous_seq));
+      batch.Delete(store_->commune_changes_, BucketPrefix(write.commune) + SeqKey(write.previous_seq));
+      --count_delta_[CountKey(WholeCountPrefix(), write.previous_seq)];
+      --count_delta_[CountKey(BucketPrefix(write.commune), write.previous_seq)];
+    }
+    if (static_cast<uint8_t>(encoded[i][0]) == kSealedFormatV1) batch.Put(store_->meta_, "holds_sealed", "1");
+    batch.Put(store_->records_, write.state.id(), encoded[i]);
+    batch.Put(store_->changes_, SeqKey(at), write.state.id());
+    batch.Put(store_->commune_changes_, BucketPrefix(write.commune) + SeqKey(at), write.state.id());
+    ++count_delta_[CountKey(WholeCountPrefix(), at)];
+    ++count_delta_[CountKey(BucketPrefix(write.commune), at)];
+    sync::AddTallyDelta(write.previous, write.state, &tally_delta_);
+    if (write.state.conflicts_size() > 0) {
+      batch.Put(store_->conflicted_, write.state.id(), write.commune);
+    } else {
+      batch.Delete(store_->conflicted_, write.state.id());
+    }
+    records_[write.state.id()] = std::move(write.state);
+  }
+  const std::string batch_key = BatchKey(commit.device_id, commit.batch_id);
+  batch.Put(store_->devices_, commit.device_id, EncodeValue(commit.device));
+  batch.Put(store_->batches_, batch_key, EncodeValue(receipt));
+  devices_[commit.device_id] = std::move(commit.device);
+  receipts_[batch_key] = receipt;
+  for (hamlet::v1::AuditEntry& entry : commit.audit) audit_.push_back(std::move(entry));
+  clock_ = std::move(commit.clock);
+  seq_ = seq;
+  staged_ = true;
+  return seq;
+}
+
+void TownStore::Submit(StageFn stage, DoneFn done) {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    if (!stopping_) {
+      queue_.push_back({std::move(stage), std::move(done)});
+      return;
+    }
+  }
+  done(absl::UnavailableError("the store is closing; send the change again"));
+}
+
+absl::Status TownStore::Commit(StageFn stage) {
+  absl::Notification finished;
+  absl::Status result;
+  Submit(std::move(stage), [&](const absl::Status& status) {
+    result = status;
+    finished.Notify();
+  });
+  finished.WaitForNotification();
+  return result;
+}
+
+absl::StatusOr<uint64_t> TownStore::CommitPush(PushCommit commit,
+                                               const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
+  uint64_t last_seq = 0;
+  HAMLET_RETURN_IF_ERROR(Commit([&](CommitGroup& group) -> absl::Status {
+    HAMLET_ASSIGN_OR_RETURN(last_seq, group.Stage(std::move(commit), make_receipt));
+    return absl::OkStatus();
+  }));
+  return last_seq;
 }
 
 absl::Status TownStore::store_error() const {
-  absl::MutexLock lock(&sync_mu_);
+  absl::MutexLock lock(&queue_mu_);
   return store_error_;
 }
 
-absl::Status TownStore::WaitDurable(uint64_t write) {
-  absl::MutexLock lock(&sync_mu_);
+void TownStore::RunCommits() {
   while (true) {
-    if (!store_error_.ok()) return store_error_;
-    if (durable_ >= write) return absl::OkStatus();
-    if (syncing_) {
-      // The sync in flight may have started before this write: wait for it,
-      // then look again.
-      const auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) { return !syncing_; };
-      sync_mu_.Await(absl::Condition(&done));
-      continue;
+    std::vector<Pending> pending;
+    {
+      absl::MutexLock lock(&queue_mu_);
+      const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) { return stopping_ || !queue_.empty(); };
+      queue_mu_.Await(absl::Condition(&ready));
+      if (queue_.empty()) return;  // Stopping, and nothing left to commit.
+      const size_t take = std::min(queue_.size(), kMaxGroup);
+      std::move(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take), std::back_inserter(pending));
+      queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take));
     }
-    syncing_ = true;
-    const uint64_t target = written_;
-    const uint64_t target_seq = written_seq_;
-    rocksdb::Status synced = rocksdb::Status::OK();
-    if (options_.sync_writes) {
-      sync_mu_.Unlock();
-      synced = db_->db->SyncWAL();
-      wal_syncs_.fetch_add(1);
-      sync_mu_.Lock();
-    }
-    syncing_ = false;
-    if (!synced.ok()) {
-      store_error_ = Refusing(FromRocks(synced, "syncing the write-ahead log"));
-      return store_error_;
-    }
-    durable_ = std::max(durable_, target);
-    durable_seq_.store(std::max(durable_seq_.load(), target_seq));
-    unsynced_moves_.erase(unsynced_moves_.begin(), unsynced_moves_.upper_bound(target_seq));
+    CommitGroupOf(pending);
   }
 }
 
-absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
-    PushCommit commit, const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt) {
-  absl::MutexLock lock(&commit_mu_);
-  HAMLET_RETURN_IF_ERROR(store_error());
-  uint64_t seq = last_seq_.load();
-  rocksdb::WriteBatch batch;
-  for (RecordWrite& write : commit.records) {
-    if (write.previous_seq != 0) {
-      batch.Delete(changes_, SeqKey(write.previous_seq));
-      batch.Delete(commune_changes_, BucketPrefix(write.commune) + SeqKey(write.previous_seq));
-    }
-    ++seq;
-    write.state.set_server_seq(seq);
-    HAMLET_ASSIGN_OR_RETURN(std::string encoded, EncodeRecord(write.state));
-    if (static_cast<uint8_t>(encoded[0]) == kSealedFormatV1) batch.Put(meta_, "holds_sealed", "1");
-    batch.Put(records_, write.state.id(), encoded);
-    batch.Put(changes_, SeqKey(seq), write.state.id());
-    batch.Put(commune_changes_, BucketPrefix(write.commune) + SeqKey(seq), write.state.id());
+void TownStore::CommitGroupOf(std::vector<Pending>& pending) {
+  std::vector<absl::Status> staged(pending.size());
+  absl::Status written = store_error();
+  if (written.ok()) {
+    absl::MutexLock lock(&commit_mu_);
+    CommitGroup group(this);
+    for (size_t i = 0; i < pending.size(); ++i) staged[i] = pending[i].stage(group);
+    if (group.staged_) written = WriteGroup(group);
   }
-  std::map<std::string, int64_t> count_delta;
-  for (const RecordWrite& write : commit.records) {
-    if (write.previous_seq != 0) {
-      --count_delta[CountKey(WholeCountPrefix(), write.previous_seq)];
-      --count_delta[CountKey(BucketPrefix(write.commune), write.previous_seq)];
-    }
-    ++count_delta[CountKey(WholeCountPrefix(), write.state.server_seq())];
-    ++count_delta[CountKey(BucketPrefix(write.commune), write.state.server_seq())];
-  }
-  for (const auto& [key, n] : count_delta) {
+  for (size_t i = 0; i < pending.size(); ++i) pending[i].done(staged[i].ok() ? written : staged[i]);
+}
+
+absl::Status TownStore::WriteGroup(CommitGroup& group) {
+  rocksdb::WriteBatch& batch = *group.batch_;
+  for (const auto& [key, n] : group.count_delta_) {
     if (n != 0) HAMLET_RETURN_IF_ERROR(AddToCount(db_->db.get(), index_counts_, key, n, &batch));
   }
-  sync::Tallies delta;
-  for (const RecordWrite& write : commit.records) sync::AddTallyDelta(write.previous, write.state, &delta);
-  for (const auto& [key, n] : delta) {
+  for (const auto& [key, n] : group.tally_delta_) {
     const std::string bytes = TallyKeyBytes(key);
     std::string value;
     rocksdb::Status got = db_->db->Get(rocksdb::ReadOptions(), tallies_, bytes, &value);
@@ -521,51 +592,33 @@ absl::StatusOr<TownStore::Applied> TownStore::ApplyPush(
       batch.Put(tallies_, bytes, SeqKey(static_cast<uint64_t>(count)));
     }
   }
-  for (const RecordWrite& write : commit.records) {
-    if (write.state.conflicts_size() > 0) {
-      batch.Put(conflicted_, write.state.id(), write.commune);
-    } else {
-      batch.Delete(conflicted_, write.state.id());
-    }
-  }
+  batch.Put(meta_, "last_seq", SeqKey(group.seq_));
+  if (group.clock_.has_value()) batch.Put(meta_, "clock", EncodeValue(*group.clock_));
   absl::MutexLock audit_lock(&audit_mu_);
   uint64_t audit_seq = last_audit_seq_.load();
-  for (hamlet::v1::AuditEntry& entry : commit.audit) {
+  for (hamlet::v1::AuditEntry& entry : group.audit_) {
     entry.set_seq(++audit_seq);
     batch.Put(audit_, SeqKey(audit_seq), EncodeValue(entry));
   }
-  batch.Put(meta_, "last_seq", SeqKey(seq));
-  batch.Put(meta_, "clock", EncodeValue(commit.clock));
-  batch.Put(devices_, commit.device_id, EncodeValue(commit.device));
-  batch.Put(batches_, BatchKey(commit.device_id, commit.batch_id), EncodeValue(make_receipt(seq)));
-  uint64_t lowest_moved = UINT64_MAX;
-  for (const RecordWrite& write : commit.records) {
-    if (write.previous_seq != 0) lowest_moved = std::min(lowest_moved, write.previous_seq);
-  }
-  if (lowest_moved != UINT64_MAX) {
-    // Registered before the write, so a pull whose snapshot holds it sees it.
-    absl::MutexLock sync_lock(&sync_mu_);
-    unsynced_moves_[seq] = lowest_moved;
-  }
-  // Not synced here: WaitDurable syncs once for every write applied before it.
-  if (absl::Status written = FromRocks(db_->db->Write(rocksdb::WriteOptions(), &batch), "committing push");
-      !written.ok()) {
-    absl::MutexLock sync_lock(&sync_mu_);
-    unsynced_moves_.erase(seq);
-    // RocksDB takes no writes after a failed log write (an I/O error or a
-    // full disk), and neither does the store: a later acknowledged write after
-    // a torn log record would be dropped by recovery.
+  // One synced write: visible to reads only once it is durable.
+  rocksdb::WriteOptions write;
+  write.sync = options_.sync_writes;
+  absl::Status written = FromRocks(db_->db->Write(write, &batch), "writing a commit to the write-ahead log");
+  if (!written.ok()) {
+    // RocksDB takes no writes after a failed log write or sync (an I/O error
+    // or a full disk), and neither does the store: a later acknowledged write
+    // after a torn log record would be dropped by recovery.
     if (absl::IsUnavailable(written) || absl::IsResourceExhausted(written)) {
+      absl::MutexLock lock(&queue_mu_);
       store_error_ = Refusing(written);
       return store_error_;
     }
     return written;
   }
+  wal_syncs_.fetch_add(1);
   last_audit_seq_.store(audit_seq);
-  last_seq_.store(seq);
-  absl::MutexLock sync_lock(&sync_mu_);
-  written_seq_ = seq;
-  return Applied{seq, ++written_};
+  last_seq_.store(group.seq_);
+  return absl::OkStatus();
 }
 
 absl::Status TownStore::PutEnrolment(const Enrolment& enrolment, hamlet::v1::AuditEntry audit) {
@@ -665,17 +718,11 @@ absl::StatusOr<uint64_t> TownStore::CountConflicted() const {
 
 absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
                                                   size_t max_bytes, CountRemaining count) const {
-  // Only durable changes are read, so a page never holds what a crash could
-  // take back. Reading durable_seq before taking the snapshot means the
+  // Commits are visible only once durable, so a page never holds what a crash
+  // could take back. Reading last_seq before taking the snapshot means the
   // snapshot holds every change up to it.
-  uint64_t last_seq = durable_seq_.load();
+  const uint64_t last_seq = last_seq_.load();
   const rocksdb::Snapshot* snapshot = db_->db->GetSnapshot();
-  {
-    // A write in the snapshot that moved a record is not durable yet: stop
-    // below the record's old entry, which the snapshot no longer holds.
-    absl::MutexLock lock(&sync_mu_);
-    for (const auto& [write_seq, lowest_moved] : unsynced_moves_) last_seq = std::min(last_seq, lowest_moved - 1);
-  }
   struct Releaser {
     rocksdb::DB* db;
     const rocksdb::Snapshot* snapshot;

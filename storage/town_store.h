@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -19,10 +20,12 @@
 #include "storage/sealing.h"
 #include "storage/storage.pb.h"
 #include "sync/clock.h"
+#include "sync/report.h"
 
 namespace rocksdb {
 class ColumnFamilyHandle;
 class Env;
+class WriteBatch;
 }  // namespace rocksdb
 
 namespace hamlet::storage {
@@ -98,6 +101,57 @@ struct PushCommit {
   std::vector<hamlet::v1::AuditEntry> audit;
 };
 
+class TownStore;
+
+// The commits of one group (TownStore::Submit) staged into one WriteBatch, and
+// the store as they leave it: a read through the group sees what the commits
+// before it in the group staged, else what is stored. Lives on the commit
+// thread, for the `stage` functions of one group.
+class CommitGroup {
+ public:
+  ~CommitGroup();
+  CommitGroup(const CommitGroup&) = delete;
+  CommitGroup& operator=(const CommitGroup&) = delete;
+
+  absl::StatusOr<std::optional<hamlet::v1::Record>> GetRecord(const std::string& id) const;
+  absl::StatusOr<std::optional<BatchReceipt>> GetBatchReceipt(const std::string& device_id,
+                                                              const std::string& batch_id) const;
+  absl::StatusOr<std::optional<DeviceState>> GetDevice(const std::string& device_id) const;
+  // The sequence number of the latest change staged, or stored.
+  uint64_t last_seq() const { return seq_; }
+
+  // Stages a commit: its records (each getting the next sequence number, its
+  // old index entries removed so that the index holds each record once), the
+  // receipt `make_receipt` makes from the last sequence number, the device
+  // state, the audit entries and the clock. Nothing is staged on error.
+  // Returns the last sequence number assigned (last_seq() if no record).
+  // REQUIRES: each record id appears at most once in `commit.records`, and
+  // `commune`, `previous_seq` and `previous` are what the record was indexed
+  // under and held, as read through this group. A record never changes unit;
+  // if a village moved to another commune, its records would keep an index
+  // entry in the old bucket until rewritten.
+  absl::StatusOr<uint64_t> Stage(PushCommit commit, const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
+
+ private:
+  friend class TownStore;
+  explicit CommitGroup(TownStore* store);
+
+  TownStore* const store_;
+  uint64_t seq_;
+  std::unique_ptr<rocksdb::WriteBatch> batch_;
+  // What the staged commits wrote, for reads through the group.
+  std::map<std::string, hamlet::v1::Record> records_;
+  std::map<std::string, BatchReceipt> receipts_;
+  std::map<std::string, DeviceState> devices_;
+  // Added to the stored counts and tallies when the group is written.
+  std::map<std::string, int64_t> count_delta_;
+  sync::Tallies tally_delta_;
+  // Given their sequence numbers when the group is written.
+  std::vector<hamlet::v1::AuditEntry> audit_;
+  std::optional<hamlet::v1::Stamp> clock_;
+  bool staged_ = false;
+};
+
 // Whether ReadChanges counts the changes left after its page (costs one key
 // read per change left).
 enum class CountRemaining { kNo, kYes };
@@ -147,9 +201,9 @@ struct BackupCheck {
 // The town server's database: current records, the change index, device state,
 // batch receipts and server metadata. docs/STORAGE.md gives the key layout.
 //
-// Thread-safe. Reads see a consistent snapshot. CommitPush calls are serialized
-// inside; a caller that reads, merges and then commits must hold its own lock
-// across the three so that no other push commits in between.
+// Thread-safe. Reads see a consistent snapshot of durable writes; commits go
+// through one queue (Submit), so that a commit that reads, merges and writes
+// sees every commit before it.
 class TownStore {
  public:
   // Opens the store in `dir`, creating it (with a new server id, epoch 1) if
@@ -183,47 +237,36 @@ class TownStore {
 
   absl::StatusOr<std::optional<DeviceState>> GetDevice(const std::string& device_id) const;
 
-  // Writes a push: records (each getting the next sequence number, old index
-  // entries removed so the index holds each record once), the receipt made by
-  // `make_receipt` from the last sequence number, and the device state, in one
-  // WriteBatch. Nothing is written on error. Reads see the write at once, but
-  // it is durable only once WaitDurable(write) returns OK: a caller that
-  // acknowledges it must wait (group commit: concurrent pushes apply one after
-  // another under the caller's lock, then share one WAL sync outside it).
-  // Pulls (ReadChanges) see only durable changes.
-  struct Applied {
-    // The last sequence number assigned (the store's last_seq if none was).
-    uint64_t last_seq = 0;
-    // The write's place among all writes, for WaitDurable.
-    uint64_t write = 0;
-  };
-  // REQUIRES: each record id appears at most once in `commit.records`, and
-  // `commune` and `previous_seq` are what the stored record was indexed under.
-  // A record never changes unit; if a village moved to another commune, its
-  // records would keep an index entry in the old bucket until rewritten.
-  absl::StatusOr<Applied> ApplyPush(PushCommit commit,
-                                    const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
-
-  // Blocks until write `write` and every one before it are synced to disk; a
-  // single WAL sync serves every writer waiting at the time. Returns the
-  // sync's error if it failed; from then on no write is ever reported durable
-  // (the server must be restarted). Immediate when sync_writes is off.
-  absl::Status WaitDurable(uint64_t write);
-  // The latest write applied, for a caller that found the effect of a write
-  // it did not wait for (a retried batch's receipt).
-  uint64_t LastWrite() const;
-  // Sequence number up to which every change is durable.
-  uint64_t durable_seq() const { return durable_seq_.load(); }
-  // WAL syncs made by WaitDurable since the store was opened.
+  // Commits go through one queue, served by one commit thread (in the style
+  // of LevelDB's DBImpl::Write): the thread takes every commit waiting, runs
+  // each one's `stage` in order over one CommitGroup (each sees what those
+  // before it staged), writes the group as one WriteBatch synced to disk, and
+  // only then calls each one's `done`, in order. So a change is visible to
+  // reads exactly when it is durable, and commits arriving together share one
+  // sync.
+  //
+  // `stage` reads what it needs through the group and stages its commit
+  // (CommitGroup::Stage), or returns an error having staged nothing. `done`
+  // gets OK, the error `stage` returned, or the group's write error (then
+  // nothing of the group was written). Both run on the commit thread: `done`
+  // must be quick and must not wait for another commit. After a failed log
+  // write or sync (UNAVAILABLE, or RESOURCE_EXHAUSTED for a full disk) every
+  // commit is refused with that error until the store is reopened.
+  using StageFn = std::function<absl::Status(CommitGroup& group)>;
+  using DoneFn = std::function<void(const absl::Status& status)>;
+  void Submit(StageFn stage, DoneFn done);
+  // Submit, then wait for `done`'s status.
+  absl::Status Commit(StageFn stage);
+  // Commit of one PushCommit (CommitGroup::Stage). Returns the last sequence
+  // number assigned.
+  absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
+                                      const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
+  // Commit groups written since the store was opened: each one WAL sync.
   uint64_t wal_syncs() const { return wal_syncs_.load(); }
   // OK, or the error of a failed log write or WAL sync (UNAVAILABLE, or
   // RESOURCE_EXHAUSTED for a full disk), after which the store takes no more
-  // writes and must be reopened.
+  // commits and must be reopened.
   absl::Status store_error() const;
-
-  // ApplyPush, then WaitDurable. Returns the last sequence number assigned.
-  absl::StatusOr<uint64_t> CommitPush(PushCommit commit,
-                                      const std::function<BatchReceipt(uint64_t last_seq)>& make_receipt);
 
   // Saves an enrolment (new, renewed or revoked) with its audit entry, in one
   // synced write.
@@ -299,7 +342,10 @@ class TownStore {
                                          size_t max_bytes, CountRemaining count) const;
 
  private:
+  friend class CommitGroup;
   TownStore() = default;
+  // Open, without starting the commit thread.
+  static absl::StatusOr<std::unique_ptr<TownStore>> Load(const std::string& dir, const TownStoreOptions& options);
   // Opens a restored store and moves it to a new epoch, recording in its
   // history the backup's epoch and last seq, and `backup_ms` (0: unknown).
   static absl::Status StartNewEpoch(const std::string& data_dir, const TownStoreOptions& options, int64_t backup_ms);
@@ -333,24 +379,28 @@ class TownStore {
   std::string cursor_key_;
   hamlet::v1::ServerHistory history_;
   hamlet::v1::Stamp persisted_clock_;
+  // Held while a group is staged and written (and by Reseal): assigning
+  // sequence numbers, the WriteBatch, last_seq.
   absl::Mutex commit_mu_;
   std::atomic<uint64_t> last_seq_{0};
 
-  // Group commit. Writes are numbered as they are applied; a sync of the WAL
-  // makes every write applied before it durable.
-  mutable absl::Mutex sync_mu_;
-  uint64_t written_ ABSL_GUARDED_BY(sync_mu_) = 0;
-  uint64_t written_seq_ ABSL_GUARDED_BY(sync_mu_) = 0;
-  uint64_t durable_ ABSL_GUARDED_BY(sync_mu_) = 0;
-  bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
-  absl::Status store_error_ ABSL_GUARDED_BY(sync_mu_);
-  // For each applied write not yet synced that moved records (by its last
-  // sequence number): the lowest sequence number whose index entry it
-  // deleted. A pull must stop below it: until the write is durable, that
-  // record's durable version is neither in the index nor readable.
-  std::map<uint64_t, uint64_t> unsynced_moves_ ABSL_GUARDED_BY(sync_mu_);
-  std::atomic<uint64_t> durable_seq_{0};
+  // The commit queue and its thread (Submit).
+  struct Pending {
+    StageFn stage;
+    DoneFn done;
+  };
+  void RunCommits();
+  // Stages `pending` into one group and writes it; calls each `done`.
+  void CommitGroupOf(std::vector<Pending>& pending);
+  // Writes a group: its staged batch, with the counts and tallies it changes,
+  // the audit entries, last_seq and the clock, in one synced write.
+  absl::Status WriteGroup(CommitGroup& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  mutable absl::Mutex queue_mu_;
+  std::vector<Pending> queue_ ABSL_GUARDED_BY(queue_mu_);
+  bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
+  absl::Status store_error_ ABSL_GUARDED_BY(queue_mu_);
   std::atomic<uint64_t> wal_syncs_{0};
+  std::thread committer_;
 };
 
 }  // namespace hamlet::storage

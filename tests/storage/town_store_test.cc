@@ -13,7 +13,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "rocksdb/db.h"
 #include "sync/big_endian.h"
 
@@ -103,51 +105,104 @@ TEST_F(TownStoreTest, NewStoreHasIdentityAndNoChanges) {
   EXPECT_EQ(page.remaining, 0u);
 }
 
-// Group commit: an applied push is readable by the merge that follows it but
-// not by pulls until a sync has made it durable; concurrent pushes share syncs.
-TEST_F(TownStoreTest, AppliedPushesAreHiddenFromPullsUntilDurable) {
-  PushCommit commit;
-  commit.device_id = "device-1";
-  commit.batch_id = "b1";
-  commit.records.push_back({NewCase(Id(1), "07132", MakeStamp(1, 0, "d")), "07132", 0, Record()});
-  commit.device.set_device_id("device-1");
-  auto applied = store_->ApplyPush(std::move(commit), [](uint64_t) { return BatchReceipt(); });
-  ASSERT_TRUE(applied.ok()) << applied.status();
-  EXPECT_EQ(applied->last_seq, 1u);
-  auto record = store_->GetRecord(Id(1));
-  ASSERT_TRUE(record.ok() && record->has_value()) << "a later merge must see it";
-  EXPECT_TRUE(Read(ChangeScope::WholeServer(), 0).records.empty()) << "a pull must not see it yet";
-  EXPECT_EQ(store_->durable_seq(), 0u);
-  ASSERT_TRUE(store_->WaitDurable(applied->write).ok());
-  EXPECT_EQ(store_->durable_seq(), 1u);
-  EXPECT_EQ(Read(ChangeScope::WholeServer(), 0).records.size(), 1u);
+// The commit queue: commits waiting together form one group; each reads what
+// those before it staged; a refused one leaves nothing while the rest land;
+// nothing is visible to a pull until the group's one synced write.
+TEST_F(TownStoreTest, CommitsWaitingTogetherAreOneGroupVisibleOnlyOnceWritten) {
+  // Holds the commit thread, so that the commits below queue behind it.
+  absl::Notification release, holding;
+  store_->Submit(
+      [&](CommitGroup&) {
+        holding.Notify();
+        release.WaitForNotification();
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {});
+  holding.WaitForNotification();
 
-  // A record rewritten by an unsynced push has lost its old index entry in
-  // the snapshot: a pull must stop below it rather than step over it.
-  Commit("b2", {{NewCase(Id(2), "07132", MakeStamp(1, 0, "d")), "07132"}});  // Seq 2, durable.
-  PushCommit rewrite;
-  rewrite.device_id = "device-1";
-  rewrite.batch_id = "b3";
-  auto stored = store_->GetRecord(Id(1));
-  ASSERT_TRUE(stored.ok() && stored->has_value());
-  rewrite.records.push_back({NewCase(Id(1), "07132", MakeStamp(2, 0, "d"), "sửa"), "07132", 1, **stored});
-  rewrite.device.set_device_id("device-1");
-  applied = store_->ApplyPush(std::move(rewrite), [](uint64_t) { return BatchReceipt(); });
-  ASSERT_TRUE(applied.ok()) << applied.status();
+  const auto create = [&](int n, const std::string& batch) {
+    PushCommit commit;
+    commit.device_id = "device-1";
+    commit.batch_id = batch;
+    commit.records.push_back({NewCase(Id(n), "07132", MakeStamp(1, 0, "d")), "07132", 0, Record()});
+    commit.device.set_device_id("device-1");
+    commit.device.set_batches_applied(1);
+    return commit;
+  };
+  std::vector<absl::Status> done(4);
+  absl::BlockingCounter finished(4);
+  const auto tell = [&](int i) {
+    return [&, i](const absl::Status& status) {
+      done[i] = status;
+      finished.DecrementCount();
+    };
+  };
+  bool pull_saw_staged = true;
+  store_->Submit(
+      [&](CommitGroup& group) {
+        return group.Stage(create(1, "b1"), [](uint64_t) { return BatchReceipt(); }).status();
+      },
+      tell(0));
+  store_->Submit(
+      [&](CommitGroup& group) -> absl::Status {
+        // The record and the device as commit 1 left them, seen through the group only.
+        auto record = group.GetRecord(Id(1));
+        auto device = group.GetDevice("device-1");
+        auto receipt = group.GetBatchReceipt("device-1", "b1");
+        if (!record.ok() || !record->has_value() || (*record)->server_seq() != 1) {
+          return absl::InternalError("commit 1's record is not seen through the group");
+        }
+        if (!device.ok() || !device->has_value() || !receipt.ok() || !receipt->has_value()) {
+          return absl::InternalError("commit 1's device or receipt is not seen through the group");
+        }
+        pull_saw_staged = !Read(ChangeScope::WholeServer(), 0).records.empty() || store_->last_seq() != 0 ||
+                          store_->GetRecord(Id(1))->has_value();
+        PushCommit rewrite = create(1, "b2");
+        rewrite.records[0] = {NewCase(Id(1), "07132", MakeStamp(2, 0, "d"), "sửa"), "07132", 1, **record};
+        return group.Stage(std::move(rewrite), [](uint64_t) { return BatchReceipt(); }).status();
+      },
+      tell(1));
+  // Refused: a sealed record, and this store has no sealing key.
+  store_->Submit(
+      [&](CommitGroup& group) {
+        PushCommit sealed = create(3, "b3");
+        sealed.records[0].state.set_sensitivity(hamlet::v1::SENSITIVITY_SEALED);
+        return group.Stage(std::move(sealed), [](uint64_t) { return BatchReceipt(); }).status();
+      },
+      tell(2));
+  store_->Submit(
+      [&](CommitGroup& group) {
+        return group.Stage(create(4, "b4"), [](uint64_t) { return BatchReceipt(); }).status();
+      },
+      tell(3));
+  const uint64_t syncs_before = store_->wal_syncs();
+  release.Notify();
+  finished.Wait();
+
+  EXPECT_TRUE(done[0].ok()) << done[0];
+  EXPECT_TRUE(done[1].ok()) << done[1];
+  EXPECT_THAT(done[2], StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_TRUE(done[3].ok()) << done[3];
+  EXPECT_FALSE(pull_saw_staged) << "a staged commit was visible before its group was written";
+  EXPECT_EQ(store_->wal_syncs() - syncs_before, 1u) << "the four commits were not one group";
+  EXPECT_EQ(store_->last_seq(), 3u);
   ChangePage page = Read(ChangeScope::WholeServer(), 0);
-  EXPECT_TRUE(page.records.empty());
-  EXPECT_EQ(page.through_seq, 0u) << "the cursor must not pass record 1's old place";
-  ASSERT_TRUE(store_->WaitDurable(applied->write).ok());
-  page = Read(ChangeScope::WholeServer(), 0);
-  ASSERT_EQ(page.records.size(), 2u);
-  EXPECT_EQ(page.records[1].id(), Id(1));
-  EXPECT_EQ(page.through_seq, 3u);
+  ASSERT_EQ(page.records.size(), 2u) << "the change index holds each record once";
+  EXPECT_EQ(page.records[0].id(), Id(1));
+  EXPECT_EQ(page.records[0].server_seq(), 2u);
+  EXPECT_EQ(page.records[1].id(), Id(4));
+  EXPECT_EQ(page.records[1].server_seq(), 3u);
+  EXPECT_EQ(page.remaining, 0u);
+  EXPECT_FALSE(store_->GetRecord(Id(3))->has_value()) << "the refused commit left something";
+  Reopen();
+  EXPECT_EQ(store_->last_seq(), 3u);
+  EXPECT_EQ(Read(ChangeScope::WholeServer(), 0).records.size(), 2u);
+  EXPECT_EQ(*store_->CountRecords(), 2u) << "the index counts of the group are off";
 }
 
 TEST_F(TownStoreTest, ConcurrentPushesShareWalSyncs) {
   constexpr int kThreads = 16;
   constexpr int kPushes = 20;
-  absl::Mutex apply_mu;  // As the town's push_mu_: apply one at a time, sync outside.
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
   const uint64_t syncs_before = store_->wal_syncs();
@@ -160,18 +215,13 @@ TEST_F(TownStoreTest, ConcurrentPushesShareWalSyncs) {
         commit.records.push_back(
             {NewCase(Id(1 + t * kPushes + p), "07132", MakeStamp(1, 0, "d")), "07132", 0, Record()});
         commit.device.set_device_id(commit.device_id);
-        absl::StatusOr<TownStore::Applied> applied;
-        {
-          absl::MutexLock lock(&apply_mu);
-          applied = store_->ApplyPush(std::move(commit), [](uint64_t) { return BatchReceipt(); });
-        }
-        if (!applied.ok() || !store_->WaitDurable(applied->write).ok()) ++failures;
+        if (!store_->CommitPush(std::move(commit), [](uint64_t) { return BatchReceipt(); }).ok()) ++failures;
       }
     });
   }
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(failures.load(), 0);
-  EXPECT_EQ(store_->durable_seq(), static_cast<uint64_t>(kThreads * kPushes));
+  EXPECT_EQ(store_->last_seq(), static_cast<uint64_t>(kThreads * kPushes));
   const uint64_t syncs = store_->wal_syncs() - syncs_before;
   EXPECT_LT(syncs, static_cast<uint64_t>(kThreads * kPushes)) << "no sync was shared";
   std::cout << "[ group    ] " << kThreads * kPushes << " pushes, " << syncs << " WAL syncs\n";
