@@ -112,6 +112,7 @@ absl::Status SetDeviceListenerLimits(const HamletdOptions& options, grpc::Server
   // One thread must keep polling: with a quota of one, gRPC refuses every
   // call (RESOURCE_EXHAUSTED), so N threads serve N - 1 calls at once.
   if (limits.max_threads < 2) return absl::InvalidArgumentError("--max_threads must be at least 2");
+  if (limits.max_calls < 1) return absl::InvalidArgumentError("--max_calls must be at least 1");
   if (limits.keepalive_time < absl::ZeroDuration() || limits.keepalive_timeout <= absl::ZeroDuration() ||
       limits.keepalive_min_ping_interval < absl::ZeroDuration() || limits.max_connection_idle < absl::ZeroDuration() ||
       limits.handshake_timeout <= absl::ZeroDuration()) {
@@ -260,8 +261,8 @@ absl::Status Hamletd::Build() {
 
   // The device listener: sync and health, no reflection.
   rate_limit_ = std::make_unique<DeviceRateLimit>(o.clock, o.device_rate, o.device_burst);
-  sync_service_ =
-      std::make_unique<SyncServiceImpl>(town_.get(), feed_.get(), devices_.get(), metrics_.get(), rate_limit_.get());
+  sync_service_ = std::make_unique<SyncServiceImpl>(town_.get(), feed_.get(), devices_.get(), metrics_.get(),
+                                                    rate_limit_.get(), options_.limits.max_calls);
   HAMLET_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, DeviceCredentials(o.device_tls));
   devices_->RequireClientCertificateForReplication(!o.device_tls.ca_file.empty());
   devices_->OneReplicationNodePerUnit(o.town.tier == Tier::kProvince);

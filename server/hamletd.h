@@ -41,6 +41,7 @@ struct TlsFiles {
 struct DeviceListenerLimits {
   int max_concurrent_streams = 100;
   int max_threads = 1000;                            // At least 2: one thread only polls.
+  int max_calls = 1000;                              // Pushes and pulls in flight; at least 1.
   absl::Duration keepalive_time = absl::Minutes(2);  // Zero: no pings.
   absl::Duration keepalive_timeout = absl::Seconds(20);
   absl::Duration keepalive_min_ping_interval = absl::Minutes(1);

@@ -86,10 +86,14 @@ ABSL_FLAG(int, max_concurrent_streams, 100,
           "Most calls (Watch streams included) one device connection may have open at once. Further calls wait in "
           "the client until one ends (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); they are not refused.");
 ABSL_FLAG(int, max_threads, 1000,
-          "Most threads serving Push, Pull and ResolveConflict calls (each holds one until it is answered; Watch "
-          "streams hold none). With all of them busy a new call is refused at once with RESOURCE_EXHAUSTED "
-          "\"Server Threadpool Exhausted\", which clients retry. One thread only polls, so N serve N - 1 calls at "
-          "once; at least 2.");
+          "Most threads serving ResolveConflict calls and health checks on the device listener (each holds one "
+          "until it is answered; Push, Pull and Watch hold none). With all of them busy a new call is refused at "
+          "once with RESOURCE_EXHAUSTED \"Server Threadpool Exhausted\", which clients retry. One thread only "
+          "polls, so N serve N - 1 calls at once; at least 2.");
+ABSL_FLAG(int, max_calls, 1000,
+          "Most Push and Pull calls in flight at once, queued or being served (none holds a thread). Beyond it a new "
+          "one is refused at once with RESOURCE_EXHAUSTED, nothing written, which clients retry. Bounds the memory "
+          "that waiting requests hold (each up to --max_message_bytes). At least 1.");
 ABSL_FLAG(absl::Duration, keepalive_time, absl::Minutes(2),
           "The server pings a device connection idle for this long, to find phones that vanished (out of coverage, "
           "battery out) and free their Watch streams. 0 turns the pings off.");
@@ -151,6 +155,7 @@ absl::StatusOr<hamlet::server::HamletdOptions> OptionsFromFlags() {
   o.response_compression = absl::GetFlag(FLAGS_response_compression);
   o.limits = {absl::GetFlag(FLAGS_max_concurrent_streams),
               absl::GetFlag(FLAGS_max_threads),
+              absl::GetFlag(FLAGS_max_calls),
               absl::GetFlag(FLAGS_keepalive_time),
               absl::GetFlag(FLAGS_keepalive_timeout),
               absl::GetFlag(FLAGS_keepalive_min_ping_interval),

@@ -1,6 +1,8 @@
 #include "server/sync_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -31,7 +33,7 @@ namespace {
 // A write the client has stopped waiting for is not applied: the client will
 // send it again under the same id, and applying it now would only load a
 // server that is probably already slow.
-absl::Status StillAwaited(const grpc::ServerContext& context) {
+absl::Status StillAwaited(const grpc::ServerContextBase& context) {
   if (context.deadline() <= std::chrono::system_clock::now()) {
     return absl::DeadlineExceededError(
         "the call's deadline passed before the server began applying it; nothing was written. Send it again "
@@ -58,22 +60,27 @@ grpc::Status Unparsable(absl::string_view method, const grpc::ServerContextBase&
                                    "not retry as is"));
 }
 
+// The answer to a call whose request could not be read: its client gave up
+// (its deadline passed while the request was still arriving over a slow link,
+// or it cancelled) and left no request, or the request does not parse.
+// `arrived` is false when no request message came at all (a callback method
+// learns so before the call is marked cancelled).
+grpc::Status Unreadable(absl::string_view method, const grpc::ServerContextBase& context, bool arrived = true) {
+  if (!arrived || context.IsCancelled()) {
+    LogLine(absl::StrCat("call to ", method, " from ", context.peer(),
+                         " ended by its client (deadline or cancel) before its request had arrived"));
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client ended the call before its request arrived");
+  }
+  return Unparsable(method, context);
+}
+
 // Reads a unary call's request, answers it with `answer(request, &response)`
 // and sends the response if the answer is OK.
 template <typename Request, typename Response, typename Answer>
 grpc::Status AnswerUnary(absl::string_view method, grpc::ServerContext* context,
                          grpc::ServerUnaryStreamer<Request, Response>* stream, Answer answer) {
   Request request;
-  if (!stream->Read(&request)) {
-    // A client that gave up (its deadline passed while the request was still
-    // arriving over a slow link, or it cancelled) left no request to parse.
-    if (context->IsCancelled()) {
-      LogLine(absl::StrCat("call to ", method, " from ", context->peer(),
-                           " ended by its client (deadline or cancel) before its request had arrived"));
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the client ended the call before its request arrived");
-    }
-    return Unparsable(method, *context);
-  }
+  if (!stream->Read(&request)) return Unreadable(method, *context);
   Response response;
   const grpc::Status status = answer(request, &response);
   // A failed write means the client has gone; the status then goes nowhere.
@@ -81,15 +88,28 @@ grpc::Status AnswerUnary(absl::string_view method, grpc::ServerContext* context,
   return status;
 }
 
-// A message as the bytes a raw method sends.
-grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
-  grpc::Slice slice(message.SerializeAsString());
-  return grpc::ByteBuffer(&slice, 1);
+// A message as the bytes a raw method sends, serialized into gRPC's slices.
+grpc::ByteBuffer Serialized(const google::protobuf::Message& message) {
+  grpc::ByteBuffer buffer;
+  bool own = false;
+  (void)grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, &buffer, &own);
+  return buffer;
 }
+
+// Parses a raw method's request; false if it is not a `Request`.
+template <typename Request>
+bool Parsed(const grpc::ByteBuffer& bytes, Request* request) {
+  grpc::ByteBuffer copy(bytes);  // Shares the slices; parsing consumes the copy.
+  return grpc::SerializationTraits<Request>::Deserialize(&copy, request).ok();
+}
+
+// Pull reader threads: enough to keep the disk and both cores of a small
+// server busy while some wait on reads.
+size_t ReaderThreads() { return std::max<size_t>(4, 2 * std::thread::hardware_concurrency()); }
 
 }  // namespace
 
-absl::StatusOr<Caller> SyncServiceImpl::Admit(const grpc::ServerContext& context, CallKind kind) {
+absl::StatusOr<Caller> SyncServiceImpl::Admit(const grpc::ServerContextBase& context, CallKind kind) {
   HAMLET_ASSIGN_OR_RETURN(Caller caller, Authenticate(*devices_, context));
   // A replication node carries a whole town's changes; a phone's rate would
   // hold back replication.
@@ -100,18 +120,29 @@ absl::StatusOr<Caller> SyncServiceImpl::Admit(const grpc::ServerContext& context
   return caller;
 }
 
-grpc::Status SyncServiceImpl::StreamedPush(
-    grpc::ServerContext* context,
-    grpc::ServerUnaryStreamer<hamlet::v1::PushRequest, hamlet::v1::PushResponse>* stream) {
-  return AnswerUnary(kPushMethod, context, stream,
-                     [&](const auto& request, auto* response) { return AnswerPush(context, request, response); });
+bool SyncServiceImpl::Enter() {
+  if (calls_.fetch_add(1) < max_calls_) return true;
+  calls_.fetch_sub(1);
+  return false;
 }
 
-grpc::Status SyncServiceImpl::StreamedPull(
-    grpc::ServerContext* context,
-    grpc::ServerUnaryStreamer<hamlet::v1::PullRequest, hamlet::v1::PullResponse>* stream) {
-  return AnswerUnary(kPullMethod, context, stream,
-                     [&](const auto& request, auto* response) { return AnswerPull(context, request, response); });
+void SyncServiceImpl::Leave() { calls_.fetch_sub(1); }
+
+namespace {
+
+absl::Status Busy(int max_calls) {
+  return absl::ResourceExhaustedError(absl::StrCat("the server has ", max_calls,
+                                                   " pushes and pulls in flight (--max_calls); nothing was written. "
+                                                   "Retry with backoff"));
+}
+
+}  // namespace
+
+absl::Duration SyncServiceImpl::Counted(absl::string_view method, const absl::Status& status,
+                                        std::chrono::steady_clock::time_point start) {
+  const absl::Duration took = absl::FromChrono(std::chrono::steady_clock::now() - start);
+  metrics_->CountCall(method, static_cast<grpc::StatusCode>(status.code()), took);
+  return took;
 }
 
 grpc::Status SyncServiceImpl::StreamedResolveConflict(
@@ -122,48 +153,102 @@ grpc::Status SyncServiceImpl::StreamedResolveConflict(
   });
 }
 
-grpc::Status SyncServiceImpl::AnswerPush(grpc::ServerContext* context, const hamlet::v1::PushRequest& request,
-                                         hamlet::v1::PushResponse* response) {
-  absl::Duration took;
-  absl::StatusOr<hamlet::v1::PushResponse> result = Measured<hamlet::v1::PushResponse>(
-      *context, CallKind::kWrite, "Push", [&](const Caller& caller) { return town_->Push(request, caller); }, &took);
-  const double ms = absl::ToDoubleMilliseconds(took);
-  if (result.ok()) {
-    *response = std::move(*result);
-    metrics_->CountRecordsApplied(response->applied_records());
+grpc::ServerUnaryReactor* SyncServiceImpl::Push(grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes,
+                                                grpc::ByteBuffer* response) {
+  const auto start = std::chrono::steady_clock::now();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  hamlet::v1::PushRequest request;
+  if (!Parsed(*bytes, &request)) {
+    reactor->Finish(Unreadable(kPushMethod, *context, bytes->Valid()));
+    return reactor;
   }
+  PushSummary summary{request.device_id(), request.batch_id(), context->peer(), request.changes_size(),
+                      request.reoffer()};
+  if (!Enter()) {
+    const absl::Status busy = Busy(max_calls_);
+    Answered(summary, busy, Counted("Push", busy, start));
+    reactor->Finish(ToGrpc(busy, context));
+    return reactor;
+  }
+  // Called on the store's commit thread once the push is durable, or at once
+  // if it is refused before.
+  auto answer = [this, context, reactor, response, start,
+                 summary = std::move(summary)](absl::StatusOr<hamlet::v1::PushResponse> result) {
+    const absl::Duration took = Counted("Push", result.status(), start);
+    Answered(summary, result, took);
+    if (result.ok()) *response = Serialized(*result);
+    Leave();
+    reactor->Finish(ToGrpc(result.status(), context));
+  };
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
+  if (!caller.ok()) {
+    answer(caller.status());
+  } else {
+    town_->Push(std::move(request), *caller, std::move(answer));
+  }
+  return reactor;
+}
+
+void SyncServiceImpl::Answered(const PushSummary& push, const absl::StatusOr<hamlet::v1::PushResponse>& result,
+                               absl::Duration took) {
+  if (result.ok()) metrics_->CountRecordsApplied(result->applied_records());
   // A change set aside is named with its reason, so an admin can see why a
   // phone's edit did not arrive.
   std::string set_aside;
   if (result.ok()) {
-    for (const hamlet::v1::SetAsideChange& refused : response->set_aside()) {
+    for (const hamlet::v1::SetAsideChange& refused : result->set_aside()) {
       absl::StrAppend(&set_aside, " set_aside=", refused.index(), ":", refused.record_id(), ":",
                       absl::StatusCodeToString(static_cast<absl::StatusCode>(refused.code())));
     }
   }
   LogLine(absl::StrFormat("push device=%s batch=%s peer=%s records=%d applied=%d seq=%d result=%s time_ms=%.1f%s%s%s%s",
-                          request.device_id(), request.batch_id(), context->peer(), request.changes_size(),
-                          result.ok() ? response->applied_records() : 0, result.ok() ? response->server_seq() : 0,
-                          absl::StatusCodeToString(result.status().code()), ms,
-                          request.reoffer() ? " reoffer=acknowledged-before-the-restore" : "", set_aside,
+                          push.device_id, push.batch_id, push.peer, push.changes,
+                          result.ok() ? result->applied_records() : 0, result.ok() ? result->server_seq() : 0,
+                          absl::StatusCodeToString(result.status().code()), absl::ToDoubleMilliseconds(took),
+                          push.reoffer ? " reoffer=acknowledged-before-the-restore" : "", set_aside,
                           result.ok() ? "" : " error=", result.ok() ? "" : result.status().message()));
-  return ToGrpc(result.status(), context);
 }
 
-grpc::Status SyncServiceImpl::AnswerPull(grpc::ServerContext* context, const hamlet::v1::PullRequest& request,
-                                         hamlet::v1::PullResponse* response) {
-  absl::Duration took;
-  absl::StatusOr<hamlet::v1::PullResponse> result = Measured<hamlet::v1::PullResponse>(
-      *context, CallKind::kRead, "Pull", [&](const Caller& caller) { return town_->Pull(request, caller); }, &took);
+grpc::ServerUnaryReactor* SyncServiceImpl::Pull(grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes,
+                                                grpc::ByteBuffer* response) {
+  const auto start = std::chrono::steady_clock::now();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  hamlet::v1::PullRequest request;
+  if (!Parsed(*bytes, &request)) {
+    reactor->Finish(Unreadable(kPullMethod, *context, bytes->Valid()));
+    return reactor;
+  }
+  if (!Enter()) {
+    const absl::Status busy = Busy(max_calls_);
+    Counted("Pull", busy, start);
+    reactor->Finish(ToGrpc(busy, context));
+    return reactor;
+  }
+  readers_.Add([this, context, request = std::move(request), start, response, reactor] {
+    AnswerPull(context, request, start, response, reactor);
+  });
+  return reactor;
+}
+
+void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const hamlet::v1::PullRequest& request,
+                                 std::chrono::steady_clock::time_point start, grpc::ByteBuffer* response,
+                                 grpc::ServerUnaryReactor* reactor) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead);
+  absl::StatusOr<hamlet::v1::PullResponse> result =
+      caller.ok() ? town_->Pull(request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
+  Counted("Pull", result.status(), start);
   if (!result.ok()) {
     LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request.device_id(),
                             request.scope_unit_code(), absl::StatusCodeToString(result.status().code()),
                             result.status().message()));
-    return ToGrpc(result.status(), context);
+    Leave();
+    reactor->Finish(ToGrpc(result.status(), context));
+    return;
   }
-  *response = std::move(*result);
-  metrics_->CountRecordsPulled(static_cast<uint64_t>(response->records_size()));
-  return grpc::Status::OK;
+  metrics_->CountRecordsPulled(static_cast<uint64_t>(result->records_size()));
+  *response = Serialized(*result);
+  Leave();
+  reactor->Finish(grpc::Status::OK);
 }
 
 // One Watch stream. Lives from Watch() until OnDone(), which deletes it; the
@@ -243,10 +328,15 @@ class RefusedWatch final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 }  // namespace
 
 SyncServiceImpl::SyncServiceImpl(Town* town, const ChangeFeed* feed, const DeviceRegistry* devices, Metrics* metrics,
-                                 DeviceRateLimit* rate_limit)
-    : town_(town), feed_(feed), devices_(devices), metrics_(metrics), rate_limit_(rate_limit), dispatcher_([this] {
-        Dispatch();
-      }) {}
+                                 DeviceRateLimit* rate_limit, int max_calls)
+    : town_(town),
+      feed_(feed),
+      devices_(devices),
+      metrics_(metrics),
+      rate_limit_(rate_limit),
+      max_calls_(max_calls),
+      dispatcher_([this] { Dispatch(); }),
+      readers_(ReaderThreads()) {}
 
 SyncServiceImpl::~SyncServiceImpl() {
   {
@@ -259,9 +349,8 @@ SyncServiceImpl::~SyncServiceImpl() {
 grpc::ServerWriteReactor<grpc::ByteBuffer>* SyncServiceImpl::Watch(grpc::CallbackServerContext* context,
                                                                    const grpc::ByteBuffer* bytes) {
   hamlet::v1::WatchRequest request;
-  grpc::ByteBuffer copy(*bytes);  // Shares the slices; parsing consumes the copy.
-  if (!grpc::SerializationTraits<hamlet::v1::WatchRequest>::Deserialize(&copy, &request).ok()) {
-    return new RefusedWatch(Unparsable(kWatchMethod, *context));
+  if (!Parsed(*bytes, &request)) {
+    return new RefusedWatch(Unreadable(kWatchMethod, *context, bytes->Valid()));
   }
   absl::StatusOr<Caller> caller = Authenticate(*devices_, *context);
   if (!caller.ok()) return new RefusedWatch(ToGrpc(caller.status(), context));
@@ -302,10 +391,12 @@ void SyncServiceImpl::Dispatch() {
 grpc::Status SyncServiceImpl::AnswerResolveConflict(grpc::ServerContext* context,
                                                     const hamlet::v1::ResolveConflictRequest& request,
                                                     hamlet::v1::ResolveConflictResponse* response) {
-  absl::Duration took;
-  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result = Measured<hamlet::v1::ResolveConflictResponse>(
-      *context, CallKind::kWrite, "ResolveConflict",
-      [&](const Caller& caller) { return town_->ResolveConflict(request, caller); }, &took);
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kWrite);
+  absl::StatusOr<hamlet::v1::ResolveConflictResponse> result =
+      caller.ok() ? town_->ResolveConflict(request, *caller)
+                  : absl::StatusOr<hamlet::v1::ResolveConflictResponse>(caller.status());
+  Counted("ResolveConflict", result.status(), start);
   LogLine(absl::StrFormat("resolve device=%s request=%s record=%s field=%d resolver=%s result=%s%s%s",
                           request.device_id(), request.request_id(), request.record_id(), request.field(),
                           request.resolver(), absl::StatusCodeToString(result.status().code()),

@@ -1,6 +1,7 @@
 #ifndef HAMLET_SERVER_SYNC_SERVICE_H_
 #define HAMLET_SERVER_SYNC_SERVICE_H_
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <set>
@@ -8,7 +9,6 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -18,6 +18,7 @@
 #include "server/metrics.h"
 #include "server/rate_limit.h"
 #include "server/town.h"
+#include "server/work_pool.h"
 
 namespace hamlet::server {
 
@@ -27,18 +28,23 @@ class WatchReactor;
 // token, maps requests to Town calls and absl::Status to gRPC status (with the
 // payloads of server/town.h as trailing metadata), and logs one line per push.
 //
-// Push, Pull and ResolveConflict are synchronous handlers. Watch streams stay
-// open for as long as a phone is connected, so they hold no thread: they are
-// callback reactors, and one dispatcher thread tells them all about new
-// changes (and re-checks their tokens once a second).
+// No call in flight holds a thread. Push, Pull and Watch are callback
+// methods: a push is parsed and checked on gRPC's callback thread, then
+// merged and written on the store's commit thread, which answers it once it
+// is durable (Town::Push); a pull's reads, which wait on the disk, run on a
+// small pool of reader threads (not gRPC's callback threads, which must not
+// block). Watch streams stay open for as long as a phone is connected; one
+// dispatcher thread tells them all about new changes (and re-checks their
+// tokens once a second). ResolveConflict, which is rare, is a synchronous
+// handler.
 //
 // Every method reads its own request, so a request that does not parse (not
 // the method's protobuf message, or a proto3 `string` that is not UTF-8) is
 // answered INVALID_ARGUMENT naming the method, and logged with the peer: gRPC
 // alone would answer INTERNAL with no message, before any handler ran, which
-// a client cannot tell from a server fault. Push, Pull and ResolveConflict are
-// therefore "streamed unary" handlers (one read, one write, on the same
-// synchronous thread) and Watch a raw callback method.
+// a client cannot tell from a server fault. Push, Pull and Watch are
+// therefore raw callback methods and ResolveConflict a "streamed unary"
+// handler (one read, one write, on the same synchronous thread).
 //
 // Push, Pull and ResolveConflict count against the caller's rate
 // (`rate_limit`, keyed by device id, after authentication; replication nodes
@@ -46,24 +52,23 @@ class WatchReactor;
 // passed, or cancelled) by the time it would be applied is not applied:
 // DEADLINE_EXCEEDED or CANCELLED, nothing written.
 class SyncServiceImpl final
-    : public hamlet::v1::SyncService::WithStreamedUnaryMethod_Push<
-          hamlet::v1::SyncService::WithStreamedUnaryMethod_Pull<
-              hamlet::v1::SyncService::WithStreamedUnaryMethod_ResolveConflict<
-                  hamlet::v1::SyncService::WithRawCallbackMethod_Watch<hamlet::v1::SyncService::Service>>>> {
+    : public hamlet::v1::SyncService::WithRawCallbackMethod_Push<hamlet::v1::SyncService::WithRawCallbackMethod_Pull<
+          hamlet::v1::SyncService::WithStreamedUnaryMethod_ResolveConflict<
+              hamlet::v1::SyncService::WithRawCallbackMethod_Watch<hamlet::v1::SyncService::Service>>>> {
  public:
   // `town`, the feed it publishes to, `devices`, `metrics` and `rate_limit`
   // must outlive the service. Starts the Watch dispatcher.
+  // At most `max_calls` Push and Pull calls are in flight; more are refused
+  // with RESOURCE_EXHAUSTED.
   SyncServiceImpl(Town* town, const ChangeFeed* feed, const DeviceRegistry* devices, Metrics* metrics,
-                  DeviceRateLimit* rate_limit);
+                  DeviceRateLimit* rate_limit, int max_calls);
   // Stops the dispatcher. REQUIRES: the server using the service is shut down.
   ~SyncServiceImpl() override;
 
-  grpc::Status StreamedPush(
-      grpc::ServerContext* context,
-      grpc::ServerUnaryStreamer<hamlet::v1::PushRequest, hamlet::v1::PushResponse>* stream) override;
-  grpc::Status StreamedPull(
-      grpc::ServerContext* context,
-      grpc::ServerUnaryStreamer<hamlet::v1::PullRequest, hamlet::v1::PullResponse>* stream) override;
+  grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(grpc::CallbackServerContext* context,
                                                     const grpc::ByteBuffer* request) override;
   grpc::Status StreamedResolveConflict(grpc::ServerContext* context,
@@ -74,28 +79,30 @@ class SyncServiceImpl final
   friend class WatchReactor;
   // Whether a call writes: a write is also refused once its client gave up.
   enum class CallKind { kRead, kWrite };
+  // Counts a Push or Pull in flight until Leave(); false (not counted) when
+  // max_calls are already.
+  bool Enter();
+  void Leave();
   // The caller of a sync call, once it is authenticated, within its rate and,
   // for a write, still awaited by its client.
-  absl::StatusOr<Caller> Admit(const grpc::ServerContext& context, CallKind kind);
-  // What every sync call does around its own work: admits the caller, runs
-  // `work` for it, and counts the call as `method` with its status and time
-  // in the metrics. `*took` is that time, for the call's log line.
-  template <typename Response>
-  absl::StatusOr<Response> Measured(const grpc::ServerContext& context, CallKind kind, absl::string_view method,
-                                    absl::FunctionRef<absl::StatusOr<Response>(const Caller&)> work,
-                                    absl::Duration* took) {
-    const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<Caller> caller = Admit(context, kind);
-    absl::StatusOr<Response> result = caller.ok() ? work(*caller) : absl::StatusOr<Response>(caller.status());
-    *took = absl::FromChrono(std::chrono::steady_clock::now() - start);
-    metrics_->CountCall(method, static_cast<grpc::StatusCode>(result.status().code()), *took);
-    return result;
-  }
-  // The methods, once their requests are read.
-  grpc::Status AnswerPush(grpc::ServerContext* context, const hamlet::v1::PushRequest& request,
-                          hamlet::v1::PushResponse* response);
-  grpc::Status AnswerPull(grpc::ServerContext* context, const hamlet::v1::PullRequest& request,
-                          hamlet::v1::PullResponse* response);
+  absl::StatusOr<Caller> Admit(const grpc::ServerContextBase& context, CallKind kind);
+  // Counts a call of `method` that began at `start` and ended with `status`
+  // in the metrics; returns its time, for the call's log line.
+  absl::Duration Counted(absl::string_view method, const absl::Status& status,
+                         std::chrono::steady_clock::time_point start);
+  // The log line and metrics of a push, once answered.
+  struct PushSummary {
+    std::string device_id;
+    std::string batch_id;
+    std::string peer;
+    int changes = 0;
+    bool reoffer = false;
+  };
+  void Answered(const PushSummary& push, const absl::StatusOr<hamlet::v1::PushResponse>& result, absl::Duration took);
+  // A pull, on a reader thread.
+  void AnswerPull(grpc::CallbackServerContext* context, const hamlet::v1::PullRequest& request,
+                  std::chrono::steady_clock::time_point start, grpc::ByteBuffer* response,
+                  grpc::ServerUnaryReactor* reactor);
   grpc::Status AnswerResolveConflict(grpc::ServerContext* context, const hamlet::v1::ResolveConflictRequest& request,
                                      hamlet::v1::ResolveConflictResponse* response);
   void Dispatch();
@@ -106,10 +113,15 @@ class SyncServiceImpl final
   const DeviceRegistry* const devices_;
   Metrics* const metrics_;
   DeviceRateLimit* const rate_limit_;
+  const int max_calls_;
+  std::atomic<int> calls_{0};
   absl::Mutex watchers_mu_;
   std::set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mu_);
   bool stopping_ ABSL_GUARDED_BY(watchers_mu_) = false;
   std::thread dispatcher_;
+  // Declared last: destroyed first, so the pulls still queued run while the
+  // rest of the service is there.
+  WorkPool readers_;
 };
 
 // absl::Status -> grpc::Status; copies the status's payloads into `context`'s
