@@ -128,6 +128,10 @@ class Merger {
   Merger(const Record& change, Record* state, const FieldNumbers& keep_local)
       : change_(change), state_(state), keep_local_(keep_local) {}
 
+  // Whether Run changed the state. Each step knows whether it did, from the
+  // stamps it compared, so the state is never serialized to find out.
+  bool changed() const { return changed_; }
+
   void Run() {
     const Message* change_body = RecordBody(change_);
     Message* state_body = MutableRecordBody(state_);
@@ -178,6 +182,7 @@ class Merger {
     if (current != nullptr) Supersede(number, "", current->stamp(), PartialOf(*state_, *state_body, {rule.field}));
     CopyField(change_body, state_body, rule.field);
     SetFieldStamp(state_, number, incoming->stamp());
+    changed_ = true;  // A newer stamp, at least.
   }
 
   // As MergeRegister, for a field only a newer app knows.
@@ -194,6 +199,7 @@ class Merger {
     if (current != nullptr) Supersede(number, "", current->stamp(), NewerAppValueOf(*state_, *state_body, number));
     CopyNewerAppField(change_body, state_body, number);
     SetFieldStamp(state_, number, incoming->stamp());
+    changed_ = true;
   }
 
   void MergeElements(const FieldRule& rule, const Message& change_body, Message* state_body) {
@@ -202,10 +208,16 @@ class Merger {
     bool touched = false;
     for (const FieldStamp& incoming : change_.field_stamps()) {
       if (incoming.field() != number) continue;
-      touched = true;
       const std::string& key = incoming.key();
-      const int change_at = FindElement(change_body, rule, key);
       const FieldStamp* found = FindFieldStamp(*state_, number, key);
+      // The same stamps as stored: the same write, already merged (as most
+      // elements are when a whole state merges into a like one).
+      if (found != nullptr && CompareStamps(found->stamp(), incoming.stamp()) == 0 &&
+          CompareStamps(found->removed(), incoming.removed()) == 0 && found->has_removed() == incoming.has_removed()) {
+        continue;
+      }
+      touched = true;
+      const int change_at = FindElement(change_body, rule, key);
       const int state_at = FindElement(*state_body, rule, key);
 
       // Every value written for this element, by stamp (one write, one stamp).
@@ -227,6 +239,9 @@ class Merger {
         }
       }
       if (!IsSet(merged.removed())) merged.clear_removed();
+      // The same stamps as stored mean the same write, and so the same
+      // element (or its absence): only the stamps can tell a change.
+      if (found == nullptr || found->SerializeAsString() != merged.SerializeAsString()) changed_ = true;
       const bool present = !IsSet(merged.removed()) || CompareStamps(merged.stamp(), merged.removed()) > 0;
       const Candidate* winner = nullptr;
       if (present) {
@@ -255,6 +270,20 @@ class Merger {
     const FieldStamp* incoming = FindFieldStamp(change_, number);
     const hamlet::v1::Conflict* incoming_conflict = FindConflict(change_, number);
     if (incoming == nullptr && incoming_conflict == nullptr) return;
+    // The group's values and stamps and the field's conflict: all this merge
+    // can change (besides what it supersedes), a small part of the record.
+    const auto lifecycle_bytes = [&]() {
+      std::string bytes = PartialOf(*state_, *state_body, group).SerializeAsString();
+      for (const FieldDescriptor* f : group) {
+        if (const FieldStamp* s = FindFieldStamp(*state_, static_cast<uint32_t>(f->number()))) {
+          bytes += s->SerializeAsString();
+        }
+        bytes.push_back('\0');
+      }
+      if (const hamlet::v1::Conflict* conflict = FindConflict(*state_, number)) bytes += conflict->SerializeAsString();
+      return bytes;
+    };
+    const std::string before = lifecycle_bytes();
 
     std::map<std::string, Candidate> candidates;
     const auto add_from = [&](const Record& record, const Message& body) {
@@ -334,6 +363,7 @@ class Merger {
       conflicts->Add(std::move(conflict));
       for (int i = conflicts->size() - 1; i > at; --i) conflicts->SwapElements(i, i - 1);
     }
+    if (lifecycle_bytes() != before) changed_ = true;
   }
 
   void MergeDeletion() {
@@ -341,6 +371,7 @@ class Merger {
         (!state_->deleted() || CompareStamps(change_.deleted_stamp(), state_->deleted_stamp()) < 0)) {
       state_->set_deleted(true);
       *state_->mutable_deleted_stamp() = change_.deleted_stamp();
+      changed_ = true;
     }
   }
 
@@ -348,6 +379,54 @@ class Merger {
   // kMaxSuperseded by stamp stay.
   void MergeSuperseded() {
     if (lost_.empty() && change_.superseded_size() == 0) return;
+    const auto& kept = state_->superseded();
+    // A state this code wrote holds its values newest first, each once: the
+    // values not yet there are found by binary search, and only they are
+    // copied. Any other state takes the general path.
+    if (std::adjacent_find(kept.begin(), kept.end(), [](const auto& a, const auto& b) { return !NewerFirst(a, b); }) !=
+        kept.end()) {
+      return MergeSupersededUnsorted();
+    }
+    std::vector<const hamlet::v1::SupersededValue*> fresh;
+    const auto add = [&](const hamlet::v1::SupersededValue& v) {
+      auto it = std::lower_bound(kept.begin(), kept.end(), v, NewerFirst);
+      // One write, one stamp: the same (stamp, field, key) is the same value.
+      if (it == kept.end() || NewerFirst(v, *it)) fresh.push_back(&v);
+    };
+    for (const auto& v : change_.superseded()) add(v);
+    for (const auto& v : lost_) add(v);
+    if (fresh.empty()) return;
+    std::stable_sort(fresh.begin(), fresh.end(), [](const auto* a, const auto* b) { return NewerFirst(*a, *b); });
+    fresh.erase(std::unique(fresh.begin(), fresh.end(),
+                            [](const auto* a, const auto* b) { return !NewerFirst(*a, *b) && !NewerFirst(*b, *a); }),
+                fresh.end());
+    google::protobuf::RepeatedPtrField<hamlet::v1::SupersededValue> old;
+    old.Swap(state_->mutable_superseded());
+    size_t i = 0, j = 0;
+    while (static_cast<size_t>(state_->superseded_size()) < static_cast<size_t>(kMaxSuperseded) &&
+           (i < static_cast<size_t>(old.size()) || j < fresh.size())) {
+      if (j == fresh.size() ||
+          (i < static_cast<size_t>(old.size()) && NewerFirst(old.Get(static_cast<int>(i)), *fresh[j]))) {
+        *state_->add_superseded() = std::move(*old.Mutable(static_cast<int>(i++)));
+      } else {
+        *state_->add_superseded() = *fresh[j++];
+      }
+    }
+    // Unchanged only if every new value fell below the kMaxSuperseded newest.
+    if (j > 0 || static_cast<size_t>(state_->superseded_size()) != static_cast<size_t>(old.size())) changed_ = true;
+  }
+
+  // Newest first, then by field and key: the order superseded values are kept in.
+  static bool NewerFirst(const hamlet::v1::SupersededValue& a, const hamlet::v1::SupersededValue& b) {
+    const int order = CompareStamps(a.stamp(), b.stamp());
+    if (order != 0) return order > 0;
+    if (a.field() != b.field()) return a.field() < b.field();
+    return a.key() < b.key();
+  }
+
+  // Union of what both sides lost and what this merge lost; the newest
+  // kMaxSuperseded stay. For a state whose values are not in order.
+  void MergeSupersededUnsorted() {
     std::map<std::tuple<std::string, uint32_t, std::string>, hamlet::v1::SupersededValue> all;
     const auto add = [&all](const hamlet::v1::SupersededValue& v) {
       all.emplace(std::make_tuple(StampKey(v.stamp()), v.field(), v.key()), v);
@@ -357,13 +436,9 @@ class Merger {
     for (const auto& v : lost_) add(v);
     std::vector<hamlet::v1::SupersededValue> sorted;
     for (auto& [key, v] : all) sorted.push_back(std::move(v));
-    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
-      const int order = CompareStamps(a.stamp(), b.stamp());
-      if (order != 0) return order > 0;
-      if (a.field() != b.field()) return a.field() < b.field();
-      return a.key() < b.key();
-    });
+    std::sort(sorted.begin(), sorted.end(), NewerFirst);
     if (sorted.size() > static_cast<size_t>(kMaxSuperseded)) sorted.resize(kMaxSuperseded);
+    changed_ = true;  // It was out of order, at least.
     state_->clear_superseded();
     for (auto& v : sorted) *state_->add_superseded() = std::move(v);
   }
@@ -372,6 +447,7 @@ class Merger {
   Record* const state_;
   const FieldNumbers& keep_local_;
   std::vector<hamlet::v1::SupersededValue> lost_;
+  bool changed_ = false;
 };
 
 }  // namespace
@@ -437,10 +513,11 @@ Record EmptyChangeOf(const Record& record) {
 }
 
 bool MergeRecord(const Record& change, Record* state, const FieldNumbers& keep_local) {
-  const std::string before = state->SerializeAsString();
-  if (RecordBody(*state) == nullptr && RecordBody(change) != nullptr) *state = EmptyChangeOf(change);
-  Merger(change, state, keep_local).Run();
-  return state->SerializeAsString() != before;
+  const bool created = RecordBody(*state) == nullptr && RecordBody(change) != nullptr;
+  if (created) *state = EmptyChangeOf(change);
+  Merger merger(change, state, keep_local);
+  merger.Run();
+  return created || merger.changed();
 }
 
 bool WrittenOnlyBy(const Record& state, absl::string_view node) {

@@ -510,6 +510,32 @@ RC_GTEST_PROP(MergeLaws, Idempotent, ()) {
   RC_ASSERT(Bytes(state) == before);
 }
 
+// MergeRecord says whether it changed the state without serializing it; it
+// must say exactly what a comparison of the bytes would, for changes in any
+// order, duplicates, and whole states relayed from another replica.
+RC_GTEST_PROP(MergeLaws, SaysExactlyWhetherTheStateChanged, ()) {
+  const History h = RandomHistory(8);
+  std::vector<Record> delivery = h.changes;
+  for (int i = *rc::gen::inRange(0, 5); i > 0; --i) {
+    delivery.push_back(h.changes[*rc::gen::inRange<size_t>(0, h.changes.size())]);
+  }
+  for (size_t i = delivery.size(); i > 1; --i) std::swap(delivery[i - 1], delivery[*rc::gen::inRange<size_t>(0, i)]);
+  Record server, phone;
+  const auto merge = [](const Record& change, Record* state) {
+    const std::string before = Bytes(*state);
+    const bool said = MergeRecord(change, state);
+    RC_ASSERT(said == (Bytes(*state) != before));
+  };
+  for (size_t i = 0; i < delivery.size(); ++i) {
+    merge(delivery[i], i % 2 == 0 ? &server : &phone);
+    if (*rc::gen::inRange(0, 4) == 0) merge(server, &phone);
+    if (*rc::gen::inRange(0, 4) == 0) merge(phone, &server);
+  }
+  merge(server, &phone);
+  merge(phone, &server);
+  merge(phone, &server);
+}
+
 // Any delivery order, with duplicates, through any relay of partial states,
 // converges on the same bytes; every value written is visible, competing in a
 // conflict, or kept as superseded; a deletion is never undone.

@@ -295,7 +295,9 @@ double NoOpRate(const std::string& address, const Device& device, int threads, a
       grpc::ClientContext context;
       context.AddMetadata("authorization", "Bearer " + device.token);
       hamlet::v1::PullResponse response;
-      if (!stub->Pull(&context, caught_up, &response).ok()) Fail("no-op pull failed");
+      if (const grpc::Status status = stub->Pull(&context, caught_up, &response); !status.ok()) {
+        Fail(absl::StrCat("no-op pull failed: ", status.error_code(), " ", status.error_message()));
+      }
       caught_up.set_cursor(response.next_cursor());
       if (response.remaining() == 0) break;
     }
@@ -311,7 +313,9 @@ double NoOpRate(const std::string& address, const Device& device, int threads, a
         grpc::ClientContext context;
         context.AddMetadata("authorization", "Bearer " + device.token);
         hamlet::v1::PullResponse response;
-        if (!stub->Pull(&context, request, &response).ok()) Fail("no-op pull failed");
+        if (const grpc::Status status = stub->Pull(&context, request, &response); !status.ok()) {
+          Fail(absl::StrCat("no-op pull failed: ", status.error_code(), " ", status.error_message()));
+        }
         ++calls;
       }
     });
