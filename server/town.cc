@@ -125,9 +125,11 @@ absl::Status Town::SeedUnits() {
   storage::PushCommit commit;
   commit.device_id = store_->server_id();
   commit.batch_id = "seed-admin-units";
-  absl::MutexLock lock(&units_mu_);
   for (const hamlet::v1::AdminUnit& unit : sync::ReferenceUnits()) {
-    units_.Put(unit);
+    {
+      absl::MutexLock lock(&units_mu_);
+      units_.Put(unit);
+    }
     Record record;
     record.set_id(NameUuid(absl::StrCat("hamlet:admin-unit:", unit.code())));
     record.set_unit_code(sync::kReferenceProvinceCode);
