@@ -272,12 +272,6 @@ absl::Status Hamletd::Build() {
   HAMLET_RETURN_IF_ERROR(SetDeviceListenerLimits(o, builder));
   builder.RegisterService(sync_service_.get());
   builder.SetOption(std::make_unique<WithoutReflection>());
-  // Each synchronous call holds a thread (a push waits for its sync). gRPC
-  // ends a thread that finds more than MAX_POLLERS others idle
-  // and starts one when none is; its default of 2 makes many devices churn
-  // threads: 64 devices pushing one record each went from 2,355 to 2,900
-  // records/s with this (tools/hamlet-bench --only_push=64,1).
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 200);
   device_server_ = builder.BuildAndStart();
   if (device_server_ == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen, " (address in use or not local?)"));
