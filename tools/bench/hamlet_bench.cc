@@ -411,6 +411,7 @@ struct Echo {
     builder.SetMaxReceiveMessageSize(16 << 20);
     builder.RegisterService(&service);
     server = builder.BuildAndStart();
+    if (server == nullptr || port == 0) Fail("the bare gRPC echo server did not start");
     address = absl::StrCat("127.0.0.1:", port);
   }
   double UnaryRate(int threads, size_t bytes, absl::Duration duration) {
@@ -424,8 +425,13 @@ struct Echo {
         blob.set_data(std::string(bytes, 'e'));
         while (absl::Now() < end) {
           grpc::ClientContext context;
+          // A yardstick: a connection still being made is waited for, not failed.
+          context.set_wait_for_ready(true);
+          context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
           hamlet::bench::Blob reply;
-          if (!stub->Unary(&context, blob, &reply).ok()) Fail("echo failed");
+          if (const grpc::Status status = stub->Unary(&context, blob, &reply); !status.ok()) {
+            Fail(absl::StrCat("echo failed: ", status.error_code(), " ", status.error_message()));
+          }
           ++calls;
         }
       });
