@@ -475,6 +475,17 @@ History RandomHistory(int max_changes, int min_changes = 1) {
   return history;
 }
 
+// A history's changes as a network might deliver them: shuffled, with up to
+// four of them twice.
+std::vector<Record> Delivery(const History& h) {
+  std::vector<Record> delivery = h.changes;
+  for (int i = *rc::gen::inRange(0, 5); i > 0; --i) {
+    delivery.push_back(h.changes[*rc::gen::inRange<size_t>(0, h.changes.size())]);
+  }
+  for (size_t i = delivery.size(); i > 1; --i) std::swap(delivery[i - 1], delivery[*rc::gen::inRange<size_t>(0, i)]);
+  return delivery;
+}
+
 RC_GTEST_PROP(MergeLaws, Commutative, ()) {
   const History h = RandomHistory(2, 2);
   const Record& a = h.changes.front();
@@ -515,11 +526,7 @@ RC_GTEST_PROP(MergeLaws, Idempotent, ()) {
 // order, duplicates, and whole states relayed from another replica.
 RC_GTEST_PROP(MergeLaws, SaysExactlyWhetherTheStateChanged, ()) {
   const History h = RandomHistory(8);
-  std::vector<Record> delivery = h.changes;
-  for (int i = *rc::gen::inRange(0, 5); i > 0; --i) {
-    delivery.push_back(h.changes[*rc::gen::inRange<size_t>(0, h.changes.size())]);
-  }
-  for (size_t i = delivery.size(); i > 1; --i) std::swap(delivery[i - 1], delivery[*rc::gen::inRange<size_t>(0, i)]);
+  const std::vector<Record> delivery = Delivery(h);
   Record server, phone;
   const auto merge = [](const Record& change, Record* state) {
     const std::string before = Bytes(*state);
@@ -541,11 +548,7 @@ RC_GTEST_PROP(MergeLaws, SaysExactlyWhetherTheStateChanged, ()) {
 // conflict, or kept as superseded; a deletion is never undone.
 RC_GTEST_PROP(MergeLaws, ConvergesAndLosesNothing, ()) {
   const History h = RandomHistory(8);
-  std::vector<Record> delivery = h.changes;
-  for (int i = *rc::gen::inRange(0, 5); i > 0; --i) {
-    delivery.push_back(h.changes[*rc::gen::inRange<size_t>(0, h.changes.size())]);
-  }
-  for (size_t i = delivery.size(); i > 1; --i) std::swap(delivery[i - 1], delivery[*rc::gen::inRange<size_t>(0, i)]);
+  const std::vector<Record> delivery = Delivery(h);
 
   Record in_order;
   for (const Record& c : h.changes) MergeRecord(c, &in_order);
