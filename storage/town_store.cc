@@ -502,7 +502,6 @@ absl::StatusOr<uint64_t> CommitGroup::Stage(PushCommit commit,
   for (hamlet::v1::AuditEntry& entry : commit.audit) audit_.push_back(std::move(entry));
   clock_ = std::move(commit.clock);
   seq_ = seq;
-  staged_ = true;
   return seq;
 }
 
@@ -566,7 +565,7 @@ void TownStore::CommitGroupOf(std::vector<Pending>& pending) {
     absl::MutexLock lock(&commit_mu_);
     CommitGroup group(this);
     for (size_t i = 0; i < pending.size(); ++i) staged[i] = pending[i].stage(group);
-    if (group.staged_) written = WriteGroup(group);
+    if (!group.receipts_.empty()) written = WriteGroup(group);
   }
   for (size_t i = 0; i < pending.size(); ++i) pending[i].done(staged[i].ok() ? written : staged[i]);
 }

@@ -117,14 +117,11 @@ class CommitGroup {
   absl::StatusOr<std::optional<BatchReceipt>> GetBatchReceipt(const std::string& device_id,
                                                               const std::string& batch_id) const;
   absl::StatusOr<std::optional<DeviceState>> GetDevice(const std::string& device_id) const;
-  // The sequence number of the latest change staged, or stored.
-  uint64_t last_seq() const { return seq_; }
-
   // Stages a commit: its records (each getting the next sequence number, its
   // old index entries removed so that the index holds each record once), the
   // receipt `make_receipt` makes from the last sequence number, the device
   // state, the audit entries and the clock. Nothing is staged on error.
-  // Returns the last sequence number assigned (last_seq() if no record).
+  // Returns the last sequence number assigned (the group's latest if no record).
   // REQUIRES: each record id appears at most once in `commit.records`, and
   // `commune`, `previous_seq` and `previous` are what the record was indexed
   // under and held, as read through this group. A record never changes unit;
@@ -139,7 +136,8 @@ class CommitGroup {
   TownStore* const store_;
   uint64_t seq_;
   std::unique_ptr<rocksdb::WriteBatch> batch_;
-  // What the staged commits wrote, for reads through the group.
+  // What the staged commits wrote, for reads through the group. Every
+  // commit stages a receipt: none means nothing to write.
   std::map<std::string, hamlet::v1::Record> records_;
   std::map<std::string, BatchReceipt> receipts_;
   std::map<std::string, DeviceState> devices_;
@@ -149,7 +147,6 @@ class CommitGroup {
   // Given their sequence numbers when the group is written.
   std::vector<hamlet::v1::AuditEntry> audit_;
   std::optional<hamlet::v1::Stamp> clock_;
-  bool staged_ = false;
 };
 
 // Whether ReadChanges counts the changes left after its page (costs one key

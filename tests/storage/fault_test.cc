@@ -495,15 +495,13 @@ TEST_F(StoreFaultTest, PushesQueuedTogetherOnAFullDiskAreAllRefusedAndNothingAck
   const auto receipt = [](uint64_t) { return storage::BatchReceipt(); };
   ASSERT_TRUE(store.CommitPush(commit(1), receipt).ok());
   absl::Notification holding, release;
-  std::thread holder([&] {
-    store.Submit(
-        [&](storage::CommitGroup&) {
-          holding.Notify();
-          release.WaitForNotification();
-          return absl::OkStatus();
-        },
-        [](const absl::Status&) {});
-  });
+  store.Submit(
+      [&](storage::CommitGroup&) {
+        holding.Notify();
+        release.WaitForNotification();
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {});
   holding.WaitForNotification();
   absl::BlockingCounter answered(2);
   std::vector<absl::Status> answers(2);
@@ -517,7 +515,6 @@ TEST_F(StoreFaultTest, PushesQueuedTogetherOnAFullDiskAreAllRefusedAndNothingAck
   fault_.fs().FillDisk();
   release.Notify();
   answered.Wait();
-  holder.join();
   EXPECT_THAT(answers[0], StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_THAT(answers[1], StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_THAT(store.store_error(), StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("restart hamletd")));

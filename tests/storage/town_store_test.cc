@@ -109,19 +109,15 @@ TEST_F(TownStoreTest, NewStoreHasIdentityAndNoChanges) {
 // those before it staged; a refused one leaves nothing while the rest land;
 // nothing is visible to a pull until the group's one synced write.
 TEST_F(TownStoreTest, CommitsWaitingTogetherAreOneGroupVisibleOnlyOnceWritten) {
-  // A commit that holds the store's committing (on a thread of its own: it
-  // finds the queue empty and commits there), so that the commits below queue
-  // behind it.
+  // Holds the commit thread, so that the commits below queue behind it.
   absl::Notification release, holding;
-  std::thread holder([&] {
-    store_->Submit(
-        [&](CommitGroup&) {
-          holding.Notify();
-          release.WaitForNotification();
-          return absl::OkStatus();
-        },
-        [](const absl::Status&) {});
-  });
+  store_->Submit(
+      [&](CommitGroup&) {
+        holding.Notify();
+        release.WaitForNotification();
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {});
   holding.WaitForNotification();
 
   const auto create = [&](int n, const std::string& batch) {
@@ -182,7 +178,6 @@ TEST_F(TownStoreTest, CommitsWaitingTogetherAreOneGroupVisibleOnlyOnceWritten) {
   const uint64_t syncs_before = store_->wal_syncs();
   release.Notify();
   finished.Wait();
-  holder.join();
 
   EXPECT_TRUE(done[0].ok()) << done[0];
   EXPECT_TRUE(done[1].ok()) << done[1];
