@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "absl/strings/str_split.h"
 
 namespace hamlet::testing {
@@ -82,8 +84,15 @@ ServerProcess::~ServerProcess() {
   if (pid_ > 0) Kill();
 }
 
+void ServerProcess::ExpectNotCrashed() const {
+  if (const std::optional<harness::Ending> ended = harness::EndedByItself(pid_, log_path_); ended && ended->crashed) {
+    ADD_FAILURE() << "hamletd " << ended->text;
+  }
+}
+
 void ServerProcess::Kill() {
   if (pid_ <= 0) return;
+  ExpectNotCrashed();
   kill(pid_, SIGKILL);
   WaitExit(pid_);
   pid_ = -1;
@@ -91,6 +100,7 @@ void ServerProcess::Kill() {
 
 int ServerProcess::Stop() {
   if (pid_ <= 0) return -1;
+  ExpectNotCrashed();
   kill(pid_, SIGTERM);
   const int code = WaitExit(pid_);
   pid_ = -1;

@@ -24,7 +24,10 @@ class ServerProcess {
   // Starts hamletd with its data in `data_dir` plus `flags`, and waits (up to 20
   // s) until it listens. Returns nullptr if it did not come up; its log says why.
   static std::unique_ptr<ServerProcess> Start(const std::string& data_dir, std::vector<std::string> flags = {});
-  ~ServerProcess();  // Kills the server if it still runs.
+  // Kills the server if it still runs. A server that crashed by itself (a
+  // signal: a failed check, or a sanitizer's report) fails the test, with the
+  // end of its log; so do Kill() and Stop().
+  ~ServerProcess();
 
   // The device listener.
   const std::string& address() const { return address_; }
@@ -45,6 +48,9 @@ class ServerProcess {
   int Stop();
 
  private:
+  // Fails the test if the server crashed by itself.
+  void ExpectNotCrashed() const;
+
   pid_t pid_ = -1;
   std::string address_;
   std::string admin_address_;

@@ -79,8 +79,9 @@ namespace {
 using google::protobuf::util::TimeUtil;
 using hamlet::v1::Record;
 
+// Ends the run, naming any server that died (its sanitizer report, usually).
 [[noreturn]] void Fail(const std::string& why) {
-  std::fprintf(stderr, "hamlet-bench: %s\n", why.c_str());
+  std::fprintf(stderr, "hamlet-bench: %s\n%s", why.c_str(), harness::DeadServers().c_str());
   std::exit(1);
 }
 

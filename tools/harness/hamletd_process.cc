@@ -11,17 +11,20 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "sync/uuid.h"
 #include "tools/harness/spawn.h"
 
@@ -33,7 +36,25 @@ namespace {
   std::exit(1);
 }
 
+// The servers started and not yet killed, by pid, with their data directory.
+absl::Mutex running_mu;
+std::map<pid_t, std::string>& Running() ABSL_EXCLUSIVE_LOCKS_REQUIRED(running_mu) {
+  static auto* running = new std::map<pid_t, std::string>();
+  return *running;
+}
+
 }  // namespace
+
+std::string DeadServers() {
+  absl::MutexLock lock(&running_mu);
+  std::string dead;
+  for (const auto& [pid, dir] : Running()) {
+    if (const std::optional<Ending> ended = EndedByItself(pid, dir + ".log")) {
+      absl::StrAppend(&dead, "hamletd (pid ", pid, ", data ", dir, ") ", ended->text);
+    }
+  }
+  return dead;
+}
 
 std::string ProgramDir() { return std::filesystem::canonical("/proc/self/exe").parent_path().string(); }
 
@@ -74,6 +95,10 @@ Hamletd::Hamletd(const std::string& binary, const std::string& dir, const std::v
   argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
   pid_ = Spawn(argv, dir + ".log");
   if (pid_ < 0) Fail("cannot start " + binary);
+  {
+    absl::MutexLock lock(&running_mu);
+    Running()[pid_] = dir;
+  }
   for (int i = 0; i < 600; ++i) {
     std::vector<std::string> lines = absl::StrSplit(ReadFile(ready), '\n');
     if (lines.size() == 4) {
@@ -83,9 +108,8 @@ Hamletd::Hamletd(const std::string& binary, const std::string& dir, const std::v
       token_.erase(token_.find_last_not_of('\n') + 1);
       return;
     }
-    if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
-      pid_ = -1;
-      Fail("hamletd exited while starting; see " + dir + ".log");
+    if (const std::optional<Ending> ended = EndedByItself(pid_, dir + ".log")) {
+      Fail("hamletd " + ended->text);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -98,6 +122,8 @@ void Hamletd::Kill() {
   if (pid_ < 0) return;
   kill(pid_, SIGKILL);
   waitpid(pid_, nullptr, 0);
+  absl::MutexLock lock(&running_mu);
+  Running().erase(pid_);
   pid_ = -1;
 }
 

@@ -30,6 +30,13 @@ struct Rss {
 };
 Rss RssOf(pid_t pid);
 
+// How each hamletd this program started and has not killed ended, if it did:
+// its exit code or signal, and the end of its log (from a sanitizer's report
+// when there is one). Empty while they all run. For a tool's failure message:
+// a call refused with "Connection reset by peer" usually means the server died.
+// Thread-safe.
+std::string DeadServers();
+
 // An enrolled device: what a phone keeps after enrolment.
 struct Device {
   std::string id;

@@ -8,9 +8,12 @@
 
 #include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
+#include <fstream>
 #include <future>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 namespace hamlet::harness {
@@ -56,7 +59,43 @@ class Forker {
   std::deque<std::packaged_task<pid_t()>> tasks_;
 };
 
+// The part of a log worth showing: from a sanitizer's first report, else the
+// last lines.
+std::string LogEnd(const std::string& log) {
+  for (const char* report :
+       {"WARNING: ThreadSanitizer", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"}) {
+    if (const size_t at = log.find(report); at != std::string::npos) {
+      const size_t line = log.rfind('\n', at);
+      return log.substr(line == std::string::npos ? 0 : line + 1, 8000);
+    }
+  }
+  size_t from = log.size();
+  for (int lines = 0; lines < 20 && from > 1; ++lines) from = log.rfind('\n', from - 2) + 1;
+  return log.substr(from);
+}
+
 }  // namespace
+
+std::optional<Ending> EndedByItself(pid_t pid, const std::string& log) {
+  siginfo_t info{};
+  if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != pid) {
+    return std::nullopt;
+  }
+  Ending ending;
+  ending.crashed = info.si_code != CLD_EXITED;
+  std::ostringstream how;
+  if (ending.crashed) {
+    how << "was killed by signal " << info.si_status << " (" << strsignal(info.si_status) << ")";
+  } else {
+    how << "exited with code " << info.si_status;
+  }
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  how << "; its log " << log << " ends:\n" << LogEnd(text.str()) << "\n";
+  ending.text = how.str();
+  return ending;
+}
 
 pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
   std::vector<char*> args;

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,18 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& log);
 // Waits for child `pid` to end; returns its exit code, or 128 + the signal
 // that ended it.
 int WaitExit(pid_t pid);
+
+// How a child ended by itself.
+struct Ending {
+  bool crashed = false;  // Killed by a signal (an abort: a failed check, a sanitizer's report).
+  std::string text;      // How it ended, and the end of its log.
+};
+
+// Nothing while child `pid` runs (or once it has been waited for). Once it has
+// ended by itself: its exit code or signal and the end of `log`, from a
+// sanitizer's first report when there is one. The child is not reaped, so a
+// later WaitExit() or kill() still names it.
+std::optional<Ending> EndedByItself(pid_t pid, const std::string& log);
 
 }  // namespace hamlet::harness
 

@@ -19,28 +19,16 @@
 //
 // Only for sanitizer builds: the build never compiles this file otherwise.
 
-#include <dlfcn.h>
 #include <sanitizer/tsan_interface.h>
-
-#include <cstdio>
-#include <cstdlib>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "tools/sanitizers/real_symbol.h"
 
 namespace {
 
-// The library's definition of `symbol` (a mangled name), cast to F.
-template <typename F>
-F Real(const char* symbol) {
-  void* found = dlsym(RTLD_NEXT, symbol);
-  if (found == nullptr) {
-    std::fprintf(stderr, "tsan_abseil: %s not found in the loaded Abseil: %s\n", symbol, dlerror());
-    std::abort();
-  }
-  return reinterpret_cast<F>(found);
-}
+using hamlet::sanitizers::Real;
 
 // The mangled names carry Abseil's inline namespace, which Debian sets.
 #define HAMLET_ABSL_NS "4absl7debian3"
