@@ -43,7 +43,7 @@ TEST(SpawnTest, AChildThatAbortedIsACrashShownFromItsSanitizerReport) {
   EXPECT_THAT(ended->text, HasSubstr("killed by signal 6"));
   EXPECT_THAT(ended->text, HasSubstr("WARNING: ThreadSanitizer: data race\n  Write of size 8 by thread T1"));
   EXPECT_THAT(ended->text, Not(HasSubstr("serving")));  // From the report on, not the lines before it.
-  EXPECT_EQ(WaitExit(pid), 128 + SIGABRT);  // Not reaped: still the caller's to wait for.
+  EXPECT_EQ(WaitExit(pid), 128 + SIGABRT);              // Not reaped: still the caller's to wait for.
 }
 
 TEST(SpawnTest, AChildThatExitedIsNotACrashAndARunningOneHasNotEnded) {

@@ -54,8 +54,7 @@ grpc_call_error grpc_call_start_batch(grpc_call* call, const grpc_op* ops, size_
 }
 
 grpc_call_error grpc_server_request_call(grpc_server* server, grpc_call** call, grpc_call_details* details,
-                                         grpc_metadata_array* request_metadata,
-                                         grpc_completion_queue* cq_bound_to_call,
+                                         grpc_metadata_array* request_metadata, grpc_completion_queue* cq_bound_to_call,
                                          grpc_completion_queue* cq_for_notification, void* tag_new) {
   static auto real =
       Real<grpc_call_error (*)(grpc_server*, grpc_call**, grpc_call_details*, grpc_metadata_array*,
@@ -69,9 +68,10 @@ grpc_call_error grpc_server_request_registered_call(grpc_server* server, void* r
                                                     grpc_byte_buffer** optional_payload,
                                                     grpc_completion_queue* cq_bound_to_call,
                                                     grpc_completion_queue* cq_for_notification, void* tag_new) {
-  static auto real = Real<grpc_call_error (*)(grpc_server*, void*, grpc_call**, gpr_timespec*, grpc_metadata_array*,
-                                              grpc_byte_buffer**, grpc_completion_queue*, grpc_completion_queue*,
-                                              void*)>("grpc_server_request_registered_call");
+  static auto real =
+      Real<grpc_call_error (*)(grpc_server*, void*, grpc_call**, gpr_timespec*, grpc_metadata_array*,
+                               grpc_byte_buffer**, grpc_completion_queue*, grpc_completion_queue*, void*)>(
+          "grpc_server_request_registered_call");
   Started(tag_new);
   return real(server, registered_method, call, deadline, request_metadata, optional_payload, cq_bound_to_call,
               cq_for_notification, tag_new);
