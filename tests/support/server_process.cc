@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -17,13 +16,6 @@
 #include "absl/strings/str_split.h"
 
 namespace hamlet::testing {
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir, std::vector<std::string> flags) {
   auto server = std::unique_ptr<ServerProcess>(new ServerProcess());

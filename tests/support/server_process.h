@@ -12,11 +12,10 @@
 namespace hamlet::testing {
 
 // Runs a program as a child process that dies with the test, and waits for
-// one to end (see tools/harness/spawn.h).
+// one to end; reads a file whole (see tools/harness/spawn.h).
+using harness::ReadFile;
 using harness::Spawn;
 using harness::WaitExit;
-
-std::string ReadFile(const std::string& path);
 
 // The real hamletd binary, started on a free loopback port.
 class ServerProcess {

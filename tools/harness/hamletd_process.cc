@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -57,13 +56,6 @@ std::string DeadServers() {
 }
 
 std::string ProgramDir() { return std::filesystem::canonical("/proc/self/exe").parent_path().string(); }
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 Rss RssOf(pid_t pid) {
   Rss rss;

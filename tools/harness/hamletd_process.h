@@ -14,14 +14,12 @@
 #include <vector>
 
 #include "hamlet/v1/admin.grpc.pb.h"
+#include "tools/harness/spawn.h"
 
 namespace hamlet::harness {
 
 // Directory of the running program (to find hamletd beside it in the build).
 std::string ProgramDir();
-
-// The whole file, or "" if it cannot be read.
-std::string ReadFile(const std::string& path);
 
 // Peak and current resident set of a process, in MiB, from /proc.
 struct Rss {

@@ -76,6 +76,13 @@ std::string LogEnd(const std::string& log) {
 
 }  // namespace
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 std::optional<Ending> EndedByItself(pid_t pid, const std::string& log) {
   siginfo_t info{};
   if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != pid) {
@@ -89,10 +96,7 @@ std::optional<Ending> EndedByItself(pid_t pid, const std::string& log) {
   } else {
     how << "exited with code " << info.si_status;
   }
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  how << "; its log " << log << " ends:\n" << LogEnd(text.str()) << "\n";
+  how << "; its log " << log << " ends:\n" << LogEnd(ReadFile(log)) << "\n";
   ending.text = how.str();
   return ending;
 }

@@ -18,6 +18,9 @@ namespace hamlet::harness {
 // therefore never leave a server running after they fail. Thread-safe.
 pid_t Spawn(const std::vector<std::string>& argv, const std::string& log);
 
+// The whole file (a child's log, say), or "" if it cannot be read.
+std::string ReadFile(const std::string& path);
+
 // Waits for child `pid` to end; returns its exit code, or 128 + the signal
 // that ended it.
 int WaitExit(pid_t pid);
