@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "client/protocol.h"
 #include "google/protobuf/util/time_util.h"
+#include "storage/atomic_file.h"
+#include "storage/bundle.h"
 #include "sync/change.h"
 #include "sync/lifecycle.h"
 #include "sync/roles.h"
@@ -87,18 +89,24 @@ absl::Status FieldDevice::Delete(const std::string& id) {
   return SaveEdit(change, *state);
 }
 
+namespace {
+
+absl::Status NotEnrolled(const std::string& device_id) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("device ", device_id,
+                   " is not enrolled: an admin enrols it (tools/hamlet-admin devices enroll "
+                   "--device-id=",
+                   device_id,
+                   " --person=... --role=... --unit=...) and its token is saved with "
+                   "`hamlet-field set-token TOKEN --role=ROLE`"));
+}
+
+}  // namespace
+
 absl::StatusOr<FieldDevice::SyncReport> FieldDevice::Sync(hamlet::v1::SyncService::StubInterface& stub,
                                                           const SyncOptions& options) {
   HAMLET_ASSIGN_OR_RETURN(token_, store_->GetToken());
-  if (token_.empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("device ", device_id(),
-                     " is not enrolled: an admin enrols it (tools/hamlet-admin devices enroll "
-                     "--device-id=",
-                     device_id(),
-                     " --person=... --role=... --unit=...) and its token is saved with "
-                     "`hamlet-field set-token TOKEN --role=ROLE`"));
-  }
+  if (token_.empty()) return NotEnrolled(device_id());
   SyncReport report;
   // One pace for the whole sync: what the push learns of the link sizes the
   // pull's first page.
@@ -143,7 +151,29 @@ absl::Status FieldDevice::SplitPendingBatch(const std::vector<storage::OutboxIte
   storage::PendingBatch half;
   half.set_batch_id(sync::NewUuid(gen));
   half.set_last_outbox_seq(items[(items.size() + 1) / 2 - 1].seq);
-  return store_->SetPendingBatch(half);
+  HAMLET_ASSIGN_OR_RETURN(std::vector<storage::PendingBatch> queued, store_->GetQueuedBatches());
+  if (queued.empty()) return store_->SetPendingBatch(half);  // The rest goes in the batches formed after.
+  // Batches are fixed after this one (a bundle carries them): the rest of
+  // this one becomes a batch of its own ahead of them, so theirs stay as
+  // they were.
+  storage::PendingBatch rest;
+  rest.set_batch_id(sync::NewUuid(gen));
+  rest.set_last_outbox_seq(items.back().seq);
+  queued.insert(queued.begin(), rest);
+  return store_->SetBatches(half, queued);
+}
+
+hamlet::v1::PushRequest FieldDevice::PushOf(const storage::PendingBatch& batch,
+                                            const std::vector<storage::OutboxItem>& items, size_t pending_after,
+                                            const SyncOptions& options) const {
+  hamlet::v1::PushRequest request;
+  request.set_device_id(device_id());
+  request.set_batch_id(batch.batch_id());
+  request.set_app_version(options.app_version);
+  request.set_set_aside_refused(true);
+  for (const storage::OutboxItem& item : items) *request.add_changes() = LeanChange(item.change);
+  request.set_pending_changes(static_cast<uint32_t>(pending_after));
+  return request;
 }
 
 absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options,
@@ -191,14 +221,9 @@ absl::Status FieldDevice::PushOutbox(hamlet::v1::SyncService::StubInterface& stu
     }
     HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> items,
                             store_->ReadOutboxThrough(pending->last_outbox_seq()));
-    hamlet::v1::PushRequest request;
-    request.set_device_id(device_id());
-    request.set_batch_id(pending->batch_id());
-    request.set_app_version(options.app_version);
-    request.set_set_aside_refused(true);
-    for (const storage::OutboxItem& item : items) *request.add_changes() = LeanChange(item.change);
     HAMLET_ASSIGN_OR_RETURN(size_t outbox, store_->OutboxSize());
-    request.set_pending_changes(static_cast<uint32_t>(outbox - std::min<size_t>(outbox, items.size())));
+    const hamlet::v1::PushRequest request =
+        PushOf(*pending, items, outbox - std::min<size_t>(outbox, items.size()), options);
     const size_t request_bytes = request.ByteSizeLong();
     hamlet::v1::PushResponse response;
     const absl::Time sent = absl::Now();
@@ -398,12 +423,7 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
   };
   tell(0);
   int timeouts = 0;
-  // Fields with unsynced edits, per record: a pulled value must not replace them.
-  std::unordered_map<std::string, sync::FieldNumbers> unsynced;
-  HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> outbox, store_->ReadOutbox(SIZE_MAX));
-  for (const storage::OutboxItem& item : outbox) {
-    for (const auto& fs : item.change.field_stamps()) unsynced[item.change.id()].insert(fs.field());
-  }
+  HAMLET_ASSIGN_OR_RETURN(const auto unsynced, UnsyncedFields());
   while (true) {
     HAMLET_ASSIGN_OR_RETURN(std::string cursor, store_->GetCursor(options.scope_unit_code));
     hamlet::v1::PullRequest request;
@@ -448,25 +468,148 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     const size_t response_bytes = response.ByteSizeLong();
     pace->Finished(response_bytes, absl::Now() - sent);
     progress.bytes_done += response_bytes;
-    std::vector<Record> states;
-    states.reserve(response.records_size());
-    for (Record& pulled : *response.mutable_records()) {
-      sync::ExpandStamps(&pulled, "");
-      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> local, store_->GetRecord(pulled.id()));
-      Record state = local.value_or(Record());
-      auto it = unsynced.find(pulled.id());
-      sync::MergeRecord(pulled, &state, it == unsynced.end() ? sync::FieldNumbers() : it->second);
-      state.set_server_seq(pulled.server_seq());
-      for (const auto& fs : pulled.field_stamps()) clock_.Observe(fs.stamp());
-      if (pulled.deleted()) clock_.Observe(pulled.deleted_stamp());
-      states.push_back(std::move(state));
-    }
+    for (Record& pulled : *response.mutable_records()) sync::ExpandStamps(&pulled, "");
+    HAMLET_ASSIGN_OR_RETURN(
+        std::vector<Record> states,
+        MergePulled(std::vector<Record>(std::make_move_iterator(response.mutable_records()->begin()),
+                                        std::make_move_iterator(response.mutable_records()->end())),
+                    unsynced));
     HAMLET_RETURN_IF_ERROR(
         store_->SavePulledPage(states, options.scope_unit_code, response.next_cursor(), clock_.Last()));
     report->records_pulled += states.size();
     tell(response.remaining());
     if (response.remaining() == 0) return absl::OkStatus();
   }
+}
+
+absl::StatusOr<std::unordered_map<std::string, sync::FieldNumbers>> FieldDevice::UnsyncedFields() const {
+  std::unordered_map<std::string, sync::FieldNumbers> unsynced;
+  HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> outbox, store_->ReadOutbox(SIZE_MAX));
+  for (const storage::OutboxItem& item : outbox) {
+    for (const auto& fs : item.change.field_stamps()) unsynced[item.change.id()].insert(fs.field());
+  }
+  return unsynced;
+}
+
+absl::StatusOr<std::vector<Record>> FieldDevice::MergePulled(
+    std::vector<Record> pulled, const std::unordered_map<std::string, sync::FieldNumbers>& unsynced) {
+  std::vector<Record> states;
+  states.reserve(pulled.size());
+  for (const Record& record : pulled) {
+    HAMLET_ASSIGN_OR_RETURN(std::optional<Record> local, store_->GetRecord(record.id()));
+    Record state = local.value_or(Record());
+    auto it = unsynced.find(record.id());
+    sync::MergeRecord(record, &state, it == unsynced.end() ? sync::FieldNumbers() : it->second);
+    state.set_server_seq(record.server_seq());
+    for (const auto& fs : record.field_stamps()) clock_.Observe(fs.stamp());
+    if (record.deleted()) clock_.Observe(record.deleted_stamp());
+    states.push_back(std::move(state));
+  }
+  return states;
+}
+
+absl::StatusOr<std::vector<FieldDevice::Batch>> FieldDevice::FixBatches(size_t batch_records) {
+  HAMLET_ASSIGN_OR_RETURN(std::vector<storage::OutboxItem> outbox, store_->ReadOutbox(SIZE_MAX));
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::PendingBatch> pending, store_->GetPendingBatch());
+  HAMLET_ASSIGN_OR_RETURN(std::vector<storage::PendingBatch> fixed, store_->GetQueuedBatches());
+  if (pending.has_value()) fixed.insert(fixed.begin(), *pending);
+  const size_t already = fixed.size();
+  // The rest of the outbox, after the last batch fixed, in new batches.
+  const uint64_t covered = fixed.empty() ? 0 : fixed.back().last_outbox_seq();
+  size_t next = 0;
+  while (next < outbox.size() && outbox[next].seq <= covered) ++next;
+  absl::BitGen gen;
+  for (size_t end; next < outbox.size(); next = end) {
+    end = std::min(outbox.size(), next + std::max<size_t>(batch_records, 1));
+    storage::PendingBatch batch;
+    batch.set_batch_id(sync::NewUuid(gen));
+    batch.set_last_outbox_seq(outbox[end - 1].seq);
+    fixed.push_back(std::move(batch));
+  }
+  if (fixed.size() > already) {
+    HAMLET_RETURN_IF_ERROR(
+        store_->SetBatches(fixed.front(), std::vector<storage::PendingBatch>(fixed.begin() + 1, fixed.end())));
+  }
+  std::vector<Batch> batches;
+  size_t item = 0;
+  for (const storage::PendingBatch& each : fixed) {
+    Batch batch{each, {}};
+    for (; item < outbox.size() && outbox[item].seq <= each.last_outbox_seq(); ++item) {
+      batch.items.push_back(outbox[item]);
+    }
+    if (!batch.items.empty()) batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ExportBundle(const std::string& path,
+                                                                    const SyncOptions& options) {
+  HAMLET_ASSIGN_OR_RETURN(std::string token, store_->GetToken());
+  if (token.empty()) return NotEnrolled(device_id());
+  HAMLET_ASSIGN_OR_RETURN(std::string secret, storage::BundleSecretOfToken(token));
+  HAMLET_ASSIGN_OR_RETURN(std::vector<Batch> batches, FixBatches(static_cast<size_t>(options.batch_records)));
+  if (batches.empty()) return absl::FailedPreconditionError("the outbox is empty: there is nothing to carry");
+  BundleReport report;
+  for (const Batch& batch : batches) report.changes += batch.items.size();
+  hamlet::v1::BundleContent content;
+  *content.mutable_export_time() = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+  uint64_t written = 0;
+  for (const Batch& batch : batches) {
+    written += batch.items.size();
+    *content.add_pushes() = PushOf(batch.batch, batch.items, report.changes - written, options);
+  }
+  HAMLET_ASSIGN_OR_RETURN(std::string bundle,
+                          storage::SealBundle(hamlet::v1::BUNDLE_DIRECTION_TO_SERVER, device_id(), content, secret));
+  HAMLET_RETURN_IF_ERROR(storage::WriteFileAtomically(path, bundle, 0600));
+  report.batches = batches.size();
+  report.bytes = bundle.size();
+  return report;
+}
+
+absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ImportBundle(const std::string& path) {
+  HAMLET_ASSIGN_OR_RETURN(std::string bundle, storage::ReadWholeFile(path));
+  HAMLET_ASSIGN_OR_RETURN(hamlet::v1::BundleHeader header, storage::ReadBundleHeader(bundle));
+  if (header.direction() != hamlet::v1::BUNDLE_DIRECTION_TO_DEVICE) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is a bundle device ", header.device_id(),
+                     " wrote for its server (hamlet-field export): carry it to the server (hamlet-admin import)"));
+  }
+  if (header.device_id() != device_id()) {
+    return absl::FailedPreconditionError(absl::StrCat(path, " is a bundle for device ", header.device_id(),
+                                                      "; this is device ", device_id(), ". Nothing was applied"));
+  }
+  HAMLET_ASSIGN_OR_RETURN(std::string token, store_->GetToken());
+  if (token.empty()) return NotEnrolled(device_id());
+  HAMLET_ASSIGN_OR_RETURN(std::string secret, storage::BundleSecretOfToken(token));
+  HAMLET_ASSIGN_OR_RETURN(hamlet::v1::BundleContent content, storage::OpenBundle(bundle, secret));
+  HAMLET_ASSIGN_OR_RETURN(const auto unsynced, UnsyncedFields());
+  // The cursor moves to the bundle's end if the bundle starts where the
+  // device's pulls stand (or at the beginning); a device that pulled online
+  // after the export keeps its own cursor, and the records merge either way.
+  HAMLET_ASSIGN_OR_RETURN(std::string cursor, store_->GetCursor(content.scope_unit_code()));
+  BundleReport report;
+  report.bytes = bundle.size();
+  report.records = static_cast<uint64_t>(content.records_size());
+  report.cursor_moved = content.from_cursor().empty() || content.from_cursor() == cursor;
+  // In pages, as a pull saves them; the cursor with the last.
+  constexpr int kPage = 500;
+  auto* records = content.mutable_records();
+  for (int start = 0; start < records->size() || start == 0; start += kPage) {
+    const int end = std::min(records->size(), start + kPage);
+    std::vector<Record> page;
+    for (int i = start; i < end; ++i) {
+      sync::ExpandStamps(&(*records)[i], "");
+      page.push_back(std::move((*records)[i]));
+    }
+    HAMLET_ASSIGN_OR_RETURN(std::vector<Record> states, MergePulled(std::move(page), unsynced));
+    if (end == records->size() && report.cursor_moved) {
+      HAMLET_RETURN_IF_ERROR(
+          store_->SavePulledPage(states, content.scope_unit_code(), content.next_cursor(), clock_.Last()));
+    } else {
+      HAMLET_RETURN_IF_ERROR(store_->SaveMergedRecords(states, clock_.Last()));
+    }
+  }
+  return report;
 }
 
 }  // namespace hamlet::field

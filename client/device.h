@@ -5,6 +5,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -127,6 +129,31 @@ class FieldDevice {
   // stays done.
   absl::StatusOr<SyncReport> Sync(hamlet::v1::SyncService::StubInterface& stub, const SyncOptions& options);
 
+  // Sync with no link: bundles carried by hand (docs/PROTOCOL.md, "Bundles").
+  struct BundleReport {
+    uint64_t batches = 0;
+    // Export: changes written. Import: records the bundle held.
+    uint64_t changes = 0;
+    uint64_t records = 0;
+    uint64_t bytes = 0;
+    // Import: the pull cursor moved to the bundle's end (else it was kept:
+    // the device had pulled past the bundle's start since it was written).
+    bool cursor_moved = false;
+  };
+  // Writes the whole outbox, as the batches Sync would push, into a sealed
+  // bundle at `path` (mode 0600, replaced whole). The batches' ids are fixed
+  // first, so that the same batches pushed online later are answered from
+  // the server's receipts; the outbox keeps them until a push is
+  // acknowledged. FAILED_PRECONDITION if the device is not enrolled or its
+  // outbox is empty.
+  absl::StatusOr<BundleReport> ExportBundle(const std::string& path, const SyncOptions& options);
+  // Applies a bundle the server wrote for this device (hamlet-admin export)
+  // as a pull would: its records merged, then its cursor, so the next sync
+  // resumes after it. INVALID_ARGUMENT if `path` is not a bundle for a device;
+  // FAILED_PRECONDITION if it is for another device; DATA_LOSS if it does not
+  // open with this device's enrolment. Importing it again changes nothing.
+  absl::StatusOr<BundleReport> ImportBundle(const std::string& path);
+
  private:
   FieldDevice(std::unique_ptr<storage::DeviceStore> store, const sync::PhysicalClock* clock);
   absl::Status SaveEdit(const hamlet::v1::Record& change, hamlet::v1::Record state);
@@ -143,6 +170,24 @@ class FieldDevice {
   // smaller. Each change still reaches the server once in effect: if the old
   // batch did arrive, merging its changes again changes nothing.
   absl::Status SplitPendingBatch(const std::vector<storage::OutboxItem>& items);
+  // The body fields of each record that have an edit still in the outbox: a
+  // pulled value must not replace them.
+  absl::StatusOr<std::unordered_map<std::string, sync::FieldNumbers>> UnsyncedFields() const;
+  // Merges pulled records (whole stamps) into the device's copies, the
+  // clock observing their stamps; returns the new states, to be saved.
+  absl::StatusOr<std::vector<hamlet::v1::Record>> MergePulled(
+      std::vector<hamlet::v1::Record> pulled, const std::unordered_map<std::string, sync::FieldNumbers>& unsynced);
+  // The batches a push or an export of the outbox begins with: the pending
+  // one and those queued after it, then, if `fix_all`, new ones holding the
+  // rest of the outbox (at most `batch_records` each), saved before return.
+  struct Batch {
+    storage::PendingBatch batch;
+    std::vector<storage::OutboxItem> items;
+  };
+  absl::StatusOr<std::vector<Batch>> FixBatches(size_t batch_records);
+  // The push of a batch, as sent online and carried in a bundle.
+  hamlet::v1::PushRequest PushOf(const storage::PendingBatch& batch, const std::vector<storage::OutboxItem>& items,
+                                 size_t pending_after, const SyncOptions& options) const;
   // `change` as this device pushes it: with lean stamps, its own stamps
   // leaving out its id (the server reads it from PushRequest.device_id).
   hamlet::v1::Record LeanChange(const hamlet::v1::Record& change) const;

@@ -9,9 +9,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/bundles.h"
 #include "server/log.h"
 #include "server/reports.h"
 #include "server/sync_service.h"
+#include "storage/atomic_file.h"
+#include "storage/bundle.h"
 #include "sync/status_macros.h"
 #include "sync/validate.h"
 
@@ -32,13 +35,15 @@ absl::StatusOr<uint64_t> SeqToken(const std::string& token) {
   return seq;
 }
 
-// Backups are written and read by the server, on its own machine.
-absl::Status AbsoluteDirectory(const std::string& directory) {
-  if (directory.empty() || directory[0] != '/') {
-    return absl::InvalidArgumentError("directory must be an absolute path on the server's machine");
+// Backups and bundles are written and read by the server, on its own machine.
+absl::Status AbsolutePath(absl::string_view what, const std::string& path) {
+  if (path.empty() || path[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrCat(what, " must be an absolute path on the server's machine"));
   }
   return absl::OkStatus();
 }
+
+absl::Status AbsoluteDirectory(const std::string& directory) { return AbsolutePath("directory", directory); }
 
 }  // namespace
 
@@ -337,6 +342,66 @@ grpc::Status AdminServiceImpl::VerifyBackups(grpc::ServerContext* context,
         checked.ok() ? absl::StrCat(*checked, " checked, ", damaged, " damaged") : checked.status().ToString(), " in ",
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
     return checked.status();
+  });
+}
+
+grpc::Status AdminServiceImpl::ImportBundle(grpc::ServerContext* context,
+                                            const hamlet::v1::ImportBundleRequest* request,
+                                            grpc::ServerWriter<hamlet::v1::ImportBundleResponse>* writer) {
+  return AsAdmin(context, "ImportBundle", [&](const Caller& admin) -> absl::Status {
+    std::string from = "the request";
+    std::string bundle;
+    if (request->has_path()) {
+      HAMLET_RETURN_IF_ERROR(AbsolutePath("path", request->path()));
+      HAMLET_ASSIGN_OR_RETURN(bundle, storage::ReadWholeFile(request->path()));
+      from = request->path();
+    } else if (request->has_bundle()) {
+      bundle = request->bundle();
+    } else {
+      return absl::InvalidArgumentError("give the bundle: path (a file on the server's machine) or bundle (its bytes)");
+    }
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<hamlet::v1::ImportBundleResponse> imported =
+        server::ImportBundle(bundle, *town_, *devices_, *clock_, [&](const hamlet::v1::ImportBundleResponse& m) {
+          writer->Write(m);  // A client that went away only misses progress.
+        });
+    const std::string figures =
+        imported.ok() ? absl::StrCat("device ", imported->device_id(), ": ", imported->batches_total(), " batches, ",
+                                     imported->records_applied(), " records changed, ", imported->changes_set_aside(),
+                                     " changes set aside, ", imported->batches_refused(), " batches refused")
+                      : imported.status().ToString();
+    LogLine(absl::StrCat("import bundle from ", from, " (", bundle.size(), " bytes): ", figures, " in ",
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
+    if (!imported.ok()) return imported.status();
+    return store_
+        ->AppendAudit(AuditOf(admin, "import_bundle", imported->device_id(),
+                              absl::StrCat(figures, "; written ", TimeUtil::ToString(imported->export_time())),
+                              clock_->NowMs()))
+        .status();
+  });
+}
+
+grpc::Status AdminServiceImpl::ExportBundle(grpc::ServerContext* context,
+                                            const hamlet::v1::ExportBundleRequest* request,
+                                            grpc::ServerWriter<hamlet::v1::ExportBundleResponse>* writer) {
+  return AsAdmin(context, "ExportBundle", [&](const Caller& admin) -> absl::Status {
+    HAMLET_RETURN_IF_ERROR(AbsolutePath("path", request->path()));
+    const auto start = std::chrono::steady_clock::now();
+    HAMLET_ASSIGN_OR_RETURN(ExportedBundle exported,
+                            server::ExportBundle(request->device_id(), store_->server_id(), *town_, *devices_, *clock_,
+                                                 [&](const hamlet::v1::ExportBundleResponse& m) { writer->Write(m); }));
+    HAMLET_RETURN_IF_ERROR(storage::WriteFileAtomically(request->path(), exported.bytes, 0600));
+    const hamlet::v1::ExportBundleResponse& summary = exported.summary;
+    const std::string figures =
+        absl::StrCat(summary.records(), " records in ", summary.bytes(), " bytes, scope \"", summary.scope_unit_code(),
+                     "\" from ", summary.from_beginning() ? "the beginning" : "its last pull");
+    LogLine(absl::StrCat("export bundle for device ", request->device_id(), " to ", request->path(), ": ", figures,
+                         " in ", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                         " s"));
+    HAMLET_RETURN_IF_ERROR(
+        store_->AppendAudit(AuditOf(admin, "export_bundle", request->device_id(), figures, clock_->NowMs())).status());
+    writer->Write(summary);
+    return absl::OkStatus();
   });
 }
 

@@ -56,6 +56,10 @@ class AdminServiceImpl final : public hamlet::v1::AdminService::Service {
                                 hamlet::v1::PauseReplicationResponse* response) override;
   grpc::Status ResumeReplication(grpc::ServerContext* context, const hamlet::v1::ResumeReplicationRequest* request,
                                  hamlet::v1::ResumeReplicationResponse* response) override;
+  grpc::Status ImportBundle(grpc::ServerContext* context, const hamlet::v1::ImportBundleRequest* request,
+                            grpc::ServerWriter<hamlet::v1::ImportBundleResponse>* writer) override;
+  grpc::Status ExportBundle(grpc::ServerContext* context, const hamlet::v1::ExportBundleRequest* request,
+                            grpc::ServerWriter<hamlet::v1::ExportBundleResponse>* writer) override;
 
  private:
   // Every call's preamble and ending, in one place: runs `body` for the admin

@@ -10,8 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/util/time_util.h"
-#include "server/atomic_file.h"
 #include "server/sha256.h"
+#include "storage/atomic_file.h"
+#include "storage/bundle.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
 #include "sync/validate.h"
@@ -87,6 +88,7 @@ absl::StatusOr<hamlet::v1::EnrollDeviceResponse> DeviceRegistry::Enroll(const ha
   *device->mutable_enroll_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
   *device->mutable_expire_time() = TimeUtil::MillisecondsToTimestamp(now_ms + ttl_ms);
   enrolment.set_token_sha256(Sha256(token));
+  HAMLET_ASSIGN_OR_RETURN(*enrolment.mutable_bundle_secret(), storage::BundleSecretOfToken(token));
 
   absl::MutexLock lock(&mu_);
   if (one_replication_node_per_unit_ && request.role() == hamlet::v1::ROLE_REPLICATION_NODE) {
@@ -198,6 +200,49 @@ absl::StatusOr<Caller> DeviceRegistry::Authenticate(absl::string_view authorizat
   return caller;
 }
 
+absl::StatusOr<DeviceRegistry::BundleDevice> DeviceRegistry::ForBundle(const std::string& device_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = by_device_.find(device_id);
+  if (it == by_device_.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", device_id,
+                     " was never enrolled on this server; its bundles cannot be opened here (is it another town's?)"));
+  }
+  const storage::Enrolment& enrolment = it->second;
+  if (enrolment.bundle_secret().empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", device_id,
+                     " was enrolled before bundles existed, so it shares no bundle secret with this server: enrol it "
+                     "again (tools/hamlet-admin devices enroll --device-id=",
+                     device_id, " ...) and give the phone its new token"));
+  }
+  BundleDevice out;
+  out.device = enrolment.device();
+  out.secret = enrolment.bundle_secret();
+  out.caller.device_id = device_id;
+  out.caller.principal.role = out.device.role();
+  out.caller.principal.unit_code = out.device.unit_code();
+  out.caller.principal.person_id = out.device.person_id();
+  out.caller.peer = "bundle";
+  return out;
+}
+
+absl::Status EnrolledAt(const hamlet::v1::Device& device, int64_t at_ms) {
+  if (device.has_revoke_time() && TimeUtil::TimestampToMilliseconds(device.revoke_time()) <= at_ms) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("device ", device.device_id(), " was revoked at ", TimeUtil::ToString(device.revoke_time()), " (",
+                     device.revoke_reason(), "), before ", TimeUtil::ToString(TimeUtil::MillisecondsToTimestamp(at_ms)),
+                     ": nothing it wrote at that time is accepted"));
+  }
+  if (TimeUtil::TimestampToMilliseconds(device.expire_time()) <= at_ms) {
+    return absl::PermissionDeniedError(absl::StrCat("the token of device ", device.device_id(), " had expired at ",
+                                                    TimeUtil::ToString(device.expire_time()), ", before ",
+                                                    TimeUtil::ToString(TimeUtil::MillisecondsToTimestamp(at_ms)),
+                                                    ": enrol it again, and have it export again"));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<hamlet::v1::Device> DeviceRegistry::List() const {
   absl::MutexLock lock(&mu_);
   std::vector<hamlet::v1::Device> out;
@@ -223,7 +268,7 @@ absl::StatusOr<std::string> DeviceRegistry::EnsureAdminToken(const std::string& 
   server.principal.person_id = "hamletd";
   HAMLET_ASSIGN_OR_RETURN(hamlet::v1::EnrollDeviceResponse enrolled, Enroll(request, server));
   // The token is never readable by others, not even briefly.
-  HAMLET_RETURN_IF_ERROR(WriteFileAtomically(token_file, enrolled.token() + "\n", 0600));
+  HAMLET_RETURN_IF_ERROR(storage::WriteFileAtomically(token_file, enrolled.token() + "\n", 0600));
   return enrolled.token();
 }
 

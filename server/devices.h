@@ -61,6 +61,17 @@ class DeviceRegistry {
 
   std::vector<hamlet::v1::Device> List() const;
 
+  // A device as a bundle names it (docs/PROTOCOL.md, "Bundles"): the caller
+  // its batches are applied as, its enrolment, and the secret its bundles
+  // are sealed with. FAILED_PRECONDITION if this server never enrolled it,
+  // or enrolled it before bundles existed (enrol it again).
+  struct BundleDevice {
+    Caller caller;
+    hamlet::v1::Device device;
+    std::string secret;
+  };
+  absl::StatusOr<BundleDevice> ForBundle(const std::string& device_id) const;
+
   // Makes sure an admin can reach the server: if `token_file` does not hold
   // a valid admin token, enrols a new admin device for the town and writes its
   // token there (mode 0600). Returns the token.
@@ -77,6 +88,10 @@ class DeviceRegistry {
   std::map<std::string, storage::Enrolment> by_device_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> device_by_token_hash_ ABSL_GUARDED_BY(mu_);
 };
+
+// PERMISSION_DENIED, naming when and why, unless `device`'s enrolment was in
+// force at `at_ms`: not revoked then and not expired.
+absl::Status EnrolledAt(const hamlet::v1::Device& device, int64_t at_ms);
 
 // An audit entry for an action by `by`.
 hamlet::v1::AuditEntry AuditOf(const Caller& by, absl::string_view action, absl::string_view target,

@@ -16,7 +16,6 @@
 #include "google/protobuf/util/time_util.h"
 #include "grpc/health/v1/health.pb.h"
 #include "server/admin_service.h"
-#include "server/atomic_file.h"
 #include "server/devices.h"
 #include "server/host_port.h"
 #include "server/log.h"

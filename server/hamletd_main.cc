@@ -10,9 +10,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "server/atomic_file.h"
 #include "server/hamletd.h"
 #include "server/log.h"
+#include "storage/atomic_file.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7420",
           "Address for devices to connect to, host:port. Loopback by default; use 0.0.0.0:7420 to serve the "
@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
   }
   PrintWelcome(**server);
   if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
-    const absl::Status written = hamlet::server::WriteFileAtomically(
+    const absl::Status written = hamlet::storage::WriteFileAtomically(
         ready, absl::StrCat((*server)->device_address(), "\n", (*server)->admin_address(), "\n",
                             (*server)->metrics_address(), "\n"));
     if (!written.ok()) LogLine(std::string(written.message()));

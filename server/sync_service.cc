@@ -246,6 +246,7 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
     return;
   }
   metrics_->CountRecordsPulled(static_cast<uint64_t>(result->records_size()));
+  town_->NotePull(caller->device_id, request, result->next_cursor());  // Where a bundle for it would start.
   *response = Serialized(*result);
   Leave();
   reactor->Finish(grpc::Status::OK);

@@ -312,6 +312,8 @@ struct Town::PushJob {
   std::vector<uint32_t> positions;
   std::vector<hamlet::v1::SetAsideChange> set_aside;
   std::string hash;
+  // Set for a batch a bundle carried: when the bundle was written.
+  std::optional<int64_t> written_ms;
   hamlet::v1::PushResponse response;
   // Set when the merge staged a commit (not for a retry's receipt).
   std::optional<Committed> committed;
@@ -336,19 +338,44 @@ absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushReques
   return result;
 }
 
-void Town::Push(hamlet::v1::PushRequest request, const Caller& caller, PushDone done) {
-  if (absl::Status device = CheckDevice(request.device_id(), caller); !device.ok()) return done(device);
+std::shared_ptr<Town::PushJob> Town::NewPushJob(hamlet::v1::PushRequest request, const Caller& caller, PushDone done,
+                                                std::optional<int64_t> written_ms) {
   auto job = std::make_shared<PushJob>();
   job->request = std::move(request);
   job->caller = caller;
   job->done = std::move(done);
+  job->written_ms = written_ms;
   // A batch is the same batch, for its receipt too, in its lean and its whole form.
   for (Record& change : *job->request.mutable_changes()) {
     if (!change.default_node().empty() || sync::HasLeanStamps(change)) {
       sync::ExpandStamps(&change, job->request.device_id());
     }
   }
-  PushWhole(std::move(job));
+  return job;
+}
+
+void Town::Push(hamlet::v1::PushRequest request, const Caller& caller, PushDone done) {
+  if (absl::Status device = CheckDevice(request.device_id(), caller); !device.ok()) return done(device);
+  PushWhole(NewPushJob(std::move(request), caller, std::move(done), std::nullopt));
+}
+
+absl::StatusOr<Town::Carried> Town::PushCarried(const hamlet::v1::PushRequest& request, const Caller& caller,
+                                                int64_t written_ms) {
+  HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
+  absl::Notification finished;
+  absl::StatusOr<hamlet::v1::PushResponse> result;
+  std::shared_ptr<PushJob> job = NewPushJob(
+      request, caller,
+      [&](absl::StatusOr<hamlet::v1::PushResponse> response) {
+        result = std::move(response);
+        finished.Notify();
+      },
+      written_ms);
+  PushWhole(job);
+  finished.WaitForNotification();
+  if (!result.ok()) return result.status();
+  // A batch merged now stages a commit; one answered from its receipt does not.
+  return Carried{*std::move(result), !job->committed.has_value()};
 }
 
 void Town::PushWhole(std::shared_ptr<PushJob> job) {
@@ -382,15 +409,17 @@ void Town::PushWhole(std::shared_ptr<PushJob> job) {
     job->changes.push_back(&change);
     job->positions.push_back(static_cast<uint32_t>(i));
   }
-  const int64_t now_ms = clock_.physical().NowMs();
+  const int64_t now_ms = std::min(clock_.physical().NowMs(), job->written_ms.value_or(INT64_MAX));
   const int64_t limit_ms = now_ms + absl::ToInt64Milliseconds(options_.max_clock_skew);
   for (const Record* each : job->changes) {
     const Record& change = *each;
     if (sync::MaxStampMs(change) > limit_ms) {
-      absl::Status status = absl::FailedPreconditionError(absl::StrFormat(
-          "record %s has a stamp %d ms ahead of the server clock (%d ms since epoch); allowed skew is %d ms. "
-          "Correct the device clock and stamp the edits again",
-          change.id(), sync::MaxStampMs(change) - now_ms, now_ms, absl::ToInt64Milliseconds(options_.max_clock_skew)));
+      absl::Status status = absl::FailedPreconditionError(
+          absl::StrFormat("record %s has a stamp %d ms ahead of %s (%d ms since epoch); allowed skew is %d ms. "
+                          "Correct the device clock and stamp the edits again",
+                          change.id(), sync::MaxStampMs(change) - now_ms,
+                          job->written_ms.has_value() ? "the time its bundle was written" : "the server clock", now_ms,
+                          absl::ToInt64Milliseconds(options_.max_clock_skew)));
       status.SetPayload(kServerTimeKey, absl::Cord(absl::StrCat(now_ms)));
       return job->done(WithReason(status, "CLOCK_SKEW"));
     }
@@ -761,6 +790,22 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
   response.set_remaining(page.remaining);
   if (request.cursor().empty()) *response.mutable_history() = store_->history();
   return response;
+}
+
+void Town::NotePull(const std::string& device_id, const hamlet::v1::PullRequest& request,
+                    const std::string& next_cursor) {
+  if (request.reference_only()) return;
+  absl::MutexLock lock(&last_pulls_mu_);
+  storage::PullPosition& last = last_pulls_[device_id];
+  last.set_scope(request.scope_unit_code());
+  last.set_cursor(next_cursor);
+}
+
+std::optional<storage::PullPosition> Town::LastPull(const std::string& device_id) const {
+  absl::MutexLock lock(&last_pulls_mu_);
+  auto it = last_pulls_.find(device_id);
+  if (it == last_pulls_.end()) return std::nullopt;
+  return it->second;
 }
 
 absl::StatusOr<Town::WatchStart> Town::StartWatch(const hamlet::v1::WatchRequest& request, const Caller& caller) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -89,6 +90,16 @@ class Town {
   // Push, waiting for `done`.
   absl::StatusOr<hamlet::v1::PushResponse> Push(const hamlet::v1::PushRequest& request, const Caller& caller);
 
+  // Push of a batch a bundle carried (AdminService.ImportBundle), waiting for
+  // it: judged as of `written_ms`, when the bundle was written, so its stamps
+  // may be ahead of that time (not of now) by the allowed skew. `held` is
+  // true if the server held the batch already and answered from its receipt.
+  struct Carried {
+    hamlet::v1::PushResponse response;
+    bool held = false;
+  };
+  absl::StatusOr<Carried> PushCarried(const hamlet::v1::PushRequest& request, const Caller& caller, int64_t written_ms);
+
   // Settles an open conflict (see sync.proto). Errors: INVALID_ARGUMENT,
   // PERMISSION_DENIED (the caller's role may not resolve), NOT_FOUND (no such
   // record), FAILED_PRECONDITION (no open conflict on that field, or a value
@@ -103,6 +114,13 @@ class Town {
   // device's id), FAILED_PRECONDITION with reason CURSOR_INVALIDATED (cursor
   // from another server or epoch).
   absl::StatusOr<hamlet::v1::PullResponse> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
+
+  // Notes where a device's pull call ended (the cursor it was given), for
+  // LastPull; reference pulls are not noted. Kept in memory only.
+  void NotePull(const std::string& device_id, const hamlet::v1::PullRequest& request, const std::string& next_cursor);
+  // Where `device_id`'s last pull call of records since this server started
+  // ended: its scope and the cursor it was given; nullopt if none was noted.
+  std::optional<storage::PullPosition> LastPull(const std::string& device_id) const;
 
   // Merges admin units pulled from the upstream (the province owns them) as
   // they are, stamps and all, and commits them. Other records are ignored.
@@ -127,6 +145,9 @@ class Town {
 
  private:
   struct PushJob;
+  // A push on its way, its lean stamps filled in.
+  std::shared_ptr<PushJob> NewPushJob(hamlet::v1::PushRequest request, const Caller& caller, PushDone done,
+                                      std::optional<int64_t> written_ms);
   // Push, once every stamp names its writer.
   void PushWhole(std::shared_ptr<PushJob> job);
   // The merge and commit of a checked push, in its commit group.
@@ -212,6 +233,9 @@ class Town {
   const TownOptions options_;
   sync::HybridClock clock_;
   ChangeFeed* const feed_;
+
+  mutable absl::Mutex last_pulls_mu_;
+  absl::flat_hash_map<std::string, storage::PullPosition> last_pulls_ ABSL_GUARDED_BY(last_pulls_mu_);
 
   mutable absl::Mutex units_mu_;
   sync::UnitDirectory units_ ABSL_GUARDED_BY(units_mu_);

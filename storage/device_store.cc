@@ -156,6 +156,36 @@ absl::Status DeviceStore::SetPendingBatch(const PendingBatch& batch) {
   return FromRocks(db_->db->Put(Synced(), db_->families[kMeta], "pending", EncodeValue(batch)), "saving pending batch");
 }
 
+absl::StatusOr<std::vector<PendingBatch>> DeviceStore::GetQueuedBatches() const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("queued"));
+  if (!value.has_value()) return std::vector<PendingBatch>();
+  QueuedBatches queued;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(*value, &queued));
+  return std::vector<PendingBatch>(queued.batches().begin(), queued.batches().end());
+}
+
+namespace {
+
+// Puts `queued` under "queued", or deletes the key when there are none.
+void PutQueued(const std::vector<PendingBatch>& queued, rocksdb::ColumnFamilyHandle* meta, rocksdb::WriteBatch* batch) {
+  if (queued.empty()) {
+    batch->Delete(meta, "queued");
+    return;
+  }
+  QueuedBatches value;
+  for (const PendingBatch& each : queued) *value.add_batches() = each;
+  batch->Put(meta, "queued", EncodeValue(value));
+}
+
+}  // namespace
+
+absl::Status DeviceStore::SetBatches(const PendingBatch& pending, const std::vector<PendingBatch>& queued) {
+  rocksdb::WriteBatch batch;
+  batch.Put(db_->families[kMeta], "pending", EncodeValue(pending));
+  PutQueued(queued, db_->families[kMeta], &batch);
+  return FromRocks(db_->db->Write(Synced(), &batch), "saving the batches to push");
+}
+
 absl::Status DeviceStore::AckPendingBatch(const std::map<uint32_t, std::string>& set_aside, const SentCall* sent) {
   return SettlePendingBatch(
       [&](uint32_t index) -> const std::string* {
@@ -186,7 +216,15 @@ absl::Status DeviceStore::SettlePendingBatch(const std::function<const std::stri
     batch.Put(db_->families[kRejected], SeqKey(items[i].seq), EncodeValue(rejected));
   }
   batch.DeleteRange(db_->families[kOutbox], SeqKey(0), SeqKey(pending->last_outbox_seq() + 1));
-  batch.Delete(db_->families[kMeta], "pending");
+  // The next batch fixed for a bundle, if any, is pushed next.
+  HAMLET_ASSIGN_OR_RETURN(std::vector<PendingBatch> queued, GetQueuedBatches());
+  if (queued.empty()) {
+    batch.Delete(db_->families[kMeta], "pending");
+  } else {
+    batch.Put(db_->families[kMeta], "pending", EncodeValue(queued.front()));
+    queued.erase(queued.begin());
+    PutQueued(queued, db_->families[kMeta], &batch);
+  }
   return FromRocks(db_->db->Write(Synced(), &batch), "settling the pushed batch");
 }
 
@@ -282,6 +320,13 @@ absl::Status DeviceStore::SavePulledPage(const std::vector<Record>& states, cons
   batch.Put(db_->families[kMeta], "cursor", EncodeValue(position));
   batch.Put(db_->families[kMeta], "clock", EncodeValue(clock));
   return FromRocks(db_->db->Write(Synced(), &batch), "saving pulled page");
+}
+
+absl::Status DeviceStore::SaveMergedRecords(const std::vector<Record>& states, const hamlet::v1::Stamp& clock) {
+  rocksdb::WriteBatch batch;
+  for (const Record& state : states) batch.Put(db_->families[kRecords], state.id(), EncodeValue(state));
+  batch.Put(db_->families[kMeta], "clock", EncodeValue(clock));
+  return FromRocks(db_->db->Write(Synced(), &batch), "saving merged records");
 }
 
 absl::Status DeviceStore::ResetCursor() {

@@ -37,7 +37,8 @@ struct OutboxItem {
 //   default  "format" -> "1"; "device_id" -> UUID text; "cursor" -> v1 PullPosition;
 //            "token" -> bearer token text; "role" -> decimal hamlet.v1.Role;
 //            "outbox_next" -> be64; "pending" -> v1 PendingBatch; "clock" -> v1 Stamp;
-//            "sent_next" -> be64; "reoffer_due" -> v1 ServerHistory
+//            "sent_next" -> be64; "reoffer_due" -> v1 ServerHistory;
+//            "queued" -> QueuedBatches
 //   records  record_id -> v1 Record
 //   outbox   be64(seq) -> v1 OutboxEntry
 //   rejected be64(seq) -> v1 RejectedEdit   (seq: the edit's outbox seq)
@@ -74,6 +75,12 @@ class DeviceStore {
   // The batch being pushed, or nullopt if none.
   absl::StatusOr<std::optional<PendingBatch>> GetPendingBatch() const;
   absl::Status SetPendingBatch(const PendingBatch& batch);
+  // Batches fixed after the pending one (a bundle carries them), in order;
+  // each holds the outbox entries after the one before it. Settling the
+  // pending batch makes the first of them pending.
+  absl::StatusOr<std::vector<PendingBatch>> GetQueuedBatches() const;
+  // Sets the pending batch and the queue after it in one write.
+  absl::Status SetBatches(const PendingBatch& pending, const std::vector<PendingBatch>& queued);
   // The server acknowledged the pending batch: drops it and its outbox
   // entries, except that those it set aside (keyed by their position in the
   // batch, with the server's reason) move to the rejected list.
@@ -107,6 +114,8 @@ class DeviceStore {
   // Also saves the device clock, which observed the page's stamps.
   absl::Status SavePulledPage(const std::vector<hamlet::v1::Record>& states, const std::string& scope,
                               const std::string& next_cursor, const hamlet::v1::Stamp& clock);
+  // Stores merged records and the device clock, leaving the cursor as it is.
+  absl::Status SaveMergedRecords(const std::vector<hamlet::v1::Record>& states, const hamlet::v1::Stamp& clock);
   // Forgets the cursor (the server said it is no longer valid); keeps the
   // records and the outbox.
   absl::Status ResetCursor();

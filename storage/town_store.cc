@@ -624,8 +624,14 @@ absl::Status TownStore::PutEnrolment(const Enrolment& enrolment, hamlet::v1::Aud
   absl::MutexLock lock(&audit_mu_);
   const uint64_t audit_seq = last_audit_seq_.load() + 1;
   audit.set_seq(audit_seq);
+  Enrolment stored = enrolment;
+  if (options_.sealer != nullptr && !stored.bundle_secret().empty()) {
+    HAMLET_ASSIGN_OR_RETURN(*stored.mutable_bundle_secret_sealed(),
+                            options_.sealer->Seal(stored.bundle_secret(), stored.device().device_id()));
+    stored.clear_bundle_secret();
+  }
   rocksdb::WriteBatch batch;
-  batch.Put(enrolments_, enrolment.device().device_id(), EncodeValue(enrolment));
+  batch.Put(enrolments_, enrolment.device().device_id(), EncodeValue(stored));
   batch.Put(audit_, SeqKey(audit_seq), EncodeValue(audit));
   rocksdb::WriteOptions write;
   write.sync = true;
@@ -640,6 +646,15 @@ absl::StatusOr<std::vector<Enrolment>> TownStore::ListEnrolments() const {
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     Enrolment enrolment;
     HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &enrolment));
+    if (!enrolment.bundle_secret_sealed().empty()) {
+      if (options_.sealer == nullptr) {
+        return absl::FailedPreconditionError(
+            "enrolments hold bundle secrets sealed with a sealing key this server was not given (--sealed_key_file)");
+      }
+      HAMLET_ASSIGN_OR_RETURN(*enrolment.mutable_bundle_secret(),
+                              options_.sealer->Open(enrolment.bundle_secret_sealed(), enrolment.device().device_id()));
+      enrolment.clear_bundle_secret_sealed();
+    }
     out.push_back(std::move(enrolment));
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "listing enrolments"));

@@ -266,7 +266,8 @@ class TownStore {
   absl::Status store_error() const;
 
   // Saves an enrolment (new, renewed or revoked) with its audit entry, in one
-  // synced write.
+  // synced write. With a sealer, the bundle secret is stored sealed; listed
+  // enrolments have it open again.
   absl::Status PutEnrolment(const Enrolment& enrolment, hamlet::v1::AuditEntry audit);
   // Every enrolment, in device id order.
   absl::StatusOr<std::vector<Enrolment>> ListEnrolments() const;

@@ -154,9 +154,11 @@ after(async () => {
 const ADMIN_METHODS = [
   'hamlet.v1.AdminService/CreateBackup',
   'hamlet.v1.AdminService/EnrollDevice',
+  'hamlet.v1.AdminService/ExportBundle',
   'hamlet.v1.AdminService/GetReplicationStatus',
   'hamlet.v1.AdminService/GetReport',
   'hamlet.v1.AdminService/GetServerStats',
+  'hamlet.v1.AdminService/ImportBundle',
   'hamlet.v1.AdminService/ListAuditEntries',
   'hamlet.v1.AdminService/ListConflicts',
   'hamlet.v1.AdminService/ListDevices',

@@ -359,7 +359,9 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
                                          "hamlet.v1.AdminService.GetReport",
                                          "hamlet.v1.AdminService.GetReplicationStatus",
                                          "hamlet.v1.AdminService.PauseReplication",
-                                         "hamlet.v1.AdminService.ResumeReplication"};
+                                         "hamlet.v1.AdminService.ResumeReplication",
+                                         "hamlet.v1.AdminService.ImportBundle",
+                                         "hamlet.v1.AdminService.ExportBundle"};
   for (const auto* service : {SyncServiceDescriptor(), AdminServiceDescriptor()}) {
     for (int i = 0; i < service->method_count(); ++i) {
       EXPECT_EQ(covered.count(service->method(i)->full_name()), 1u)
@@ -553,6 +555,28 @@ TEST_F(AccessE2eTest, EveryRoleGetsExactlyWhatDomainMdAllows) {
         while (reader->Read(&checked)) {
         }
         expect_admin_only(reader->Finish(), "VerifyBackups");
+      }
+      {
+        hamlet::v1::ImportBundleRequest import;
+        import.set_path(dir_->Sub("no-such-bundle.hlb"));
+        auto context = device->Context();
+        auto reader = device->admin().ImportBundle(context.get(), import);
+        hamlet::v1::ImportBundleResponse progress;
+        while (reader->Read(&progress)) {
+        }
+        expect_admin_only(reader->Finish(), "ImportBundle");
+      }
+      {
+        // Another device's records, sealed for it: only an admin may.
+        hamlet::v1::ExportBundleRequest export_request;
+        export_request.set_device_id(Uuid(1, 1));
+        export_request.set_path(dir_->Sub(absl::StrCat("bundle-by-", hamlet::v1::Role_Name(role))));
+        auto context = device->Context();
+        auto reader = device->admin().ExportBundle(context.get(), export_request);
+        hamlet::v1::ExportBundleResponse progress;
+        while (reader->Read(&progress)) {
+        }
+        expect_admin_only(reader->Finish(), "ExportBundle");
       }
     }
   }

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Drives tools/hamlet-admin against a real hamletd through `buf curl` and checks
 # what the server answers: stats, enrolment, the device list, revocation, the
-# audit log, conflicts, replication on a server without an upstream, refusals,
+# audit log, conflicts, backups, bundles carried to and from a phone
+# (hamlet-field), replication on a server without an upstream, refusals,
 # --help, usage errors and --dry-run.
 #
 # Run: bash tests/tools/hamlet_admin_test.sh
-# The server binary is $HAMLETD (default /work/main/build/server/hamletd). The
+# The server binary is $HAMLETD (default /work/main/build/server/hamletd), the
+# phone's $HAMLET_FIELD (default /work/main/build/tools/hamlet-field). The
 # script starts its own hamletd on free loopback ports in a fresh temp dir and
 # stops it with SIGTERM when done, also when a check fails or the script is
 # interrupted; the whole run is bounded to SCRIPT_LIMIT seconds. grpcurl is
@@ -18,6 +20,7 @@
 set -uo pipefail
 
 readonly HAMLETD=${HAMLETD:-/work/main/build/server/hamletd}
+readonly HAMLET_FIELD=${HAMLET_FIELD:-/work/main/build/tools/hamlet-field}
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 readonly ROOT
 readonly ADMIN=$ROOT/tools/hamlet-admin
@@ -135,6 +138,7 @@ refused_with() { [[ $rc != 0 ]] && err_has "$1"; }
 # Exit status 2, with the message on stderr.
 usage_error() { [[ $rc == 2 ]] && err_has "$1"; }
 equal() { [[ $1 == "$2" ]]; }
+contains() { grep -qF -- "$2" <<<"$1"; }
 not_empty() { [[ -n $1 ]]; }
 
 # Prints the value of the first "KEY": "value" in the last run's JSON.
@@ -420,6 +424,36 @@ admin_raw --client=buf --token=hmt_x --dry-run stats
 check "the default server is 127.0.0.1:7421" out_has "http://127.0.0.1:7421/hamlet.v1.AdminService/GetServerStats"
 
 check "grpcurl was never called" [ ! -e "$dir/grpcurl-called" ]
+
+# --- Bundles (last: they add a record and a device the checks above count):
+# a phone's outbox carried in, and its pull carried back.
+phone() { "$HAMLET_FIELD" --store="$dir/phone" "$@"; }
+phone_device=$(phone status | sed -n 's/^device //p')
+admin devices enroll --person=tv-bundle --role=member --unit="$UNIT" --device-id="$phone_device"
+phone set-token "$(json_value token)" --role=ROLE_MEMBER
+phone create mediation_case --unit="$UNIT-K05" --author=tv-bundle --json='{"summary":"mang bằng tay"}' >/dev/null
+phone export --out="$dir/to-town.hlb" >/dev/null
+admin import "$dir/to-town.hlb"
+check "import exits with 0" rc_is 0
+check "import reports the batch and ends done" has_object '"done": true' "\"deviceId\": \"$phone_device\"" \
+  '"recordsApplied": "1"' '"batchesDone": 1'
+admin import "$dir/to-town.hlb"
+check "importing the same bundle again finds its batch held already" has_object '"done": true' '"alreadyHeld": true'
+check "importing the same bundle again applies nothing" lacks_object '"recordsApplied"'
+admin export --device-id="$phone_device" --out="$dir/to-phone.hlb"
+check "export exits with 0" rc_is 0
+check "export ends done with the file's size" has_object '"done": true' '"bytes"' '"fromBeginning": true'
+check "export writes the bundle readable by its owner only" equal "$(stat -c %a "$dir/to-phone.hlb")" 600
+check "the phone imports the bundle exported for it" contains "$(phone import "$dir/to-phone.hlb")" "imported"
+echo "not a bundle" >"$dir/not-a-bundle"
+admin import "$dir/not-a-bundle"
+check "importing a file that is not a bundle fails with invalid_argument" refused_with invalid_argument
+admin import "$dir/to-phone.hlb"
+check "importing a bundle meant for a phone fails with invalid_argument" refused_with invalid_argument
+admin export --device-id="$phone_device"
+check "export without --out exits with 2 naming --out" usage_error "--out is required"
+admin import
+check "import without a file exits with 2" usage_error "--file is required"
 
 # --- The server stops cleanly.
 stop_server

@@ -73,8 +73,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "server/atomic_file.h"
 #include "server/host_port.h"
+#include "storage/atomic_file.h"
 #include "tools/harness/program_flags.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
@@ -246,7 +246,7 @@ absl::Mutex stats_file_mu;
 void WriteStats(const Stats& stats, const std::string& path) {
   if (path.empty()) return;
   absl::MutexLock lock(&stats_file_mu);
-  (void)hamlet::server::WriteFileAtomically(path, stats.Line() + "\n");  // Read by tests; a miss shows there.
+  (void)hamlet::storage::WriteFileAtomically(path, stats.Line() + "\n");  // Read by tests; a miss shows there.
 }
 
 void Log(const std::string& line) {
@@ -991,7 +991,7 @@ int main(int argc, char** argv) {
       absl::ToInt64Milliseconds(options->delay), options->cut, absl::ToInt64Milliseconds(options->cut_within)));
   WriteStats((*proxy)->stats(), options->stats_file);
   if (const std::string ready = absl::GetFlag(FLAGS_ready_file); !ready.empty()) {
-    if (absl::Status written = hamlet::server::WriteFileAtomically(ready, (*proxy)->address() + "\n"); !written.ok()) {
+    if (absl::Status written = hamlet::storage::WriteFileAtomically(ready, (*proxy)->address() + "\n"); !written.ok()) {
       Log(std::string(written.message()));
       return 1;
     }

@@ -42,6 +42,7 @@ ABSL_FLAG(std::string, resolver, "", "Person id of who settles a conflict (`reso
 ABSL_FLAG(int, attempts, 8, "Attempts per call on `sync` while the server is unreachable.");
 ABSL_FLAG(int, batch_records, 200, "Most records per push on `sync`.");
 ABSL_FLAG(int, page_size, 500, "Records per pull page on `sync`.");
+ABSL_FLAG(std::string, out, "", "File to write the bundle to (`export`); replaced whole if it exists.");
 
 namespace {
 
@@ -65,6 +66,9 @@ constexpr char kUsage[] =
     "  resolve ID --field=N --json=VALUE --resolver=PERSON [--server=ADDR]\n"
     "                          settle a conflict (team leaders and commune roles)\n"
     "  rejected                edits the server refused for good, with its reason\n"
+    "  export --out=FILE       write the unsynced edits into a sealed bundle for the server, to carry by hand\n"
+    "                          (an admin applies it with `hamlet-admin import FILE`)\n"
+    "  import FILE             apply a bundle the server wrote for this device (`hamlet-admin export`)\n"
     "All but sync and resolve work with no server.";
 
 int Fail(const absl::Status& status) {
@@ -345,6 +349,28 @@ int Run(const std::vector<char*>& args) {
     for (const auto& edit : *rejected) {
       std::printf("%s %s\n", edit.change().id().c_str(), edit.reason().c_str());
     }
+    return 0;
+  }
+  if (command == "export") {
+    if (absl::GetFlag(FLAGS_out).empty()) return Fail(absl::InvalidArgumentError("export needs --out=FILE"));
+    hamlet::field::FieldDevice::SyncOptions options = OptionsFromFlags();
+    options.batch_records = absl::GetFlag(FLAGS_batch_records);
+    auto report = d.ExportBundle(absl::GetFlag(FLAGS_out), options);
+    if (!report.ok()) return Fail(report.status());
+    std::printf(
+        "exported %s changes in %d batches to %s (%s bytes, sealed for this device's server); they stay in the "
+        "outbox until the server has them\n",
+        WithThousands(report->changes).c_str(), static_cast<int>(report->batches), absl::GetFlag(FLAGS_out).c_str(),
+        WithThousands(report->bytes).c_str());
+    return 0;
+  }
+  if (command == "import") {
+    if (arg(2).empty()) return Fail(absl::InvalidArgumentError("import needs the bundle's file"));
+    auto report = d.ImportBundle(arg(2));
+    if (!report.ok()) return Fail(report.status());
+    std::printf("imported %s records from %s; %s\n", WithThousands(report->records).c_str(), arg(2).c_str(),
+                report->cursor_moved ? "the next sync resumes after them"
+                                     : "the device had pulled past where the bundle starts, so its cursor is kept");
     return 0;
   }
   if (command == "resolve") return Resolve(d, arg(2));

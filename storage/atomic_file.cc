@@ -1,4 +1,4 @@
-#include "server/atomic_file.h"
+#include "storage/atomic_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace hamlet::server {
+namespace hamlet::storage {
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view content, mode_t mode) {
   const std::string tmp = path + ".tmp";
@@ -30,9 +30,20 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
     }
     written += static_cast<size_t>(n);
   }
+  if (::fsync(fd) != 0) {
+    ::close(fd);
+    return failed(tmp);
+  }
   if (::close(fd) != 0) return failed(tmp);
   if (std::rename(tmp.c_str(), path.c_str()) != 0) return failed(path);
+  // The rename is durable once the directory is.
+  const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return failed(dir);
+  const bool synced = ::fsync(dir_fd) == 0;
+  ::close(dir_fd);
+  if (!synced) return failed(dir);
   return absl::OkStatus();
 }
 
-}  // namespace hamlet::server
+}  // namespace hamlet::storage

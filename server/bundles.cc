@@ -1,0 +1,121 @@
+#include "server/bundles.h"
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+#include "storage/bundle.h"
+#include "sync/status_macros.h"
+
+namespace hamlet::server {
+
+using google::protobuf::util::TimeUtil;
+
+absl::StatusOr<hamlet::v1::ImportBundleResponse> ImportBundle(
+    absl::string_view bundle, Town& town, const DeviceRegistry& devices, const sync::PhysicalClock& clock,
+    const std::function<void(const hamlet::v1::ImportBundleResponse&)>& progress) {
+  HAMLET_ASSIGN_OR_RETURN(hamlet::v1::BundleHeader header, storage::ReadBundleHeader(bundle));
+  if (header.direction() != hamlet::v1::BUNDLE_DIRECTION_TO_SERVER) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("this is a bundle a server wrote for device ", header.device_id(),
+                     " (hamlet-admin export): carry it to that phone and import it there (hamlet-field import)"));
+  }
+  HAMLET_ASSIGN_OR_RETURN(DeviceRegistry::BundleDevice device, devices.ForBundle(header.device_id()));
+  HAMLET_ASSIGN_OR_RETURN(hamlet::v1::BundleContent content, storage::OpenBundle(bundle, device.secret));
+  // Everything is checked before the first batch is applied.
+  const int64_t written_ms = TimeUtil::TimestampToMilliseconds(content.export_time());
+  const int64_t now_ms = clock.NowMs();
+  const int64_t skew_ms = absl::ToInt64Milliseconds(town.options().max_clock_skew);
+  if (written_ms > now_ms + skew_ms) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the bundle says it was written at ", TimeUtil::ToString(content.export_time()), ", ",
+                     (written_ms - now_ms) / 1000, " s ahead of this server's clock (allowed skew ", skew_ms / 1000,
+                     " s): the phone's clock is wrong. Correct it and export again; nothing was applied"));
+  }
+  HAMLET_RETURN_IF_ERROR(EnrolledAt(device.device, written_ms));
+  for (const hamlet::v1::PushRequest& push : content.pushes()) {
+    if (push.device_id() != header.device_id()) {
+      return absl::InvalidArgumentError(absl::StrCat("batch ", push.batch_id(), " of the bundle of device ",
+                                                     header.device_id(), " names device ", push.device_id(),
+                                                     "; nothing was applied"));
+    }
+  }
+  hamlet::v1::ImportBundleResponse message;
+  message.set_device_id(header.device_id());
+  *message.mutable_export_time() = content.export_time();
+  message.set_batches_total(static_cast<uint32_t>(content.pushes_size()));
+  for (const hamlet::v1::PushRequest& push : content.pushes()) {
+    absl::StatusOr<Town::Carried> pushed = town.PushCarried(push, device.caller, written_ms);
+    const bool applied = pushed.ok() && !pushed->held;
+    message.set_batch_id(push.batch_id());
+    message.set_code(static_cast<int32_t>(pushed.status().code()));
+    message.set_message(std::string(pushed.status().message()));
+    message.set_already_held(pushed.ok() && pushed->held);
+    message.set_applied_records(applied ? pushed->response.applied_records() : 0);
+    message.set_set_aside(applied ? static_cast<uint32_t>(pushed->response.set_aside_size()) : 0);
+    message.set_records_applied(message.records_applied() + message.applied_records());
+    message.set_changes_set_aside(message.changes_set_aside() + message.set_aside());
+    if (!pushed.ok()) message.set_batches_refused(message.batches_refused() + 1);
+    message.set_batches_done(message.batches_done() + 1);
+    message.set_done(message.batches_done() == message.batches_total());
+    progress(message);
+  }
+  if (content.pushes_size() == 0) {
+    message.set_done(true);
+    progress(message);
+  }
+  return message;
+}
+
+absl::StatusOr<ExportedBundle> ExportBundle(
+    const std::string& device_id, const std::string& server_id, Town& town, const DeviceRegistry& devices,
+    const sync::PhysicalClock& clock, const std::function<void(const hamlet::v1::ExportBundleResponse&)>& progress) {
+  if (device_id.empty()) return absl::InvalidArgumentError("device_id is required");
+  HAMLET_ASSIGN_OR_RETURN(DeviceRegistry::BundleDevice device, devices.ForBundle(device_id));
+  const int64_t now_ms = clock.NowMs();
+  if (absl::Status enrolled = EnrolledAt(device.device, now_ms); !enrolled.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(enrolled.message(), ". Nothing is exported for a device whose enrolment is not in force"));
+  }
+  hamlet::v1::BundleContent content;
+  *content.mutable_export_time() = TimeUtil::MillisecondsToTimestamp(now_ms);
+  content.set_server_id(server_id);
+  hamlet::v1::PullRequest pull;
+  pull.set_device_id(device_id);
+  pull.set_page_size(static_cast<uint32_t>(town.options().max_page_size));
+  pull.set_max_page_bytes(static_cast<uint32_t>(town.options().max_page_bytes));
+  pull.set_lean_stamps(true);
+  if (std::optional<storage::PullPosition> last = town.LastPull(device_id); last.has_value()) {
+    pull.set_scope_unit_code(last->scope());
+    pull.set_cursor(last->cursor());
+  }
+  hamlet::v1::ExportBundleResponse message;
+  while (true) {
+    absl::StatusOr<hamlet::v1::PullResponse> page = town.Pull(pull, device.caller);
+    if (!page.ok() && !pull.cursor().empty() && absl::IsFailedPrecondition(page.status())) {
+      pull.clear_cursor();  // Issued before a restore: from the beginning.
+      continue;
+    }
+    if (!page.ok()) return page.status();
+    if (content.next_cursor().empty() && content.records_size() == 0) {
+      content.set_scope_unit_code(pull.scope_unit_code());
+      content.set_from_cursor(pull.cursor());
+      message.set_scope_unit_code(pull.scope_unit_code());
+      message.set_from_beginning(pull.cursor().empty());
+    }
+    for (hamlet::v1::Record& record : *page->mutable_records()) *content.add_records() = std::move(record);
+    content.set_next_cursor(page->next_cursor());
+    pull.set_cursor(page->next_cursor());
+    message.set_records(static_cast<uint64_t>(content.records_size()));
+    message.set_remaining(page->remaining());
+    progress(message);
+    if (page->remaining() == 0) break;
+  }
+  ExportedBundle out;
+  HAMLET_ASSIGN_OR_RETURN(
+      out.bytes, storage::SealBundle(hamlet::v1::BUNDLE_DIRECTION_TO_DEVICE, device_id, content, device.secret));
+  message.set_bytes(out.bytes.size());
+  message.set_done(true);
+  out.summary = message;
+  return out;
+}
+
+}  // namespace hamlet::server
