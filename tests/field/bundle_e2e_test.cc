@@ -200,6 +200,44 @@ TEST_F(BundleE2eTest, WorkCarriedToTheTownAndBackArrivesOnceAndSyncResumesAfterI
   EXPECT_EQ(caught_up->records_pulled, 0u);
 }
 
+TEST_F(BundleE2eTest, AnInformantCarriedOnAStickIsNeverInTheClearAndLeavesThePhoneOnceTheTownHasIt) {
+  constexpr char kCanary[] = "CANARY-Trần-Thị-Báo-Tin-91c2";
+  auto phone = EnrolledPhone(dir_.Sub("phone"), *admin_, "tv-01");
+  ASSERT_NE(phone, nullptr);
+  Record identity;
+  identity.set_unit_code(kVillage);
+  identity.set_author("tv-01");
+  identity.set_sensitivity(hamlet::v1::SENSITIVITY_SEALED);
+  identity.mutable_informant_identity()->set_name(kCanary);
+  absl::StatusOr<Record> created = phone->Create(identity);
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_TRUE(phone->ExportBundle(dir_.Sub("stick.hlb"), {}).ok());
+  EXPECT_EQ(hamlet::testing::ReadFile(dir_.Sub("stick.hlb")).find(kCanary), std::string::npos);
+  ASSERT_TRUE(Import(*admin_, dir_.Sub("stick.hlb")).status.ok());
+
+  // Still on the phone until the phone learns the town has it: its next
+  // sync is answered from the import's receipt, and then it forgets it.
+  EXPECT_TRUE(phone->store().GetRecord(created->id())->has_value());
+  auto stub = SyncStub(*server_);
+  ASSERT_TRUE(phone->Sync(*stub, {}).ok());
+  EXPECT_FALSE(phone->store().GetRecord(created->id())->has_value());
+
+  // The commune police read it at the town.
+  field::FieldDevice::SyncOptions options;
+  auto police = field::FieldDevice::Open(dir_.Sub("police"), sync::SystemClock::Get());
+  ASSERT_TRUE(police.ok());
+  ASSERT_TRUE(
+      (*police)
+          ->store()
+          .SetEnrolment(admin_->Enroll((*police)->device_id(), hamlet::v1::ROLE_COMMUNE_POLICE, kCommune, "ca-01"),
+                        hamlet::v1::ROLE_COMMUNE_POLICE)
+          .ok());
+  ASSERT_TRUE((*police)->Sync(*stub, options).ok());
+  absl::StatusOr<std::optional<Record>> read = (*police)->store().GetRecord(created->id());
+  ASSERT_TRUE(read.ok() && read->has_value());
+  EXPECT_EQ((*read)->informant_identity().name(), kCanary);
+}
+
 TEST_F(BundleE2eTest, ChangedForeignRevokedAndMisdirectedBundlesAreRefusedWithNothingApplied) {
   auto phone = EnrolledPhone(dir_.Sub("phone"), *admin_, "tv-01");
   ASSERT_NE(phone, nullptr);

@@ -5,7 +5,9 @@
 // device through AdminService (admin listener, admin token from
 // <data_dir>/admin.token) and sends the issued bearer token on every SyncService
 // call. Also checked: calls without a valid token, writes outside the device's
-// reach, revocation, device_id spoofing and which listener serves what.
+// reach, revocation, device_id spoofing and which listener serves what; and a
+// bundle (sync carried by hand) sealed and opened here from docs/PROTOCOL.md
+// alone, with node's own HKDF and AES-GCM.
 //
 // Run: node --test tests/node/client.test.js
 // The server binary is $HAMLETD (default /work/main/build/server/hamletd). The
@@ -20,8 +22,12 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const path = require('node:path');
 
+const fs = require('node:fs');
+const os = require('node:os');
+
 const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const protoLoader = require('@grpc/proto-loader'); // Also gives protobufjs descriptor.proto.
+const protobuf = require('protobufjs');
 
 const { startServer, stopServer, guard } = require('./hamletd');
 
@@ -561,4 +567,108 @@ test('each listener serves only its own service; AdminService needs an admin tok
   const stats = await adminCall('GetServerStats', {});
   assert.equal(stats.town_code, '206');
   assert.ok(BigInt(stats.last_seq) > BigInt(SEEDED_UNITS), 'the tests pushed records after the seeded units');
+});
+
+// ---------------------------------------------------------------------------
+// Bundles, written and read from docs/PROTOCOL.md ("Bundles: sync with no
+// link") with protobufjs for the messages and node:crypto for the rest.
+
+const BUNDLE_MAGIC = Buffer.from('HAMLETB1');
+
+function bundleTypes() {
+  const root = new protobuf.Root();
+  root.resolvePath = (origin, target) => (target.startsWith('google/protobuf/') ? target : path.join(PROTO_ROOT, target));
+  root.loadSync('hamlet/v1/bundle.proto', { keepCase: true });
+  const type = (name) => root.lookupType(`hamlet.v1.${name}`);
+  return { SealedBundle: type('SealedBundle'), BundleHeader: type('BundleHeader'), BundleContent: type('BundleContent') };
+}
+
+const hkdf = (ikm, salt, info) => Buffer.from(crypto.hkdfSync('sha256', ikm, salt, info, 32));
+
+// The bundle key of a header (its bytes as in the file), from a device's token.
+function bundleKey(token, headerBytes, salt) {
+  const secret = hkdf(Buffer.from(token), Buffer.alloc(0), Buffer.from('hamlet bundle secret v1'));
+  return hkdf(secret, salt, Buffer.concat([Buffer.from('hamlet bundle key v1'), headerBytes]));
+}
+
+function sealBundle(types, token, direction, deviceId, content) {
+  const salt = crypto.randomBytes(16);
+  const header = Buffer.from(types.BundleHeader.encode(types.BundleHeader.fromObject(
+    { version: 1, direction, device_id: deviceId, salt })).finish());
+  const key = bundleKey(token, header, salt);
+  const nonce = crypto.randomBytes(12);
+  const cipher = crypto.createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(Buffer.concat([BUNDLE_MAGIC, header]));
+  const plain = Buffer.from(types.BundleContent.encode(types.BundleContent.fromObject(content)).finish());
+  const ciphertext = Buffer.concat([cipher.update(plain), cipher.final()]);
+  const keyId = crypto.createHash('sha256').update(key).digest().subarray(0, 8);
+  const sealed = Buffer.concat([keyId, nonce, ciphertext, cipher.getAuthTag()]);
+  return Buffer.concat([BUNDLE_MAGIC, Buffer.from(types.SealedBundle.encode({ header, sealed }).finish())]);
+}
+
+function openBundle(types, token, bytes) {
+  assert.deepEqual(bytes.subarray(0, 8), BUNDLE_MAGIC);
+  const { header, sealed } = types.SealedBundle.decode(bytes.subarray(8));
+  const { salt } = types.BundleHeader.decode(header);
+  const key = bundleKey(token, Buffer.from(header), Buffer.from(salt));
+  const body = Buffer.from(sealed);
+  const decipher = crypto.createDecipheriv('aes-256-gcm', key, body.subarray(8, 20));
+  decipher.setAAD(Buffer.concat([BUNDLE_MAGIC, header]));
+  decipher.setAuthTag(body.subarray(body.length - 16));
+  const plain = Buffer.concat([decipher.update(body.subarray(20, body.length - 16)), decipher.final()]);
+  return {
+    header: types.BundleHeader.toObject(types.BundleHeader.decode(header), { enums: String, longs: String }),
+    content: types.BundleContent.toObject(types.BundleContent.decode(plain), { enums: String, longs: String }),
+  };
+}
+
+// A server-streaming AdminService call; resolves with its messages.
+function adminStream(method, request) {
+  return new Promise((resolve, reject) => {
+    const messages = [];
+    const stream = admin[method](request, authMetadata({ token: server.adminToken }), {
+      deadline: Date.now() + CALL_DEADLINE_MS,
+    });
+    stream.on('data', (message) => messages.push(message));
+    stream.on('error', reject);
+    stream.on('end', () => resolve(messages));
+  });
+}
+
+test('a bundle sealed here from PROTOCOL.md is imported once, and one exported opens here', { timeout: 20_000 }, async () => {
+  const types = bundleTypes();
+  const record = newCase({ summary: 'Mang bằng tay: tranh chấp lối đi', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  const bundle = sealBundle(types, deviceToken, 'BUNDLE_DIRECTION_TO_SERVER', DEVICE_ID, {
+    export_time: { seconds: String(Math.floor(Date.now() / 1000)) },
+    pushes: [{ ...pushRequest([record]), set_aside_refused: true }],
+  });
+  const imported = await adminStream('ImportBundle', { bundle });
+  const last = imported[imported.length - 1];
+  assert.equal(last.done, true);
+  assert.equal(last.device_id, DEVICE_ID);
+  assert.equal(String(last.records_applied), '1', JSON.stringify(last));
+  const again = await adminStream('ImportBundle', { bundle });
+  assert.equal(again[again.length - 1].already_held, true, JSON.stringify(again));
+  const found = (await pullAll()).records.filter((r) => r.id === record.id);
+  assert.equal(found.length, 1, 'the carried record is held once');
+  assertSameRecord(found[0], record);
+
+  // One changed byte: refused whole.
+  const changed = Buffer.from(bundle);
+  changed[changed.length - 3] ^= 0x10;
+  await expectStatus(adminStream('ImportBundle', { bundle: changed }), grpc.status.DATA_LOSS);
+
+  // The way back: the server's bundle for this device opens with its token
+  // and holds what changed after the device's last pull (the one above).
+  const later = newCase({ summary: 'Sau lần kéo cuối', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
+  await call('Push', pushRequest([later]));
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'hamlet-bundle-')), 'to-device.hlb');
+  const exported = await adminStream('ExportBundle', { device_id: DEVICE_ID, path: out });
+  assert.equal(exported[exported.length - 1].done, true);
+  const opened = openBundle(types, deviceToken, fs.readFileSync(out));
+  assert.equal(opened.header.direction, 'BUNDLE_DIRECTION_TO_DEVICE');
+  assert.equal(opened.header.device_id, DEVICE_ID);
+  assert.deepEqual((opened.content.records || []).map((r) => r.id), [later.id]);
+  assert.ok(opened.content.from_cursor && opened.content.from_cursor.length > 0, 'the export starts at the last pull');
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });

@@ -951,5 +951,50 @@ TEST_F(FaultProxyE2eTest, APushThatTimesOutIsSplitAndEveryChangeArrivesOnce) {
   ExpectOnServerOnce(*server, dir_, *phone, work.ids);
 }
 
+TEST_F(FaultProxyE2eTest, AnExportedOutboxThatTimesOutIsSplitWithoutChangingTheBatchesItsBundleCarries) {
+  auto server = StartServer("data");
+  ASSERT_NE(server, nullptr);
+  auto phone = EnrolledPhone(dir_.Sub("phone"), "0c000000-0000-4000-8000-000000000004", *server,
+                             hamlet::v1::ROLE_MEMBER, "07132", "hgv-carry");
+  ASSERT_NE(phone, nullptr);
+  ASSERT_TRUE(phone->Sync(*NewStub(server->address()), field::FieldDevice::SyncOptions()).ok());
+  const field::WeekOfWork work = RecordWeek(*phone, 24, 0, 6, "hgv-carry");
+  // The outbox goes on a stick first, as three batches with fixed ids.
+  field::FieldDevice::SyncOptions options;
+  options.batch_records = 10;
+  auto exported = phone->ExportBundle(dir_.Sub("stick.hlb"), options);
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_EQ(exported->batches, 3u);
+  // Then the phone finds a slow link, where its first batch times out and is
+  // split: the rest of it goes ahead of the batches the bundle carries.
+  auto proxy = FaultProxy::Start(dir_.Sub("proxy"), server->address(), {"--rate_kbit=30", "--delay_ms=100"});
+  ASSERT_NE(proxy, nullptr);
+  options.pace.first_bytes = 64 << 10;
+  options.pace.overhead = absl::Milliseconds(500);
+  options.pace.assumed_bytes_per_second = 1e6;
+  options.retry.max_attempts = 12;
+  auto report = phone->Sync(*NewStub(proxy->address()), options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(proxy->Stop(), 0);
+  EXPECT_EQ(report->batches_rejected, 0u);
+  EXPECT_EQ(*phone->store().OutboxSize(), 0u);
+  EXPECT_THAT(ReadFile(dir_.Sub("data.log")), ::testing::HasSubstr("ended by its client"));
+  // The stick arrives later: its batches are held already, or hold only
+  // changes held already; none is refused for reusing an id.
+  hamlet::testing::AdminClient admin(*server);
+  hamlet::v1::ImportBundleRequest request;
+  request.set_path(dir_.Sub("stick.hlb"));
+  auto context = admin.Context();
+  auto reader = admin.stub().ImportBundle(context.get(), request);
+  hamlet::v1::ImportBundleResponse progress;
+  while (reader->Read(&progress)) {
+    EXPECT_EQ(progress.code(), 0) << progress.batch_id() << ": " << progress.message();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(progress.done());
+  EXPECT_EQ(progress.records_applied(), 0u);
+  ExpectOnServerOnce(*server, dir_, *phone, work.ids);
+}
+
 }  // namespace
 }  // namespace hamlet

@@ -62,6 +62,40 @@ TEST(DeviceStoreTest, OutboxBatchIsAcknowledgedOnlyUpToItsLastEntry) {
   EXPECT_EQ(store->GetClock()->physical_ms(), 1002);
 }
 
+TEST(DeviceStoreTest, QueuedBatchesBecomePendingInOrderAndKeepTheirIds) {
+  hamlet::testing::TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto record = NewCase(kCase, "07132", MakeStamp(1000, 0, kDevice));
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(store->SaveLocalEdit(record, record, MakeStamp(1000 + i, 0, kDevice)).ok());
+  }
+  const std::vector<OutboxItem> outbox = *store->ReadOutbox(10);
+  const auto batch = [&](const std::string& id, size_t last) {
+    PendingBatch b;
+    b.set_batch_id(id);
+    b.set_last_outbox_seq(outbox[last].seq);
+    return b;
+  };
+  ASSERT_TRUE(store->SetBatches(batch("b1", 0), {batch("b2", 2), batch("b3", 4)}).ok());
+  store.reset();
+  store = OpenStore(dir.path());  // Fixed on disk: a bundle may carry them.
+  EXPECT_EQ((*store->GetPendingBatch())->batch_id(), "b1");
+  ASSERT_EQ(store->GetQueuedBatches()->size(), 2u);
+
+  // Acknowledged, the first queued batch is pending, with the entries after b1.
+  ASSERT_TRUE(store->AckPendingBatch().ok());
+  EXPECT_EQ((*store->GetPendingBatch())->batch_id(), "b2");
+  EXPECT_EQ(store->ReadOutboxThrough((*store->GetPendingBatch())->last_outbox_seq())->size(), 2u);
+  // Refused for good, the next one is.
+  ASSERT_TRUE(store->RejectPendingBatch("PERMISSION_DENIED: test").ok());
+  EXPECT_EQ((*store->GetPendingBatch())->batch_id(), "b3");
+  EXPECT_TRUE(store->GetQueuedBatches()->empty());
+  EXPECT_EQ(store->ListRejected()->size(), 2u);
+  ASSERT_TRUE(store->AckPendingBatch().ok());
+  EXPECT_FALSE(store->GetPendingBatch()->has_value());
+  EXPECT_EQ(*store->OutboxSize(), 0u);
+}
+
 TEST(DeviceStoreTest, CursorBelongsToOneScope) {
   hamlet::testing::TempDir dir;
   auto store = OpenStore(dir.path());
