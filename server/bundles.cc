@@ -88,19 +88,22 @@ absl::StatusOr<ExportedBundle> ExportBundle(
     pull.set_cursor(last->cursor());
   }
   hamlet::v1::ExportBundleResponse message;
+  const auto starting_at = [&](std::string cursor) {
+    pull.set_cursor(cursor);
+    content.set_scope_unit_code(pull.scope_unit_code());
+    content.set_from_cursor(cursor);
+    message.set_scope_unit_code(pull.scope_unit_code());
+    message.set_from_beginning(cursor.empty());
+  };
+  starting_at(pull.cursor());
   while (true) {
     absl::StatusOr<hamlet::v1::PullResponse> page = town.Pull(pull, device.caller);
-    if (!page.ok() && !pull.cursor().empty() && absl::IsFailedPrecondition(page.status())) {
-      pull.clear_cursor();  // Issued before a restore: from the beginning.
+    if (!page.ok() && !content.from_cursor().empty() && content.records_size() == 0 &&
+        absl::IsFailedPrecondition(page.status())) {
+      starting_at("");  // A cursor issued before a restore: from the beginning.
       continue;
     }
     if (!page.ok()) return page.status();
-    if (content.next_cursor().empty() && content.records_size() == 0) {
-      content.set_scope_unit_code(pull.scope_unit_code());
-      content.set_from_cursor(pull.cursor());
-      message.set_scope_unit_code(pull.scope_unit_code());
-      message.set_from_beginning(pull.cursor().empty());
-    }
     for (hamlet::v1::Record& record : *page->mutable_records()) *content.add_records() = std::move(record);
     content.set_next_cursor(page->next_cursor());
     pull.set_cursor(page->next_cursor());

@@ -307,19 +307,20 @@ int Run(const std::vector<char*>& args) {
     auto outbox = d.store().OutboxSize();
     auto cursor = d.store().GetCursor(absl::GetFlag(FLAGS_scope));
     auto pending = d.store().GetPendingBatch();
+    auto queued = d.store().GetQueuedBatches();
     auto rejected = d.store().ListRejected();
     auto token = d.store().GetToken();
     auto role = d.store().GetRole();
-    for (const absl::Status& s :
-         {outbox.status(), cursor.status(), pending.status(), rejected.status(), token.status(), role.status()}) {
+    for (const absl::Status& s : {outbox.status(), cursor.status(), pending.status(), queued.status(),
+                                  rejected.status(), token.status(), role.status()}) {
       if (!s.ok()) return Fail(s);
     }
     std::printf(
         "device %s\nenrolled: %s\nunsynced edits: %d\nrejected edits: %d\nbatch in flight: %s\n"
-        "pulled scope \"%s\" before: %s\n",
+        "batches fixed after it (a bundle carries them): %d\npulled scope \"%s\" before: %s\n",
         d.device_id().c_str(), token->empty() ? "no" : hamlet::v1::Role_Name(*role).c_str(), static_cast<int>(*outbox),
         static_cast<int>(rejected->size()), pending->has_value() ? (*pending)->batch_id().c_str() : "none",
-        absl::GetFlag(FLAGS_scope).c_str(), cursor->empty() ? "no" : "yes");
+        static_cast<int>(queued->size()), absl::GetFlag(FLAGS_scope).c_str(), cursor->empty() ? "no" : "yes");
     return 0;
   }
   if (command == "set-token") {
