@@ -385,19 +385,28 @@ grpc::Status AdminServiceImpl::ExportBundle(grpc::ServerContext* context,
                                             const hamlet::v1::ExportBundleRequest* request,
                                             grpc::ServerWriter<hamlet::v1::ExportBundleResponse>* writer) {
   return AsAdmin(context, "ExportBundle", [&](const Caller& admin) -> absl::Status {
-    HAMLET_RETURN_IF_ERROR(AbsolutePath("path", request->path()));
+    if (!request->path().empty()) HAMLET_RETURN_IF_ERROR(AbsolutePath("path", request->path()));
     const auto start = std::chrono::steady_clock::now();
     HAMLET_ASSIGN_OR_RETURN(ExportedBundle exported,
                             server::ExportBundle(request->device_id(), store_->server_id(), *town_, *devices_, *clock_,
                                                  [&](const hamlet::v1::ExportBundleResponse& m) { writer->Write(m); }));
-    HAMLET_RETURN_IF_ERROR(storage::WriteFileAtomically(request->path(), exported.bytes, 0600));
+    if (request->path().empty()) {
+      constexpr size_t kChunk = 1 << 20;
+      hamlet::v1::ExportBundleResponse chunk;
+      for (size_t at = 0; at < exported.bytes.size(); at += kChunk) {
+        chunk.set_bundle_chunk(exported.bytes.substr(at, kChunk));
+        if (!writer->Write(chunk)) return absl::CancelledError("the client went away before the bundle was sent");
+      }
+    } else {
+      HAMLET_RETURN_IF_ERROR(storage::WriteFileAtomically(request->path(), exported.bytes, 0600));
+    }
     const hamlet::v1::ExportBundleResponse& summary = exported.summary;
     const std::string figures =
         absl::StrCat(summary.records(), " records in ", summary.bytes(), " bytes, scope \"", summary.scope_unit_code(),
                      "\" from ", summary.from_beginning() ? "the beginning" : "its last pull");
-    LogLine(absl::StrCat("export bundle for device ", request->device_id(), " to ", request->path(), ": ", figures,
-                         " in ", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-                         " s"));
+    LogLine(absl::StrCat("export bundle for device ", request->device_id(), " to ",
+                         request->path().empty() ? "the response" : request->path(), ": ", figures, " in ",
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
     HAMLET_RETURN_IF_ERROR(
         store_->AppendAudit(AuditOf(admin, "export_bundle", request->device_id(), figures, clock_->NowMs())).status());
     writer->Write(summary);

@@ -671,4 +671,11 @@ test('a bundle sealed here from PROTOCOL.md is imported once, and one exported o
   assert.deepEqual((opened.content.records || []).map((r) => r.id), [later.id]);
   assert.ok(opened.content.from_cursor && opened.content.from_cursor.length > 0, 'the export starts at the last pull');
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
+
+  // Without a path, the bundle comes back in the stream.
+  const streamed = await adminStream('ExportBundle', { device_id: DEVICE_ID });
+  assert.equal(streamed[streamed.length - 1].done, true);
+  const bytes = Buffer.concat(streamed.filter((m) => m.bundle_chunk && m.bundle_chunk.length).map((m) => m.bundle_chunk));
+  assert.equal(String(bytes.length), String(streamed[streamed.length - 1].bytes));
+  assert.deepEqual((openBundle(types, deviceToken, bytes).content.records || []).map((r) => r.id), [later.id]);
 });
