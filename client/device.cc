@@ -553,6 +553,11 @@ absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ExportBundle(const std::s
   for (const Batch& batch : batches) report.changes += batch.items.size();
   hamlet::v1::BundleContent content;
   *content.mutable_export_time() = TimeUtil::MillisecondsToTimestamp(clock_.physical().NowMs());
+  HAMLET_ASSIGN_OR_RETURN(std::optional<storage::PullPosition> position, store_->GetPullPosition());
+  if (position.has_value()) {
+    content.set_pull_scope(position->scope());
+    content.set_pull_cursor(position->cursor());
+  }
   uint64_t written = 0;
   for (const Batch& batch : batches) {
     written += batch.items.size();
@@ -567,7 +572,7 @@ absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ExportBundle(const std::s
 }
 
 absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ImportBundle(const std::string& path) {
-  HAMLET_ASSIGN_OR_RETURN(std::string bundle, storage::ReadWholeFile(path));
+  HAMLET_ASSIGN_OR_RETURN(std::string bundle, storage::ReadBundleFile(path));
   HAMLET_ASSIGN_OR_RETURN(hamlet::v1::BundleHeader header, storage::ReadBundleHeader(bundle));
   if (header.direction() != hamlet::v1::BUNDLE_DIRECTION_TO_DEVICE) {
     return absl::InvalidArgumentError(
@@ -583,9 +588,16 @@ absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ImportBundle(const std::s
   HAMLET_ASSIGN_OR_RETURN(std::string secret, storage::BundleSecretOfToken(token));
   HAMLET_ASSIGN_OR_RETURN(hamlet::v1::BundleContent content, storage::OpenBundle(bundle, secret));
   HAMLET_ASSIGN_OR_RETURN(const auto unsynced, UnsyncedFields());
+  // As a pull from zero tells it: after a restore, what this device had
+  // acknowledged since the backup is due to be offered again.
+  if (content.has_history() && content.history().has_restore_time()) {
+    HAMLET_RETURN_IF_ERROR(store_->SetReofferDue(content.history()));
+  }
   // The cursor moves to the bundle's end if the bundle starts where the
-  // device's pulls stand (or at the beginning); a device that pulled online
-  // after the export keeps its own cursor, and the records merge either way.
+  // device's pulls stand, or at the beginning (it holds all the scope then;
+  // if the device had pulled further online, its next sync pulls that part
+  // again). A device whose pulls stand elsewhere keeps its cursor; the
+  // records merge either way.
   HAMLET_ASSIGN_OR_RETURN(std::string cursor, store_->GetCursor(content.scope_unit_code()));
   BundleReport report;
   report.bytes = bundle.size();

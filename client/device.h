@@ -177,9 +177,9 @@ class FieldDevice {
   // clock observing their stamps; returns the new states, to be saved.
   absl::StatusOr<std::vector<hamlet::v1::Record>> MergePulled(
       std::vector<hamlet::v1::Record> pulled, const std::unordered_map<std::string, sync::FieldNumbers>& unsynced);
-  // The batches a push or an export of the outbox begins with: the pending
-  // one and those queued after it, then, if `fix_all`, new ones holding the
-  // rest of the outbox (at most `batch_records` each), saved before return.
+  // The batches an export carries: the pending one and those queued after
+  // it, then new ones holding the rest of the outbox (at most
+  // `batch_records` each), saved before return.
   struct Batch {
     storage::PendingBatch batch;
     std::vector<storage::OutboxItem> items;

@@ -353,7 +353,7 @@ grpc::Status AdminServiceImpl::ImportBundle(grpc::ServerContext* context,
     std::string bundle;
     if (request->has_path()) {
       HAMLET_RETURN_IF_ERROR(AbsolutePath("path", request->path()));
-      HAMLET_ASSIGN_OR_RETURN(bundle, storage::ReadWholeFile(request->path()));
+      HAMLET_ASSIGN_OR_RETURN(bundle, storage::ReadBundleFile(request->path()));
       from = request->path();
     } else if (request->has_bundle()) {
       bundle = request->bundle();
@@ -372,7 +372,13 @@ grpc::Status AdminServiceImpl::ImportBundle(grpc::ServerContext* context,
                       : imported.status().ToString();
     LogLine(absl::StrCat("import bundle from ", from, " (", bundle.size(), " bytes): ", figures, " in ",
                          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s"));
-    if (!imported.ok()) return imported.status();
+    if (!imported.ok()) {
+      // A refused bundle is audited too: a lost phone's bundle turning up is news.
+      absl::StatusOr<hamlet::v1::BundleHeader> header = storage::ReadBundleHeader(bundle);
+      (void)store_->AppendAudit(AuditOf(admin, "import_bundle_refused", header.ok() ? header->device_id() : "", figures,
+                                        clock_->NowMs()));  // The refusal's own status is what matters.
+      return imported.status();
+    }
     return store_
         ->AppendAudit(AuditOf(admin, "import_bundle", imported->device_id(),
                               absl::StrCat(figures, "; written ", TimeUtil::ToString(imported->export_time())),

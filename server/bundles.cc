@@ -38,6 +38,8 @@ absl::StatusOr<hamlet::v1::ImportBundleResponse> ImportBundle(
                                                      "; nothing was applied"));
     }
   }
+  // Where the device's pulls stand: the next bundle for it starts there.
+  if (!content.pull_cursor().empty()) town.NotePull(header.device_id(), content.pull_scope(), content.pull_cursor());
   hamlet::v1::ImportBundleResponse message;
   message.set_device_id(header.device_id());
   *message.mutable_export_time() = content.export_time();
@@ -83,6 +85,7 @@ absl::StatusOr<ExportedBundle> ExportBundle(
   pull.set_page_size(static_cast<uint32_t>(town.options().max_page_size));
   pull.set_max_page_bytes(static_cast<uint32_t>(town.options().max_page_bytes));
   pull.set_lean_stamps(true);
+  pull.set_omit_own_writes(true);  // As the device pulls: it holds its own writes.
   if (std::optional<storage::PullPosition> last = town.LastPull(device_id); last.has_value()) {
     pull.set_scope_unit_code(last->scope());
     pull.set_cursor(last->cursor());
@@ -98,12 +101,16 @@ absl::StatusOr<ExportedBundle> ExportBundle(
   starting_at(pull.cursor());
   while (true) {
     absl::StatusOr<hamlet::v1::PullResponse> page = town.Pull(pull, device.caller);
-    if (!page.ok() && !content.from_cursor().empty() && content.records_size() == 0 &&
-        absl::IsFailedPrecondition(page.status())) {
-      starting_at("");  // A cursor issued before a restore: from the beginning.
+    if (!page.ok() && content.records_size() == 0 && (!pull.cursor().empty() || !pull.scope_unit_code().empty())) {
+      // Where the device's pulls stood is no longer a place to start (a
+      // cursor from before a restore, a scope beyond its enrolment now):
+      // everything it may see, from the beginning.
+      pull.clear_scope_unit_code();
+      starting_at("");
       continue;
     }
     if (!page.ok()) return page.status();
+    if (page->has_history()) *content.mutable_history() = page->history();
     for (hamlet::v1::Record& record : *page->mutable_records()) *content.add_records() = std::move(record);
     content.set_next_cursor(page->next_cursor());
     pull.set_cursor(page->next_cursor());

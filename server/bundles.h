@@ -34,10 +34,11 @@ struct ExportedBundle {
   hamlet::v1::ExportBundleResponse summary;  // done = true
 };
 // A bundle for `device_id` (hamlet-field import) holding what its pulls
-// would bring it from where its last pull since this server started ended
-// (else from the beginning; or from the beginning again if that cursor is no
-// longer valid), read page by page as the device itself, telling `progress`
-// after each page. FAILED_PRECONDITION for a revoked or expired device.
+// would bring it from where they stand (Town::LastPull: its last pull call
+// since this server started, or its last bundle's word), else from the
+// beginning, or from the beginning again if that place is no longer valid;
+// read page by page as the device itself, telling `progress` after each
+// page. FAILED_PRECONDITION for a revoked or expired device.
 absl::StatusOr<ExportedBundle> ExportBundle(
     const std::string& device_id, const std::string& server_id, Town& town, const DeviceRegistry& devices,
     const sync::PhysicalClock& clock, const std::function<void(const hamlet::v1::ExportBundleResponse&)>& progress);

@@ -246,7 +246,8 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
     return;
   }
   metrics_->CountRecordsPulled(static_cast<uint64_t>(result->records_size()));
-  town_->NotePull(caller->device_id, request, result->next_cursor());  // Where a bundle for it would start.
+  // Where a bundle for it would start (reference data is a cursor of its own).
+  if (!request.reference_only()) town_->NotePull(caller->device_id, request.scope_unit_code(), result->next_cursor());
   *response = Serialized(*result);
   Leave();
   reactor->Finish(grpc::Status::OK);

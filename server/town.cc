@@ -792,13 +792,11 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
   return response;
 }
 
-void Town::NotePull(const std::string& device_id, const hamlet::v1::PullRequest& request,
-                    const std::string& next_cursor) {
-  if (request.reference_only()) return;
+void Town::NotePull(const std::string& device_id, const std::string& scope_unit_code, const std::string& cursor) {
   absl::MutexLock lock(&last_pulls_mu_);
   storage::PullPosition& last = last_pulls_[device_id];
-  last.set_scope(request.scope_unit_code());
-  last.set_cursor(next_cursor);
+  last.set_scope(scope_unit_code);
+  last.set_cursor(cursor);
 }
 
 std::optional<storage::PullPosition> Town::LastPull(const std::string& device_id) const {

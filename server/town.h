@@ -115,9 +115,9 @@ class Town {
   // from another server or epoch).
   absl::StatusOr<hamlet::v1::PullResponse> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
 
-  // Notes where a device's pull call ended (the cursor it was given), for
-  // LastPull; reference pulls are not noted. Kept in memory only.
-  void NotePull(const std::string& device_id, const hamlet::v1::PullRequest& request, const std::string& next_cursor);
+  // Notes where a device's pulls stand: the cursor a pull call gave it, or
+  // what a bundle from it says. For LastPull; kept in memory only.
+  void NotePull(const std::string& device_id, const std::string& scope_unit_code, const std::string& cursor);
   // Where `device_id`'s last pull call of records since this server started
   // ended: its scope and the cursor it was given; nullopt if none was noted.
   std::optional<storage::PullPosition> LastPull(const std::string& device_id) const;

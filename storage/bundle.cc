@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -117,7 +118,6 @@ absl::StatusOr<hamlet::v1::BundleContent> OpenBundle(absl::string_view bundle, a
       "the bundle of device ", parsed.header.device_id(),
       " does not open with that device's enrolment: a byte of it was changed (damaged or tampered with), or it was "
       "sealed for another enrolment (the device was enrolled again after writing it, or it is another server's)");
-  if (!sealer->IsCurrent(parsed.sealed.sealed())) return absl::DataLossError(refused);
   absl::StatusOr<std::string> plain =
       sealer->Open(parsed.sealed.sealed(), absl::StrCat(kMagic, parsed.sealed.header()));
   if (!plain.ok()) return absl::DataLossError(refused);
@@ -126,7 +126,18 @@ absl::StatusOr<hamlet::v1::BundleContent> OpenBundle(absl::string_view bundle, a
   return content;
 }
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+absl::StatusOr<std::string> ReadBundleFile(const std::string& path) {
+  constexpr uintmax_t kMaxBytes = uintmax_t{256} << 20;
+  std::error_code error;
+  const std::filesystem::file_status status = std::filesystem::status(path, error);
+  if (status.type() == std::filesystem::file_type::not_found)
+    return absl::NotFoundError(absl::StrCat("no file ", path));
+  if (!error && status.type() != std::filesystem::file_type::regular) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file, so not a bundle"));
+  }
+  if (const uintmax_t size = std::filesystem::file_size(path, error); !error && size > kMaxBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " holds ", size, " bytes; no bundle is over ", kMaxBytes));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int error = errno;

@@ -43,9 +43,10 @@ absl::StatusOr<hamlet::v1::BundleHeader> ReadBundleHeader(absl::string_view bund
 // device's before it was enrolled again).
 absl::StatusOr<hamlet::v1::BundleContent> OpenBundle(absl::string_view bundle, absl::string_view secret);
 
-// Reads a whole file (a bundle) into memory. NOT_FOUND if it does not exist,
-// UNAVAILABLE if it cannot be read.
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
+// Reads a bundle file whole into memory. NOT_FOUND if it does not exist,
+// INVALID_ARGUMENT if it is not a regular file or is over 256 MiB (no
+// bundle is), UNAVAILABLE if it cannot be read.
+absl::StatusOr<std::string> ReadBundleFile(const std::string& path);
 
 }  // namespace hamlet::storage
 

@@ -302,12 +302,17 @@ absl::StatusOr<std::vector<RejectedEdit>> DeviceStore::ListRejected() const {
   return rejected;
 }
 
-absl::StatusOr<std::string> DeviceStore::GetCursor(const std::string& scope) const {
+absl::StatusOr<std::optional<PullPosition>> DeviceStore::GetPullPosition() const {
   HAMLET_ASSIGN_OR_RETURN(std::optional<std::string> value, GetMeta("cursor"));
-  if (!value.has_value()) return "";
+  if (!value.has_value()) return std::nullopt;
   PullPosition position;
   HAMLET_RETURN_IF_ERROR(DecodeValue(*value, &position));
-  return position.scope() == scope ? position.cursor() : "";
+  return position;
+}
+
+absl::StatusOr<std::string> DeviceStore::GetCursor(const std::string& scope) const {
+  HAMLET_ASSIGN_OR_RETURN(std::optional<PullPosition> position, GetPullPosition());
+  return position.has_value() && position->scope() == scope ? position->cursor() : "";
 }
 
 absl::Status DeviceStore::SavePulledPage(const std::vector<Record>& states, const std::string& scope,

@@ -106,6 +106,9 @@ class DeviceStore {
   // Edits the server refused, oldest first.
   absl::StatusOr<std::vector<RejectedEdit>> ListRejected() const;
 
+  // Where the device's pulls stand (scope and cursor); nullopt before the
+  // first pull.
+  absl::StatusOr<std::optional<PullPosition>> GetPullPosition() const;
   // The pull cursor for `scope`; empty before the first pull of that scope.
   // The store keeps one cursor: pulling another scope starts it over.
   absl::StatusOr<std::string> GetCursor(const std::string& scope) const;

@@ -262,6 +262,22 @@ absl::StatusOr<uint64_t> TownStore::Reseal() {
     ++count;
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading records to reseal"));
+  // Bundle secrets too: sealed under an old key, or kept in the clear before
+  // the server had a key.
+  std::unique_ptr<rocksdb::Iterator> enrolments(db_->db->NewIterator(rocksdb::ReadOptions(), enrolments_));
+  for (enrolments->SeekToFirst(); enrolments->Valid(); enrolments->Next()) {
+    Enrolment enrolment;
+    HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(enrolments->value()), &enrolment));
+    if (enrolment.bundle_secret().empty() &&
+        (enrolment.bundle_secret_sealed().empty() || options_.sealer->IsCurrent(enrolment.bundle_secret_sealed()))) {
+      continue;
+    }
+    HAMLET_RETURN_IF_ERROR(OpenEnrolment(&enrolment));
+    HAMLET_ASSIGN_OR_RETURN(Enrolment sealed, SealedEnrolment(std::move(enrolment)));
+    batch.Put(enrolments_, enrolments->key(), EncodeValue(sealed));
+    ++count;
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(enrolments->status(), "reading enrolments to reseal"));
   rocksdb::WriteOptions write;
   write.sync = true;
   HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(write, &batch), "resealing"));
@@ -620,16 +636,41 @@ absl::Status TownStore::WriteGroup(CommitGroup& group) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The additional data a bundle secret is sealed with: its device, in a
+// namespace of its own, so that it can never be opened as a record's value.
+std::string BundleSecretAad(const Enrolment& enrolment) {
+  return absl::StrCat("bundle_secret/", enrolment.device().device_id());
+}
+
+}  // namespace
+
+absl::StatusOr<Enrolment> TownStore::SealedEnrolment(Enrolment enrolment) const {
+  if (options_.sealer == nullptr || enrolment.bundle_secret().empty()) return enrolment;
+  HAMLET_ASSIGN_OR_RETURN(*enrolment.mutable_bundle_secret_sealed(),
+                          options_.sealer->Seal(enrolment.bundle_secret(), BundleSecretAad(enrolment)));
+  enrolment.clear_bundle_secret();
+  return enrolment;
+}
+
+absl::Status TownStore::OpenEnrolment(Enrolment* enrolment) const {
+  if (enrolment->bundle_secret_sealed().empty()) return absl::OkStatus();
+  if (options_.sealer == nullptr) {
+    return absl::FailedPreconditionError(
+        "enrolments hold bundle secrets sealed with a sealing key this server was not given (--sealed_key_file)");
+  }
+  HAMLET_ASSIGN_OR_RETURN(*enrolment->mutable_bundle_secret(),
+                          options_.sealer->Open(enrolment->bundle_secret_sealed(), BundleSecretAad(*enrolment)));
+  enrolment->clear_bundle_secret_sealed();
+  return absl::OkStatus();
+}
+
 absl::Status TownStore::PutEnrolment(const Enrolment& enrolment, hamlet::v1::AuditEntry audit) {
   absl::MutexLock lock(&audit_mu_);
   const uint64_t audit_seq = last_audit_seq_.load() + 1;
   audit.set_seq(audit_seq);
-  Enrolment stored = enrolment;
-  if (options_.sealer != nullptr && !stored.bundle_secret().empty()) {
-    HAMLET_ASSIGN_OR_RETURN(*stored.mutable_bundle_secret_sealed(),
-                            options_.sealer->Seal(stored.bundle_secret(), stored.device().device_id()));
-    stored.clear_bundle_secret();
-  }
+  HAMLET_ASSIGN_OR_RETURN(Enrolment stored, SealedEnrolment(enrolment));
   rocksdb::WriteBatch batch;
   batch.Put(enrolments_, enrolment.device().device_id(), EncodeValue(stored));
   batch.Put(audit_, SeqKey(audit_seq), EncodeValue(audit));
@@ -646,15 +687,7 @@ absl::StatusOr<std::vector<Enrolment>> TownStore::ListEnrolments() const {
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     Enrolment enrolment;
     HAMLET_RETURN_IF_ERROR(DecodeValue(internal::View(it->value()), &enrolment));
-    if (!enrolment.bundle_secret_sealed().empty()) {
-      if (options_.sealer == nullptr) {
-        return absl::FailedPreconditionError(
-            "enrolments hold bundle secrets sealed with a sealing key this server was not given (--sealed_key_file)");
-      }
-      HAMLET_ASSIGN_OR_RETURN(*enrolment.mutable_bundle_secret(),
-                              options_.sealer->Open(enrolment.bundle_secret_sealed(), enrolment.device().device_id()));
-      enrolment.clear_bundle_secret_sealed();
-    }
+    HAMLET_RETURN_IF_ERROR(OpenEnrolment(&enrolment));
     out.push_back(std::move(enrolment));
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "listing enrolments"));

@@ -267,7 +267,7 @@ class TownStore {
 
   // Saves an enrolment (new, renewed or revoked) with its audit entry, in one
   // synced write. With a sealer, the bundle secret is stored sealed; listed
-  // enrolments have it open again.
+  // enrolments have it open again. Reseal reseals it under the current key.
   absl::Status PutEnrolment(const Enrolment& enrolment, hamlet::v1::AuditEntry audit);
   // Every enrolment, in device id order.
   absl::StatusOr<std::vector<Enrolment>> ListEnrolments() const;
@@ -330,7 +330,9 @@ class TownStore {
       const std::vector<std::string>& units, int32_t from_month, int32_t to_month) const;
 
   // Seals again, under the current key, every sealed record sealed under an
-  // older one (key rotation). Returns how many were rewritten.
+  // older one (key rotation), and every enrolment's bundle secret sealed
+  // under an older key or kept in the clear. Returns how many values were
+  // rewritten.
   absl::StatusOr<uint64_t> Reseal();
 
   // Up to `max_records` records changed after `after_seq` in `scope`, stopping
@@ -349,6 +351,10 @@ class TownStore {
   static absl::Status StartNewEpoch(const std::string& data_dir, const TownStoreOptions& options, int64_t backup_ms);
   absl::StatusOr<std::string> EncodeRecord(const hamlet::v1::Record& record) const;
   absl::Status DecodeRecord(absl::string_view value, const std::string& id, hamlet::v1::Record* record) const;
+  // An enrolment as stored: its bundle secret sealed if there is a sealer;
+  // and back.
+  absl::StatusOr<Enrolment> SealedEnrolment(Enrolment enrolment) const;
+  absl::Status OpenEnrolment(Enrolment* enrolment) const;
   // Recomputes every tally from the records (for a store written before
   // tallies existed). REQUIRES: nothing else uses the store yet.
   absl::Status RebuildTallies();

@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "client/device.h"
@@ -182,7 +183,10 @@ TEST_F(BundleE2eTest, WorkCarriedToTheTownAndBackArrivesOnceAndSyncResumesAfterI
   ASSERT_TRUE(carried.ok() && carried->has_value());
   EXPECT_EQ((*carried)->mediation_case().summary(), "tranh chấp ranh giới đất, hai hộ");
   // Imported twice: the same records, the same cursor.
+  const std::string cursor = *newcomer->store().GetCursor("");
   ASSERT_TRUE(newcomer->ImportBundle(dir_.Sub("to-newcomer.hlb")).ok());
+  EXPECT_EQ(*newcomer->store().GetCursor(""), cursor);
+  EXPECT_FALSE(cursor.empty());
   absl::StatusOr<field::FieldDevice::SyncReport> resumed = newcomer->Sync(*stub, {});
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->records_pulled, 0u);
@@ -198,6 +202,88 @@ TEST_F(BundleE2eTest, WorkCarriedToTheTownAndBackArrivesOnceAndSyncResumesAfterI
   absl::StatusOr<field::FieldDevice::SyncReport> caught_up = neighbour->Sync(*stub, {});
   ASSERT_TRUE(caught_up.ok()) << caught_up.status();
   EXPECT_EQ(caught_up->records_pulled, 0u);
+}
+
+TEST_F(BundleE2eTest, WithNoLinkAtAllEachBundleStartsWhereThePhoneStands) {
+  // A phone that has never had a link: everything it may see comes on a
+  // stick, and its own bundles tell the town where its pulls stand.
+  auto phone = EnrolledPhone(dir_.Sub("phone"), *admin_, "tv-01");
+  auto other = EnrolledPhone(dir_.Sub("other"), *admin_, "tv-02");
+  ASSERT_NE(phone, nullptr);
+  ASSERT_NE(other, nullptr);
+  auto stub = SyncStub(*server_);
+  NewCase(*other, "tv-02", "trước chuyến đi thứ nhất");
+  ASSERT_TRUE(other->Sync(*stub, {}).ok());
+  hamlet::v1::ExportBundleResponse first;
+  ASSERT_TRUE(Export(*admin_, phone->device_id(), dir_.Sub("trip-1.hlb"), &first).ok());
+  EXPECT_TRUE(first.from_beginning());
+  ASSERT_TRUE(phone->ImportBundle(dir_.Sub("trip-1.hlb")).ok());
+
+  // The phone's work goes to town, saying where its pulls now stand.
+  NewCase(*phone, "tv-01", "ghi khi không có sóng");
+  ASSERT_TRUE(phone->ExportBundle(dir_.Sub("to-town.hlb"), {}).ok());
+  ASSERT_TRUE(Import(*admin_, dir_.Sub("to-town.hlb")).status.ok());
+  const Record later = NewCase(*other, "tv-02", "sau chuyến đi thứ nhất");
+  ASSERT_TRUE(other->Sync(*stub, {}).ok());
+
+  // The second trip carries only what changed since the first.
+  hamlet::v1::ExportBundleResponse second;
+  ASSERT_TRUE(Export(*admin_, phone->device_id(), dir_.Sub("trip-2.hlb"), &second).ok());
+  EXPECT_FALSE(second.from_beginning());
+  EXPECT_EQ(second.records(), 1u);  // The other phone's new case; its own it holds.
+  absl::StatusOr<field::FieldDevice::BundleReport> applied = phone->ImportBundle(dir_.Sub("trip-2.hlb"));
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_TRUE(applied->cursor_moved);
+  EXPECT_TRUE(phone->store().GetRecord(later.id())->has_value());
+}
+
+TEST_F(BundleE2eTest, APhoneLearnsOfARestoreFromABundleAndGivesBackWhatTheBackupLacks) {
+  auto phone = EnrolledPhone(dir_.Sub("phone"), *admin_, "tv-01");
+  ASSERT_NE(phone, nullptr);
+  auto stub = SyncStub(*server_);
+  NewCase(*phone, "tv-01", "trước bản sao lưu");
+  ASSERT_TRUE(phone->Sync(*stub, {}).ok());
+  {
+    hamlet::v1::CreateBackupRequest request;
+    request.set_directory(dir_.Sub("backup"));
+    auto context = admin_->Context();
+    auto reader = admin_->stub().CreateBackup(context.get(), request);
+    hamlet::v1::CreateBackupResponse message;
+    while (reader->Read(&message)) {
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  const Record after_backup = NewCase(*phone, "tv-01", "sau bản sao lưu");
+  ASSERT_TRUE(phone->Sync(*stub, {}).ok());
+
+  // The disk dies and the server is restored; the phone has no link, so it
+  // hears of it from a bundle.
+  server_->Kill();
+  {
+    const std::string log = dir_.Sub("restore.log");
+    const pid_t pid =
+        hamlet::testing::Spawn({HAMLETD_PATH_FOR_TESTS, "--restore_from=" + dir_.Sub("backup"),
+                                "--data_dir=" + dir_.Sub("restored"), "--sealed_key_file=" + dir_.Sub("data.key")},
+                               log);
+    ASSERT_EQ(hamlet::testing::WaitExit(pid), 0) << hamlet::testing::ReadFile(log);
+  }
+  std::filesystem::copy_file(dir_.Sub("data.key"), dir_.Sub("restored.key"));
+  server_ = ServerProcess::Start(dir_.Sub("restored"));
+  ASSERT_NE(server_, nullptr);
+  admin_ = std::make_unique<AdminClient>(*server_);
+  ASSERT_TRUE(Export(*admin_, phone->device_id(), dir_.Sub("after-restore.hlb")).ok());
+  ASSERT_TRUE(phone->ImportBundle(dir_.Sub("after-restore.hlb")).ok());
+  EXPECT_TRUE(phone->store().GetReofferDue()->has_value());
+
+  // Its next sync gives the case back.
+  stub = SyncStub(*server_);
+  absl::StatusOr<field::FieldDevice::SyncReport> synced = phone->Sync(*stub, {});
+  ASSERT_TRUE(synced.ok()) << synced.status();
+  EXPECT_EQ(synced->calls_reoffered, 1u);
+  auto neighbour = EnrolledPhone(dir_.Sub("neighbour"), *admin_, "tv-02");
+  ASSERT_NE(neighbour, nullptr);
+  ASSERT_TRUE(neighbour->Sync(*stub, {}).ok());
+  EXPECT_TRUE(neighbour->store().GetRecord(after_backup.id())->has_value());
 }
 
 TEST_F(BundleE2eTest, AnInformantCarriedOnAStickIsNeverInTheClearAndLeavesThePhoneOnceTheTownHasIt) {

@@ -659,9 +659,13 @@ test('a bundle sealed here from PROTOCOL.md is imported once, and one exported o
   await expectStatus(adminStream('ImportBundle', { bundle: changed }), grpc.status.DATA_LOSS);
 
   // The way back: the server's bundle for this device opens with its token
-  // and holds what changed after the device's last pull (the one above).
+  // and holds what another device changed after this one's last pull (the
+  // one above); its own writes it holds already, as its pulls omit them.
+  const otherId = crypto.randomUUID();
+  const otherToken = await enrol(otherId, 'ROLE_TEAM_LEADER', SCOPE, 'person-bundle-other');
   const later = newCase({ summary: 'Sau lần kéo cuối', status: 'MEDIATION_STATUS_RECEIVED', round: 1 });
-  await call('Push', pushRequest([later]));
+  for (const fs of later.field_stamps) fs.stamp.node = otherId;
+  await rpc(client, 'Push', pushRequest([later], crypto.randomUUID(), otherId), authMetadata({ token: otherToken }));
   const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'hamlet-bundle-')), 'to-device.hlb');
   const exported = await adminStream('ExportBundle', { device_id: DEVICE_ID, path: out });
   assert.equal(exported[exported.length - 1].done, true);

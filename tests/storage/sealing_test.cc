@@ -121,5 +121,40 @@ TEST(TownStoreSealingTest, SealedRecordsNeedAKeyAndReadBackWhole) {
   EXPECT_EQ((*read)->informant_identity().name(), "CANARY Đặng Thị Kín");
 }
 
+TEST(SealerTest, BundleSecretsAreSealedAtRestAndResealedWithTheRecords) {
+  hamlet::testing::TempDir dir;
+  const std::string secret(32, 'S');
+  Enrolment enrolment;
+  enrolment.mutable_device()->set_device_id("00000000-0000-4000-8000-0000000000e1");
+  enrolment.set_bundle_secret(secret);
+  // Enrolled while the server had no key: kept in the clear, then sealed by
+  // the first reseal under a key.
+  {
+    auto store = *TownStore::Open(dir.path(), TownStoreOptions());
+    ASSERT_TRUE(store->PutEnrolment(enrolment, hamlet::v1::AuditEntry()).ok());
+  }
+  TownStoreOptions sealed;
+  sealed.sealer = *Sealer::Create(kKeyA);
+  {
+    auto store = *TownStore::Open(dir.path(), sealed);
+    EXPECT_EQ(*store->Reseal(), 1u);
+    EXPECT_EQ(*store->Reseal(), 0u);
+  }
+  // Rotated to key B, keeping A: resealed; then B alone opens it.
+  TownStoreOptions rotated;
+  rotated.sealer = *Sealer::Create(kKeyB, {kKeyA});
+  {
+    auto store = *TownStore::Open(dir.path(), rotated);
+    EXPECT_EQ(*store->Reseal(), 1u);
+  }
+  TownStoreOptions only_new;
+  only_new.sealer = *Sealer::Create(kKeyB);
+  auto store = *TownStore::Open(dir.path(), only_new);
+  auto listed = store->ListEnrolments();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].bundle_secret(), secret);
+}
+
 }  // namespace
 }  // namespace hamlet::storage
