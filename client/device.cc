@@ -468,7 +468,6 @@ absl::Status FieldDevice::PullAll(hamlet::v1::SyncService::StubInterface& stub, 
     const size_t response_bytes = response.ByteSizeLong();
     pace->Finished(response_bytes, absl::Now() - sent);
     progress.bytes_done += response_bytes;
-    for (Record& pulled : *response.mutable_records()) sync::ExpandStamps(&pulled, "");
     HAMLET_ASSIGN_OR_RETURN(
         std::vector<Record> states,
         MergePulled(std::vector<Record>(std::make_move_iterator(response.mutable_records()->begin()),
@@ -495,7 +494,8 @@ absl::StatusOr<std::vector<Record>> FieldDevice::MergePulled(
     std::vector<Record> pulled, const std::unordered_map<std::string, sync::FieldNumbers>& unsynced) {
   std::vector<Record> states;
   states.reserve(pulled.size());
-  for (const Record& record : pulled) {
+  for (Record& record : pulled) {
+    sync::ExpandStamps(&record, "");
     HAMLET_ASSIGN_OR_RETURN(std::optional<Record> local, store_->GetRecord(record.id()));
     Record state = local.value_or(Record());
     auto it = unsynced.find(record.id());
@@ -542,11 +542,15 @@ absl::StatusOr<std::vector<FieldDevice::Batch>> FieldDevice::FixBatches(size_t b
   return batches;
 }
 
-absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ExportBundle(const std::string& path,
-                                                                    const SyncOptions& options) {
+absl::StatusOr<std::string> FieldDevice::BundleSecret() const {
   HAMLET_ASSIGN_OR_RETURN(std::string token, store_->GetToken());
   if (token.empty()) return NotEnrolled(device_id());
-  HAMLET_ASSIGN_OR_RETURN(std::string secret, storage::BundleSecretOfToken(token));
+  return storage::BundleSecretOfToken(token);
+}
+
+absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ExportBundle(const std::string& path,
+                                                                    const SyncOptions& options) {
+  HAMLET_ASSIGN_OR_RETURN(std::string secret, BundleSecret());
   HAMLET_ASSIGN_OR_RETURN(std::vector<Batch> batches, FixBatches(static_cast<size_t>(options.batch_records)));
   if (batches.empty()) return absl::FailedPreconditionError("the outbox is empty: there is nothing to carry");
   BundleReport report;
@@ -583,9 +587,7 @@ absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ImportBundle(const std::s
     return absl::FailedPreconditionError(absl::StrCat(path, " is a bundle for device ", header.device_id(),
                                                       "; this is device ", device_id(), ". Nothing was applied"));
   }
-  HAMLET_ASSIGN_OR_RETURN(std::string token, store_->GetToken());
-  if (token.empty()) return NotEnrolled(device_id());
-  HAMLET_ASSIGN_OR_RETURN(std::string secret, storage::BundleSecretOfToken(token));
+  HAMLET_ASSIGN_OR_RETURN(std::string secret, BundleSecret());
   HAMLET_ASSIGN_OR_RETURN(hamlet::v1::BundleContent content, storage::OpenBundle(bundle, secret));
   HAMLET_ASSIGN_OR_RETURN(const auto unsynced, UnsyncedFields());
   // As a pull from zero tells it: after a restore, what this device had
@@ -609,10 +611,7 @@ absl::StatusOr<FieldDevice::BundleReport> FieldDevice::ImportBundle(const std::s
   for (int start = 0; start < records->size() || start == 0; start += kPage) {
     const int end = std::min(records->size(), start + kPage);
     std::vector<Record> page;
-    for (int i = start; i < end; ++i) {
-      sync::ExpandStamps(&(*records)[i], "");
-      page.push_back(std::move((*records)[i]));
-    }
+    for (int i = start; i < end; ++i) page.push_back(std::move((*records)[i]));
     HAMLET_ASSIGN_OR_RETURN(std::vector<Record> states, MergePulled(std::move(page), unsynced));
     if (end == records->size() && report.cursor_moved) {
       HAMLET_RETURN_IF_ERROR(

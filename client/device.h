@@ -173,8 +173,9 @@ class FieldDevice {
   // The body fields of each record that have an edit still in the outbox: a
   // pulled value must not replace them.
   absl::StatusOr<std::unordered_map<std::string, sync::FieldNumbers>> UnsyncedFields() const;
-  // Merges pulled records (whole stamps) into the device's copies, the
-  // clock observing their stamps; returns the new states, to be saved.
+  // Merges pulled records (lean stamps filled in first) into the device's
+  // copies, the clock observing their stamps; returns the new states, to be
+  // saved.
   absl::StatusOr<std::vector<hamlet::v1::Record>> MergePulled(
       std::vector<hamlet::v1::Record> pulled, const std::unordered_map<std::string, sync::FieldNumbers>& unsynced);
   // The batches an export carries: the pending one and those queued after
@@ -185,6 +186,9 @@ class FieldDevice {
     std::vector<storage::OutboxItem> items;
   };
   absl::StatusOr<std::vector<Batch>> FixBatches(size_t batch_records);
+  // The secret this device's bundles are sealed with, from its token;
+  // FAILED_PRECONDITION before enrolment.
+  absl::StatusOr<std::string> BundleSecret() const;
   // The push of a batch, as sent online and carried in a bundle.
   hamlet::v1::PushRequest PushOf(const storage::PendingBatch& batch, const std::vector<storage::OutboxItem>& items,
                                  size_t pending_after, const SyncOptions& options) const;

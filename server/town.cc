@@ -328,14 +328,8 @@ struct Town::PushJob {
 };
 
 absl::StatusOr<hamlet::v1::PushResponse> Town::Push(const hamlet::v1::PushRequest& request, const Caller& caller) {
-  absl::Notification finished;
-  absl::StatusOr<hamlet::v1::PushResponse> result;
-  Push(request, caller, [&](absl::StatusOr<hamlet::v1::PushResponse> response) {
-    result = std::move(response);
-    finished.Notify();
-  });
-  finished.WaitForNotification();
-  return result;
+  HAMLET_ASSIGN_OR_RETURN(Carried pushed, PushAndWait(request, caller, std::nullopt));
+  return std::move(pushed.response);
 }
 
 std::shared_ptr<Town::PushJob> Town::NewPushJob(hamlet::v1::PushRequest request, const Caller& caller, PushDone done,
@@ -361,6 +355,11 @@ void Town::Push(hamlet::v1::PushRequest request, const Caller& caller, PushDone 
 
 absl::StatusOr<Town::Carried> Town::PushCarried(const hamlet::v1::PushRequest& request, const Caller& caller,
                                                 int64_t written_ms) {
+  return PushAndWait(request, caller, written_ms);
+}
+
+absl::StatusOr<Town::Carried> Town::PushAndWait(const hamlet::v1::PushRequest& request, const Caller& caller,
+                                                std::optional<int64_t> written_ms) {
   HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
   absl::Notification finished;
   absl::StatusOr<hamlet::v1::PushResponse> result;

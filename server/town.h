@@ -148,6 +148,9 @@ class Town {
   // A push on its way, its lean stamps filled in.
   std::shared_ptr<PushJob> NewPushJob(hamlet::v1::PushRequest request, const Caller& caller, PushDone done,
                                       std::optional<int64_t> written_ms);
+  // Push or PushCarried, waiting for the answer.
+  absl::StatusOr<Carried> PushAndWait(const hamlet::v1::PushRequest& request, const Caller& caller,
+                                      std::optional<int64_t> written_ms);
   // Push, once every stamp names its writer.
   void PushWhole(std::shared_ptr<PushJob> job);
   // The merge and commit of a checked push, in its commit group.

@@ -43,13 +43,13 @@ absl::StatusOr<std::string> Hkdf(absl::string_view ikm, absl::string_view salt, 
   return out;
 }
 
-// The sealer of one bundle: its own key, from the secret and its header.
-absl::StatusOr<std::unique_ptr<Sealer>> BundleSealer(absl::string_view secret, const std::string& header_bytes) {
+// The sealer of one bundle: its own key, from the secret and its header
+// (parsed, and its bytes as in the file).
+absl::StatusOr<std::unique_ptr<Sealer>> BundleSealer(absl::string_view secret, const hamlet::v1::BundleHeader& header,
+                                                     const std::string& header_bytes) {
   if (secret.size() != kSecretSize) {
     return absl::FailedPreconditionError("a bundle secret is 32 bytes; this device has none of that size");
   }
-  hamlet::v1::BundleHeader header;
-  (void)header.ParseFromString(header_bytes);  // Parsed before; only its salt is wanted here.
   HAMLET_ASSIGN_OR_RETURN(std::string key,
                           Hkdf(secret, header.salt(), absl::StrCat("hamlet bundle key v1", header_bytes)));
   return Sealer::Create(key);
@@ -100,7 +100,7 @@ absl::StatusOr<std::string> SealBundle(hamlet::v1::BundleDirection direction, co
   header.set_salt(salt, sizeof(salt));
   hamlet::v1::SealedBundle sealed;
   sealed.set_header(header.SerializeAsString());
-  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<Sealer> sealer, BundleSealer(secret, sealed.header()));
+  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<Sealer> sealer, BundleSealer(secret, header, sealed.header()));
   HAMLET_ASSIGN_OR_RETURN(*sealed.mutable_sealed(),
                           sealer->Seal(content.SerializeAsString(), absl::StrCat(kMagic, sealed.header())));
   return absl::StrCat(kMagic, sealed.SerializeAsString());
@@ -113,7 +113,7 @@ absl::StatusOr<hamlet::v1::BundleHeader> ReadBundleHeader(absl::string_view bund
 
 absl::StatusOr<hamlet::v1::BundleContent> OpenBundle(absl::string_view bundle, absl::string_view secret) {
   HAMLET_ASSIGN_OR_RETURN(Parsed parsed, Parse(bundle));
-  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<Sealer> sealer, BundleSealer(secret, parsed.sealed.header()));
+  HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<Sealer> sealer, BundleSealer(secret, parsed.header, parsed.sealed.header()));
   const std::string refused = absl::StrCat(
       "the bundle of device ", parsed.header.device_id(),
       " does not open with that device's enrolment: a byte of it was changed (damaged or tampered with), or it was "
