@@ -100,8 +100,8 @@ absl::StatusOr<ExportedBundle> ExportBundle(
   };
   starting_at(pull.cursor());
   while (true) {
-    absl::StatusOr<hamlet::v1::PullResponse> page = town.Pull(pull, device.caller);
-    if (!page.ok() && content.records_size() == 0 && (!pull.cursor().empty() || !pull.scope_unit_code().empty())) {
+    absl::StatusOr<PulledPage> pulled = town.Pull(pull, device.caller);
+    if (!pulled.ok() && content.records_size() == 0 && (!pull.cursor().empty() || !pull.scope_unit_code().empty())) {
       // Where the device's pulls stood is no longer a place to start (a
       // cursor from before a restore, a scope beyond its enrolment now):
       // everything it may see, from the beginning.
@@ -109,15 +109,20 @@ absl::StatusOr<ExportedBundle> ExportBundle(
       starting_at("");
       continue;
     }
-    if (!page.ok()) return page.status();
-    if (page->has_history()) *content.mutable_history() = page->history();
-    for (hamlet::v1::Record& record : *page->mutable_records()) *content.add_records() = std::move(record);
-    content.set_next_cursor(page->next_cursor());
-    pull.set_cursor(page->next_cursor());
+    if (!pulled.ok()) return pulled.status();
+    const hamlet::v1::PullResponse& page = pulled->response;
+    if (page.has_history()) *content.mutable_history() = page.history();
+    for (const std::string& record : pulled->records) {
+      if (!content.add_records()->ParseFromString(record)) {
+        return absl::InternalError(absl::StrCat("a pulled record of ", device_id, " does not parse"));
+      }
+    }
+    content.set_next_cursor(page.next_cursor());
+    pull.set_cursor(page.next_cursor());
     message.set_records(static_cast<uint64_t>(content.records_size()));
-    message.set_remaining(page->remaining());
+    message.set_remaining(page.remaining());
     progress(message);
-    if (page->remaining() == 0) break;
+    if (page.remaining() == 0) break;
   }
   ExportedBundle out;
   HAMLET_ASSIGN_OR_RETURN(

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "server/log.h"
 #include "sync/status_macros.h"
 
@@ -94,6 +95,29 @@ grpc::ByteBuffer Serialized(const google::protobuf::Message& message) {
   bool own = false;
   (void)grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, &buffer, &own);
   return buffer;
+}
+
+// The PullResponse a PulledPage is, as bytes in one slice: the response's
+// own fields, then each record copied as it is, as a length-delimited field
+// 1 (`records`; a repeated field's elements may come anywhere in a message).
+grpc::ByteBuffer SerializedPull(const PulledPage& page) {
+  using google::protobuf::io::CodedOutputStream;
+  constexpr uint32_t kRecordTag = (hamlet::v1::PullResponse::kRecordsFieldNumber << 3) | 2;
+  const size_t head = page.response.ByteSizeLong();
+  size_t size = head;
+  for (const std::string& record : page.records) {
+    size += CodedOutputStream::VarintSize32(kRecordTag) +
+            CodedOutputStream::VarintSize32(static_cast<uint32_t>(record.size())) + record.size();
+  }
+  grpc::Slice slice(size);
+  uint8_t* out = const_cast<uint8_t*>(slice.begin());
+  out = page.response.SerializeWithCachedSizesToArray(out);
+  for (const std::string& record : page.records) {
+    out = CodedOutputStream::WriteTagToArray(kRecordTag, out);
+    out = CodedOutputStream::WriteVarint32ToArray(static_cast<uint32_t>(record.size()), out);
+    out = CodedOutputStream::WriteRawToArray(record.data(), static_cast<int>(record.size()), out);
+  }
+  return grpc::ByteBuffer(&slice, 1);
 }
 
 // Parses a raw method's request; false if it is not a `Request`.
@@ -234,8 +258,8 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
                                  std::chrono::steady_clock::time_point start, grpc::ByteBuffer* response,
                                  grpc::ServerUnaryReactor* reactor) {
   absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead);
-  absl::StatusOr<hamlet::v1::PullResponse> result =
-      caller.ok() ? town_->Pull(request, *caller) : absl::StatusOr<hamlet::v1::PullResponse>(caller.status());
+  absl::StatusOr<PulledPage> result =
+      caller.ok() ? town_->Pull(request, *caller) : absl::StatusOr<PulledPage>(caller.status());
   Counted("Pull", result.status(), start);
   if (!result.ok()) {
     LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request.device_id(),
@@ -245,10 +269,12 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
     reactor->Finish(ToGrpc(result.status(), context));
     return;
   }
-  metrics_->CountRecordsPulled(static_cast<uint64_t>(result->records_size()));
+  metrics_->CountRecordsPulled(result->records.size());
   // Where a bundle for it would start (reference data is a cursor of its own).
-  if (!request.reference_only()) town_->NotePull(caller->device_id, request.scope_unit_code(), result->next_cursor());
-  *response = Serialized(*result);
+  if (!request.reference_only()) {
+    town_->NotePull(caller->device_id, request.scope_unit_code(), result->response.next_cursor());
+  }
+  *response = SerializedPull(*result);
   Leave();
   reactor->Finish(grpc::Status::OK);
 }

@@ -741,7 +741,7 @@ std::string Town::MakeCursor(const std::string& commune, uint64_t seq) const {
   return sync::EncodeCursor(cursor);
 }
 
-absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullRequest& request, const Caller& caller) {
+absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, const Caller& caller) {
   HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
   HAMLET_ASSIGN_OR_RETURN(std::string commune,
                           ResolveScope(request.scope_unit_code(), request.reference_only(), caller));
@@ -754,41 +754,59 @@ absl::StatusOr<hamlet::v1::PullResponse> Town::Pull(const hamlet::v1::PullReques
                              ? options_.default_page_bytes
                              : std::min<int>(static_cast<int>(std::min<uint32_t>(request.max_page_bytes(), 1u << 30)),
                                              options_.max_page_bytes);
-  hamlet::v1::PullResponse response;
-  storage::ChangePage page;
+  PulledPage pulled;
+  storage::StoredPage page;
   // Records the caller may not read are skipped, and so are those it wrote
-  // every value of if it asks (it holds them already: no echo of its push). A
-  // page of nothing but those is followed by the next, so a device rarely gets
-  // an empty page while changes remain: up to 8 pages, or as many as make
-  // 1 MiB when pages are small (a slow link's), so that a phone that pushed a
-  // week of work skips past it in a few calls while one call never reads
-  // more than 8 pages of the largest size.
-  const int max_reads = std::clamp((1 << 20) / std::max(page_bytes, 1), 8, 64);
-  for (int pages = 0; pages < max_reads && response.records_size() == 0; ++pages) {
-    HAMLET_ASSIGN_OR_RETURN(
-        page, store_->ReadChanges(IndexScope(commune), after, page_size, page_bytes, storage::CountRemaining::kYes));
+  // every value of if it asks (it holds them already: no echo of its push).
+  // Both are decided from the change index, before a record is read. A page
+  // of nothing but those is followed by the next, so a device rarely gets an
+  // empty page while changes remain: up to 8 pages, or as many as make 1 MiB
+  // when pages are small (a slow link's), so that a phone that pushed a week
+  // of work skips past it in a few calls while one call never reads more
+  // than 8 pages of the largest size.
+  const auto wanted = [&](const storage::StoredChange& change) {
+    if (request.omit_own_writes() && !caller.device_id.empty() && change.sole_writer == caller.device_id) {
+      return false;
+    }
     absl::MutexLock lock(&units_mu_);
-    for (Record& record : page.records) {
-      if (request.omit_own_writes() && sync::WrittenOnlyBy(record, caller.device_id)) continue;
-      if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
+    const std::optional<sync::Reach> reach = sync::ReachOfFacts(caller.principal, change.facts, units_);
+    return !reach.has_value() || *reach >= sync::Reach::kRead;  // An admin unit is decided once read.
+  };
+  const bool as_stored = request.lean_stamps() && sync::RedactsNothing(caller.principal.role);
+  std::vector<std::string> sealed_reads;
+  const int max_reads = std::clamp((1 << 20) / std::max(page_bytes, 1), 8, 64);
+  for (int pages = 0; pages < max_reads && pulled.records.empty(); ++pages) {
+    HAMLET_ASSIGN_OR_RETURN(page, store_->ReadStoredChanges(IndexScope(commune), after, page_size, page_bytes,
+                                                            storage::CountRemaining::kYes, wanted));
+    for (storage::StoredChange& change : page.changes) {
+      if (as_stored && !change.sealed && change.facts.type != Record::kAdminUnit) {
+        pulled.records.push_back(std::move(change.record));
+        continue;
+      }
+      Record record;
+      HAMLET_RETURN_IF_ERROR(storage::TownStore::ParseStoredRecord(change, &record));
+      {
+        absl::MutexLock lock(&units_mu_);
+        if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
+      }
       sync::Redact(caller.principal, &record);
       if (request.lean_stamps()) sync::LeanStamps(&record, "");
-      *response.add_records() = std::move(record);
+      if (change.sealed) sealed_reads.push_back(record.id());
+      pulled.records.push_back(record.SerializeAsString());
     }
     after = page.through_seq;
     if (page.remaining == 0) break;
   }
-  for (const Record& record : response.records()) {
-    if (!record.has_informant_identity() && record.sensitivity() != hamlet::v1::SENSITIVITY_SEALED) continue;
-    HAMLET_RETURN_IF_ERROR(store_
-                               ->AppendAudit(AuditOf(caller, "sealed_read", record.id(), "sealed record pulled",
-                                                     clock_.physical().NowMs()))
-                               .status());
+  for (const std::string& id : sealed_reads) {
+    HAMLET_RETURN_IF_ERROR(
+        store_->AppendAudit(AuditOf(caller, "sealed_read", id, "sealed record pulled", clock_.physical().NowMs()))
+            .status());
   }
+  hamlet::v1::PullResponse& response = pulled.response;
   response.set_next_cursor(MakeCursor(commune, page.through_seq));
   response.set_remaining(page.remaining);
   if (request.cursor().empty()) *response.mutable_history() = store_->history();
-  return response;
+  return pulled;
 }
 
 void Town::NotePull(const std::string& device_id, const std::string& scope_unit_code, const std::string& cursor) {

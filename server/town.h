@@ -54,6 +54,13 @@ struct TownOptions {
   int max_page_bytes = 3 << 20;
 };
 
+// A pull's answer: the response but for its records, and each record as a
+// serialized hamlet.v1.Record, in the order of their changes.
+struct PulledPage {
+  hamlet::v1::PullResponse response;  // records is empty.
+  std::vector<std::string> records;
+};
+
 // A town server's sync logic: validates, merges and commits pushes, serves
 // pulls and tells watchers about changes. Thread-safe.
 class Town {
@@ -113,7 +120,13 @@ class Town {
   // cursor), PERMISSION_DENIED (a scope beyond the caller's reach, or another
   // device's id), FAILED_PRECONDITION with reason CURSOR_INVALIDATED (cursor
   // from another server or epoch).
-  absl::StatusOr<hamlet::v1::PullResponse> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
+  //
+  // A record goes out as the store keeps it, unparsed, when that is what the
+  // caller gets: it asked for lean stamps, its role sees records whole, the
+  // record is not sealed (each sealed read is audited), and the change
+  // index's access facts decide its reach (all but admin units). Any other is
+  // parsed, checked, redacted and encoded again.
+  absl::StatusOr<PulledPage> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
 
   // Notes where a device's pulls stand: the cursor a pull call gave it, or
   // what a bundle from it says. For LastPull; kept in memory only.

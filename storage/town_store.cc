@@ -11,7 +11,9 @@
 #include "rocksdb/write_batch.h"
 #include "storage/rocks.h"
 #include "sync/big_endian.h"
+#include "sync/merge.h"
 #include "sync/report.h"
+#include "sync/stamp.h"
 #include "sync/status_macros.h"
 #include "sync/uuid.h"
 
@@ -27,7 +29,7 @@ using sync::PutBigEndian64;
 // Key layout (docs/STORAGE.md). Column families and their keys:
 //
 //   default          meta_key -> value
-//     "format"       -> "1"                     DO NOT CHANGE the layout without
+//     "format"       -> "2"                     DO NOT CHANGE the layout without
 //     "server_id"    -> UUID text                 bumping "format".
 //     "epoch"        -> be64
 //     "cursor_key"   -> 32 random bytes (added to older stores when opened)
@@ -37,11 +39,11 @@ using sync::PutBigEndian64;
 //     "replication"  -> v1 ReplicationState
 //     "history"      -> v1 ServerHistory (earlier epochs, restore and backup
 //                       times), written by a restore
-//   records          record_id -> v1 Record (current merged state), or for a
-//                    sealed record: 0x02 key_id:8 nonce:12 AES-256-GCM(Record) tag:16
-//                    with the record id as additional data (storage/sealing.h)
-//   changes          be64(seq) -> record_id          one entry per record, at its
-//   commune_changes  u8(len) commune be64(seq) -> record_id   latest seq
+//   records          record_id -> v1 Record (current merged state, lean stamps), or
+//                    for a sealed record: 0x02 key_id:8 nonce:12 AES-256-GCM(Record)
+//                    tag:16 with the record id as additional data (storage/sealing.h)
+//   changes          be64(seq) -> v1 ChangeEntry          one entry per record,
+//   commune_changes  u8(len) commune be64(seq) -> v1 ChangeEntry   at its latest seq
 //   devices          device_id -> v1 DeviceState
 //   batches          device_id 0x00 batch_id -> v1 BatchReceipt
 //   enrolments       device_id -> v1 Enrolment
@@ -56,7 +58,10 @@ using sync::PutBigEndian64;
 // "v1 X" is the byte 0x01 followed by the serialized proto X (storage/rocks.h).
 namespace {
 
-constexpr char kFormat[] = "1";
+constexpr char kFormat[] = "2";
+// The format before records kept lean stamps and index entries their
+// records' access facts; Open migrates it.
+constexpr char kFormatBeforeFacts[] = "1";
 constexpr size_t kCursorKeyBytes = 32;
 
 absl::StatusOr<std::string> NewCursorKey() {
@@ -138,33 +143,139 @@ bool IsSealed(const Record& record) {
   return record.has_informant_identity() || record.sensitivity() == hamlet::v1::SENSITIVITY_SEALED;
 }
 
+// The change index value of a record's latest change.
+std::string IndexValue(const Record& state) {
+  const sync::AccessFacts facts = sync::AccessFactsOf(state);
+  ChangeEntry entry;
+  entry.set_record_id(state.id());
+  entry.set_type(static_cast<int32_t>(facts.type));
+  entry.set_sensitivity(facts.sensitivity);
+  entry.set_unit_code(facts.unit_code);
+  entry.set_author(facts.author);
+  entry.set_referred_to_police(facts.referred_to_police);
+  entry.set_sole_writer(sync::SoleWriter(state));
+  return EncodeValue(entry);
+}
+
+// A StoredChange from a change index entry; DATA_LOSS if it does not parse.
+absl::Status ReadIndexValue(absl::string_view value, StoredChange* change) {
+  ChangeEntry entry;
+  HAMLET_RETURN_IF_ERROR(DecodeValue(value, &entry));
+  change->record_id = std::move(*entry.mutable_record_id());
+  change->facts.type = static_cast<Record::BodyCase>(entry.type());
+  change->facts.sensitivity = entry.sensitivity();
+  change->facts.unit_code = std::move(*entry.mutable_unit_code());
+  change->facts.author = std::move(*entry.mutable_author());
+  change->facts.referred_to_police = entry.referred_to_police();
+  change->sole_writer = std::move(*entry.mutable_sole_writer());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> TownStore::EncodeRecord(const Record& record) const {
-  if (!IsSealed(record)) return EncodeValue(record);
+  Record lean = record;
+  sync::LeanStamps(&lean, "");
+  if (!IsSealed(record)) return EncodeValue(lean);
   if (options_.sealer == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("record ", record.id(),
                      " is sealed, and this server has no sealing key (--sealed_key_file); it cannot "
                      "store informant identities"));
   }
-  HAMLET_ASSIGN_OR_RETURN(std::string sealed, options_.sealer->Seal(record.SerializeAsString(), record.id()));
+  HAMLET_ASSIGN_OR_RETURN(std::string sealed, options_.sealer->Seal(lean.SerializeAsString(), record.id()));
   return std::string(1, static_cast<char>(kSealedFormatV1)) + sealed;
 }
 
 absl::Status TownStore::DecodeRecord(absl::string_view value, const std::string& id, Record* record) const {
-  if (value.empty() || static_cast<uint8_t>(value[0]) != kSealedFormatV1) return DecodeValue(value, record);
+  if (value.empty() || static_cast<uint8_t>(value[0]) != kSealedFormatV1) {
+    HAMLET_RETURN_IF_ERROR(DecodeValue(value, record));
+    sync::ExpandStamps(record, "");
+    return absl::OkStatus();
+  }
+  StoredChange change;
+  change.record_id = id;
+  change.record = std::string(value);
+  HAMLET_RETURN_IF_ERROR(OpenRecordValue(&change.record, id, &change.sealed));
+  return ParseStoredRecord(change, record);
+}
+
+absl::Status TownStore::OpenRecordValue(std::string* value, const std::string& id, bool* sealed) const {
+  *sealed = !value->empty() && static_cast<uint8_t>((*value)[0]) == kSealedFormatV1;
+  if (!*sealed) {
+    if (value->empty() || static_cast<uint8_t>((*value)[0]) != internal::kValueFormatV1) {
+      return absl::DataLossError(absl::StrCat("stored record ", id, " has unknown format version ",
+                                              value->empty() ? -1 : static_cast<uint8_t>((*value)[0])));
+    }
+    value->erase(0, 1);
+    return absl::OkStatus();
+  }
   if (options_.sealer == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("record ", id, " is sealed, and this server has no sealing key (--sealed_key_file)"));
   }
-  value.remove_prefix(1);
-  absl::StatusOr<std::string> plain = options_.sealer->Open(value, id);
+  absl::StatusOr<std::string> plain = options_.sealer->Open(absl::string_view(*value).substr(1), id);
   if (!plain.ok()) {
     return absl::Status(plain.status().code(), absl::StrCat("record ", id, ": ", plain.status().message()));
   }
-  if (!record->ParseFromString(*plain)) return absl::DataLossError(absl::StrCat("sealed record ", id, " is damaged"));
+  *value = std::move(*plain);
   return absl::OkStatus();
+}
+
+absl::Status TownStore::ParseStoredRecord(const StoredChange& change, Record* record) {
+  if (!record->ParseFromString(change.record)) {
+    return absl::DataLossError(
+        absl::StrCat(change.sealed ? "sealed record " : "stored record ", change.record_id, " is damaged"));
+  }
+  sync::ExpandStamps(record, "");
+  return absl::OkStatus();
+}
+
+absl::Status TownStore::MigrateFromFormat1() {
+  rocksdb::WriteOptions write;
+  constexpr size_t kKeysABatch = 1000;
+  rocksdb::WriteBatch batch;
+  const auto flush = [&]() -> absl::Status {
+    HAMLET_RETURN_IF_ERROR(FromRocks(db_->db->Write(write, &batch), "migrating the store to format 2"));
+    batch.Clear();
+    return absl::OkStatus();
+  };
+  // Records: decoded (whole stamps) and encoded again (lean).
+  std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), records_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    Record record;
+    HAMLET_RETURN_IF_ERROR(DecodeRecord(internal::View(it->value()), it->key().ToString(), &record));
+    HAMLET_ASSIGN_OR_RETURN(std::string encoded, EncodeRecord(record));
+    batch.Put(records_, it->key(), encoded);
+    if (batch.Count() >= kKeysABatch) HAMLET_RETURN_IF_ERROR(flush());
+  }
+  HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading records to migrate"));
+  // Index entries: a bare record id becomes its ChangeEntry. An entry that
+  // is one already (a migration cut short) is read for its id.
+  for (rocksdb::ColumnFamilyHandle* index : {changes_, commune_changes_}) {
+    it.reset(db_->db->NewIterator(rocksdb::ReadOptions(), index));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      StoredChange change;
+      const absl::string_view value = internal::View(it->value());
+      if (!value.empty() && static_cast<uint8_t>(value[0]) == internal::kValueFormatV1) {
+        HAMLET_RETURN_IF_ERROR(ReadIndexValue(value, &change));
+      } else {
+        change.record_id = std::string(value);
+      }
+      HAMLET_ASSIGN_OR_RETURN(std::optional<Record> record, GetRecord(change.record_id));
+      if (!record.has_value()) {
+        return absl::DataLossError(
+            absl::StrCat("the change index names record ", change.record_id, ", which is not stored"));
+      }
+      batch.Put(index, it->key(), IndexValue(*record));
+      if (batch.Count() >= kKeysABatch) HAMLET_RETURN_IF_ERROR(flush());
+    }
+    HAMLET_RETURN_IF_ERROR(FromRocks(it->status(), "reading the change index to migrate"));
+  }
+  // The earlier batches are in the log before this one: synced, it holds them.
+  batch.Put(meta_, "format", kFormat);
+  write.sync = true;
+  return flush();
 }
 
 absl::Status TownStore::RebuildIndexCounts() {
@@ -347,10 +458,11 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Load(const std::string& di
     return store;
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading store format"));
-  if (value != kFormat) {
+  const bool before_facts = value == kFormatBeforeFacts;
+  if (value != kFormat && !before_facts) {
     return absl::FailedPreconditionError(absl::StrCat("data dir ", dir, " has store format ", value,
-                                                      "; this hamletd reads format ", kFormat,
-                                                      ". Use the hamletd that wrote it."));
+                                                      "; this hamletd reads formats ", kFormatBeforeFacts, " and ",
+                                                      kFormat, ". Use the hamletd that wrote it."));
   }
   // Written with "format" in one batch: a store without them is damaged.
   const auto get_identity = [&](const char* key, std::string* out) {
@@ -384,6 +496,7 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Load(const std::string& di
     return absl::FailedPreconditionError(
         absl::StrCat("data dir ", dir, " holds sealed records (informant identities): start with --sealed_key_file"));
   }
+  if (before_facts) HAMLET_RETURN_IF_ERROR(store->MigrateFromFormat1());
   if (db->Get(rocksdb::ReadOptions(), store->meta_, "tallies", &value).IsNotFound() || value != kTalliesVersion) {
     HAMLET_RETURN_IF_ERROR(store->RebuildTallies());
   }
@@ -498,8 +611,9 @@ absl::StatusOr<uint64_t> CommitGroup::Stage(PushCommit commit,
     }
     if (static_cast<uint8_t>(encoded[i][0]) == kSealedFormatV1) batch.Put(store_->meta_, "holds_sealed", "1");
     batch.Put(store_->records_, write.state.id(), encoded[i]);
-    batch.Put(store_->changes_, SeqKey(at), write.state.id());
-    batch.Put(store_->commune_changes_, BucketPrefix(write.commune) + SeqKey(at), write.state.id());
+    const std::string entry = IndexValue(write.state);
+    batch.Put(store_->changes_, SeqKey(at), entry);
+    batch.Put(store_->commune_changes_, BucketPrefix(write.commune) + SeqKey(at), entry);
     ++count_delta_[CountKey(WholeCountPrefix(), at)];
     ++count_delta_[CountKey(BucketPrefix(write.commune), at)];
     sync::AddTallyDelta(write.previous, write.state, &tally_delta_);
@@ -765,6 +879,21 @@ absl::StatusOr<uint64_t> TownStore::CountConflicted() const {
 
 absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
                                                   size_t max_bytes, CountRemaining count) const {
+  HAMLET_ASSIGN_OR_RETURN(StoredPage stored,
+                          ReadStoredChanges(scope, after_seq, max_records, max_bytes, count, WantedFn()));
+  ChangePage page;
+  page.through_seq = stored.through_seq;
+  page.remaining = stored.remaining;
+  page.records.resize(stored.changes.size());
+  for (size_t i = 0; i < stored.changes.size(); ++i) {
+    HAMLET_RETURN_IF_ERROR(ParseStoredRecord(stored.changes[i], &page.records[i]));
+  }
+  return page;
+}
+
+absl::StatusOr<StoredPage> TownStore::ReadStoredChanges(const ChangeScope& scope, uint64_t after_seq,
+                                                        size_t max_records, size_t max_bytes, CountRemaining count,
+                                                        const WantedFn& wanted) const {
   // Commits are visible only once durable, so a page never holds what a crash
   // could take back. Reading last_seq before taking the snapshot means the
   // snapshot holds every change up to it.
@@ -821,27 +950,29 @@ absl::StatusOr<ChangePage> TownStore::ReadChanges(const ChangeScope& scope, uint
     return best;
   };
 
-  ChangePage page;
+  StoredPage page;
   page.through_seq = std::max(after_seq, last_seq);
   size_t bytes = 0;
+  size_t entries = 0;
   Bucket* b = nullptr;
   while ((b = next_bucket()) != nullptr) {
-    if (page.records.size() >= std::max<size_t>(max_records, 1) || (!page.records.empty() && bytes >= max_bytes)) {
-      break;
-    }
-    std::string value;
-    const std::string id = b->it->value().ToString();
-    const rocksdb::Status got = db_->db->Get(read, records_, id, &value);
-    if (got.IsNotFound()) {
-      return absl::DataLossError(absl::StrCat("the change index names record ", id, ", which is not stored"));
-    }
-    HAMLET_RETURN_IF_ERROR(FromRocks(got, absl::StrCat("reading record ", id)));
-    Record record;
-    HAMLET_RETURN_IF_ERROR(DecodeRecord(value, id, &record));
-    bytes += value.size();
-    page.through_seq = b->Seq();
-    page.records.push_back(std::move(record));
+    if (entries >= std::max<size_t>(max_records, 1) || (!page.changes.empty() && bytes >= max_bytes)) break;
+    StoredChange change;
+    change.seq = b->Seq();
+    HAMLET_RETURN_IF_ERROR(ReadIndexValue(internal::View(b->it->value()), &change));
+    ++entries;
+    page.through_seq = change.seq;
     b->it->Next();
+    if (wanted && !wanted(change)) continue;
+    const rocksdb::Status got = db_->db->Get(read, records_, change.record_id, &change.record);
+    if (got.IsNotFound()) {
+      return absl::DataLossError(
+          absl::StrCat("the change index names record ", change.record_id, ", which is not stored"));
+    }
+    HAMLET_RETURN_IF_ERROR(FromRocks(got, absl::StrCat("reading record ", change.record_id)));
+    HAMLET_RETURN_IF_ERROR(OpenRecordValue(&change.record, change.record_id, &change.sealed));
+    bytes += change.record.size();
+    page.changes.push_back(std::move(change));
   }
   HAMLET_RETURN_IF_ERROR(damaged(buckets));
   if (b == nullptr) {

@@ -19,6 +19,7 @@
 #include "hamlet/v1/sync.pb.h"
 #include "storage/sealing.h"
 #include "storage/storage.pb.h"
+#include "sync/access.h"
 #include "sync/clock.h"
 #include "sync/report.h"
 
@@ -152,6 +153,31 @@ class CommitGroup {
 // Whether ReadChanges counts the changes left after its page (costs one key
 // read per change left).
 enum class CountRemaining { kNo, kYes };
+
+// One change as a pull sends it: the change index entry, with what the
+// access check reads of its record, and the record's bytes as stored.
+struct StoredChange {
+  uint64_t seq = 0;
+  std::string record_id;
+  sync::AccessFacts facts;
+  // The device that wrote every value of the record (sync::SoleWriter), or "".
+  std::string sole_writer;
+  // True for a record stored sealed (an informant identity, or
+  // SENSITIVITY_SEALED); `record` is then its opened plaintext.
+  bool sealed = false;
+  // The record as a serialized hamlet.v1.Record with lean stamps
+  // (sync::LeanStamps(record, "")), as the store keeps it: what a pull that
+  // asks for lean stamps sends. ParseStoredRecord reads it back.
+  std::string record;
+};
+
+struct StoredPage {
+  // The changes the read wanted, in seq order.
+  std::vector<StoredChange> changes;
+  // As in ChangePage.
+  uint64_t through_seq = 0;
+  uint64_t remaining = 0;
+};
 
 struct ChangePage {
   // Records at their latest state, in order of server_seq.
@@ -341,6 +367,19 @@ class TownStore {
   absl::StatusOr<ChangePage> ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
                                          size_t max_bytes, CountRemaining count) const;
 
+  // ReadChanges for a pull that sends records as they are stored. `wanted`
+  // sees each change's index entry (its `record` still empty); only the
+  // records of the changes it wants are read, and only they count toward
+  // `max_bytes` and are returned. Every change read counts toward
+  // `max_records`, so a page reads at most that many index entries.
+  using WantedFn = std::function<bool(const StoredChange& change)>;
+  absl::StatusOr<StoredPage> ReadStoredChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
+                                               size_t max_bytes, CountRemaining count, const WantedFn& wanted) const;
+
+  // The record of a StoredChange, with its stamps filled in (whole, as
+  // ReadChanges returns them). DATA_LOSS if the bytes do not parse.
+  static absl::Status ParseStoredRecord(const StoredChange& change, hamlet::v1::Record* record);
+
  private:
   friend class CommitGroup;
   TownStore() = default;
@@ -349,8 +388,18 @@ class TownStore {
   // Opens a restored store and moves it to a new epoch, recording in its
   // history the backup's epoch and last seq, and `backup_ms` (0: unknown).
   static absl::Status StartNewEpoch(const std::string& data_dir, const TownStoreOptions& options, int64_t backup_ms);
+  // A record as stored: with lean stamps, sealed if it must be. And back,
+  // with its stamps filled in.
   absl::StatusOr<std::string> EncodeRecord(const hamlet::v1::Record& record) const;
   absl::Status DecodeRecord(absl::string_view value, const std::string& id, hamlet::v1::Record* record) const;
+  // The serialized record inside a stored value, opened if sealed.
+  // Turns a stored record value into the serialized record, opening it if it
+  // is sealed (and saying so in `sealed`).
+  absl::Status OpenRecordValue(std::string* value, const std::string& id, bool* sealed) const;
+  // Rewrites a store of format 1 as format 2: records with lean stamps, and
+  // change index entries that carry their records' access facts.
+  // REQUIRES: nothing else uses the store yet.
+  absl::Status MigrateFromFormat1();
   // An enrolment as stored: its bundle secret sealed if there is a sealer;
   // and back.
   absl::StatusOr<Enrolment> SealedEnrolment(Enrolment enrolment) const;

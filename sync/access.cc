@@ -109,44 +109,66 @@ bool UnitOfConcern(const Principal& p, const hamlet::v1::AdminUnit& unit, const 
   });
 }
 
-bool Holds(Relation relation, const Principal& p, const Record& record, const UnitDirectory& units) {
+// `admin_unit` is the record's body if it is an admin unit, else nullptr.
+bool Holds(Relation relation, const Principal& p, const AccessFacts& record, const hamlet::v1::AdminUnit* admin_unit,
+           const UnitDirectory& units) {
   switch (relation) {
     case Relation::kAnyInServer:
       return true;
     case Relation::kOwnCommune: {
-      const std::string commune = units.CommuneOf(record.unit_code());
+      const std::string commune = units.CommuneOf(record.unit_code);
       return !commune.empty() && commune == CommuneOfPrincipal(p, units);
     }
     case Relation::kOwnUnit:
     case Relation::kOwnUnitAuthored: {
-      const bool in_unit = record.unit_code() == p.unit_code ||
+      const bool in_unit = record.unit_code == p.unit_code ||
                            (units.CommuneOf(p.unit_code) == p.unit_code &&  // a commune covers its villages
-                            units.CommuneOf(record.unit_code()) == p.unit_code);
-      return in_unit && (relation == Relation::kOwnUnit || record.author() == p.person_id);
+                            units.CommuneOf(record.unit_code) == p.unit_code);
+      return in_unit && (relation == Relation::kOwnUnit || record.author == p.person_id);
     }
     case Relation::kWithinUnit:
-      return units.IsWithin(record.unit_code(), p.unit_code);
+      return units.IsWithin(record.unit_code, p.unit_code);
     case Relation::kUnitOfConcern:
-      return record.has_admin_unit() && UnitOfConcern(p, record.admin_unit(), units);
+      return admin_unit != nullptr && UnitOfConcern(p, *admin_unit, units);
     case Relation::kReferredToPolice:
-      return Holds(Relation::kOwnCommune, p, record, units) && record.has_mediation_case() &&
-             record.mediation_case().transferred_to() == hamlet::v1::TRANSFER_TARGET_COMMUNE_POLICE;
+      return record.referred_to_police && Holds(Relation::kOwnCommune, p, record, admin_unit, units);
   }
   return false;
 }
 
-}  // namespace
-
-Reach ReachOf(const Principal& principal, const Record& record, const UnitDirectory& units) {
+Reach ReachOf(const Principal& principal, const AccessFacts& facts, const hamlet::v1::AdminUnit* admin_unit,
+              const UnitDirectory& units) {
   // Any sealed record is guarded like an informant's identity.
   const Record::BodyCase type =
-      record.sensitivity() == hamlet::v1::SENSITIVITY_SEALED ? Record::kInformantIdentity : record.body_case();
+      facts.sensitivity == hamlet::v1::SENSITIVITY_SEALED ? Record::kInformantIdentity : facts.type;
   Reach best = Reach::kNone;
   for (const Row& row : kRows) {
     if (row.type != type || row.role != principal.role) continue;
-    if (Holds(row.relation, principal, record, units)) best = std::max(best, row.reach);
+    if (Holds(row.relation, principal, facts, admin_unit, units)) best = std::max(best, row.reach);
   }
   return best;
+}
+
+}  // namespace
+
+AccessFacts AccessFactsOf(const Record& record) {
+  AccessFacts facts;
+  facts.type = record.body_case();
+  facts.sensitivity = record.sensitivity();
+  facts.unit_code = record.unit_code();
+  facts.author = record.author();
+  facts.referred_to_police = record.has_mediation_case() &&
+                             record.mediation_case().transferred_to() == hamlet::v1::TRANSFER_TARGET_COMMUNE_POLICE;
+  return facts;
+}
+
+Reach ReachOf(const Principal& principal, const Record& record, const UnitDirectory& units) {
+  return ReachOf(principal, AccessFactsOf(record), record.has_admin_unit() ? &record.admin_unit() : nullptr, units);
+}
+
+std::optional<Reach> ReachOfFacts(const Principal& principal, const AccessFacts& facts, const UnitDirectory& units) {
+  if (facts.type == Record::kAdminUnit) return std::nullopt;
+  return ReachOf(principal, facts, nullptr, units);
 }
 
 bool SeesWholeServer(Role role) {
@@ -194,8 +216,10 @@ void RedactForProvince(Record* record) {
 
 }  // namespace
 
+bool RedactsNothing(Role role) { return role != hamlet::v1::ROLE_PROVINCE_OFFICER; }
+
 void Redact(const Principal& principal, Record* record) {
-  if (principal.role == hamlet::v1::ROLE_PROVINCE_OFFICER) RedactForProvince(record);
+  if (!RedactsNothing(principal.role)) RedactForProvince(record);
 }
 
 bool PrepareForProvince(Record* record) {

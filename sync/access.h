@@ -1,6 +1,7 @@
 #ifndef HAMLET_SYNC_ACCESS_H_
 #define HAMLET_SYNC_ACCESS_H_
 
+#include <optional>
 #include <string>
 
 #include "hamlet/v1/sync.pb.h"
@@ -34,6 +35,24 @@ enum class Reach {
 // SENSITIVITY_SEALED is guarded like an informant identity.
 Reach ReachOf(const Principal& principal, const hamlet::v1::Record& record, const UnitDirectory& units);
 
+// What ReachOf reads of a record that is not an admin unit, small enough to
+// keep beside each entry of the change index, so that a pull can decide
+// whether a caller reads a record without reading the record.
+struct AccessFacts {
+  hamlet::v1::Record::BodyCase type = hamlet::v1::Record::BODY_NOT_SET;
+  hamlet::v1::Sensitivity sensitivity = hamlet::v1::SENSITIVITY_UNSPECIFIED;
+  std::string unit_code;
+  std::string author;
+  // A mediation case transferred to the commune police.
+  bool referred_to_police = false;
+};
+AccessFacts AccessFactsOf(const hamlet::v1::Record& record);
+
+// ReachOf(principal, record, units) for any record whose AccessFactsOf is
+// `facts`; nullopt for an admin unit, whose reach depends on the unit's own
+// fields (its code, parent and successors).
+std::optional<Reach> ReachOfFacts(const Principal& principal, const AccessFacts& facts, const UnitDirectory& units);
+
 // True if `principal` may pull or watch commune `commune` ("" = the whole
 // server): its own commune, or any for town-level roles.
 bool MayReadScope(const Principal& principal, const std::string& commune, const UnitDirectory& units);
@@ -47,6 +66,10 @@ bool SeesWholeServer(hamlet::v1::Role role);
 // and head, in the body, conflicts and superseded values.
 // REQUIRES: ReachOf(...) >= kRead.
 void Redact(const Principal& principal, hamlet::v1::Record* record);
+
+// True if Redact leaves every record as it is for principals of `role`
+// (every role but the province officer).
+bool RedactsNothing(hamlet::v1::Role role);
 
 // What of a town's record goes up to the province (docs/DOMAIN.md): false for a
 // record that never leaves the town (informant identities and any record

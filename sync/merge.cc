@@ -520,20 +520,25 @@ bool MergeRecord(const Record& change, Record* state, const FieldNumbers& keep_l
   return created || merger.changed();
 }
 
-bool WrittenOnlyBy(const Record& state, absl::string_view node) {
-  if (state.field_stamps_size() == 0 && !state.deleted()) return false;
-  if (state.conflicts_size() > 0) return false;
-  const auto by = [node](const hamlet::v1::Stamp& stamp) { return stamp.node() == node; };
+std::string SoleWriter(const Record& state) {
+  if (state.field_stamps_size() == 0 && !state.deleted()) return "";
+  if (state.conflicts_size() > 0) return "";
+  const std::string* node = nullptr;
+  bool one = true;
+  const auto by = [&node, &one](const hamlet::v1::Stamp& stamp) {
+    if (node == nullptr) node = &stamp.node();
+    one = one && stamp.node() == *node;
+  };
   for (const hamlet::v1::FieldStamp& fs : state.field_stamps()) {
-    if (!by(fs.stamp())) return false;
-    if (fs.has_removed() && !by(fs.removed())) return false;
-    if (fs.has_supersedes() && !by(fs.supersedes())) return false;
+    by(fs.stamp());
+    if (fs.has_removed()) by(fs.removed());
+    if (fs.has_supersedes()) by(fs.supersedes());
   }
-  if (state.deleted() && !by(state.deleted_stamp())) return false;
-  for (const hamlet::v1::SupersededValue& lost : state.superseded()) {
-    if (!by(lost.stamp())) return false;
-  }
-  return true;
+  if (state.deleted()) by(state.deleted_stamp());
+  for (const hamlet::v1::SupersededValue& lost : state.superseded()) by(lost.stamp());
+  return one && node != nullptr ? *node : "";
 }
+
+bool WrittenOnlyBy(const Record& state, absl::string_view node) { return !node.empty() && SoleWriter(state) == node; }
 
 }  // namespace hamlet::sync

@@ -80,6 +80,11 @@ const hamlet::v1::Conflict* FindConflict(const hamlet::v1::Record& record, uint3
 // (MergeRecord is deterministic), so a pull need not send it back.
 bool WrittenOnlyBy(const hamlet::v1::Record& state, absl::string_view node);
 
+// The node that every value of `state` was written by, as WrittenOnlyBy
+// reads it, or "" if there is none (more than one writer, an open conflict,
+// or no stamp). WrittenOnlyBy(state, n) == (!n.empty() && SoleWriter(state) == n).
+std::string SoleWriter(const hamlet::v1::Record& state);
+
 }  // namespace hamlet::sync
 
 #endif  // HAMLET_SYNC_MERGE_H_

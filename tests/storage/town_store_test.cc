@@ -435,6 +435,82 @@ TEST_F(DamagedTownStoreTest, MissingIdentityIsDataLoss) {
   }
 }
 
+// A store written before index entries carried access facts (format 1:
+// records with whole stamps, each index entry the bare record id) is
+// rewritten when opened: the same records come back, kept lean, and each
+// index entry names its record's unit, author and sole writer.
+TEST_F(DamagedTownStoreTest, AStoreOfFormatOneIsMigratedWhenOpened) {
+  Record own = NewCase(Id(1), "07132-K01", MakeStamp(1000, 0, "a"));
+  own.set_author("person-a");
+  Commit("b1", {{own, "07132"}});
+  Record shared = NewCase(Id(2), "07132-K03", MakeStamp(1000, 0, "a"));
+  Commit("b2", {{shared, "07132"}});
+  shared.mutable_mediation_case()->set_summary("B's summary");
+  shared.mutable_field_stamps(0)->mutable_stamp()->set_node("b");
+  Commit("b3", {{shared, "07132"}});
+  const ChangePage before = Read(ChangeScope::WholeServer(), 0);
+  ASSERT_EQ(before.records.size(), 2u);
+  std::vector<RawWrite> format_one = {{"default", "format", "1"}};
+  for (const Record& record : before.records) {
+    format_one.push_back({"records", record.id(), "\x01" + record.SerializeAsString()});
+    format_one.push_back({"changes", Be64(record.server_seq()), record.id()});
+    format_one.push_back({"commune_changes",
+                          "\x05"
+                          "07132" +
+                              Be64(record.server_seq()),
+                          record.id()});
+  }
+  Damage(format_one);
+  auto store = OpenDamaged();
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (const ChangeScope& scope : {ChangeScope::WholeServer(), ChangeScope::Commune("07132")}) {
+    auto after = (*store)->ReadChanges(scope, 0, 10, 1 << 20, CountRemaining::kYes);
+    ASSERT_TRUE(after.ok()) << after.status();
+    ASSERT_EQ(after->records.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(after->records[i].SerializeAsString(), before.records[i].SerializeAsString());
+    }
+    auto stored = (*store)->ReadStoredChanges(scope, 0, 10, 1 << 20, CountRemaining::kYes, TownStore::WantedFn());
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    ASSERT_EQ(stored->changes.size(), 2u);
+    const StoredChange& first = stored->changes[0];
+    EXPECT_EQ(first.record_id, Id(1));
+    EXPECT_EQ(first.facts.type, Record::kMediationCase);
+    EXPECT_EQ(first.facts.unit_code, "07132-K01");
+    EXPECT_EQ(first.facts.author, "person-a");
+    EXPECT_EQ(first.sole_writer, "a");
+    EXPECT_EQ(stored->changes[1].sole_writer, "") << "two writers";
+    Record lean;
+    ASSERT_TRUE(lean.ParseFromString(first.record));
+    EXPECT_EQ(lean.default_node(), "a") << "kept with lean stamps";
+    EXPECT_LT(first.record.size(), before.records[0].ByteSizeLong());
+  }
+}
+
+// A pull reads only the records it wants: the others are passed over by
+// their index entries, and the page still ends where it read to.
+TEST_F(TownStoreTest, ARecordNotWantedIsNotReadButItsChangeIsPassed) {
+  Commit("b1", {{NewCase(Id(1), "07132-K01", MakeStamp(1000, 0, "a")), "07132"},
+                {NewCase(Id(2), "07132-K03", MakeStamp(1000, 0, "b")), "07132"},
+                {NewCase(Id(3), "07132-K01", MakeStamp(1000, 0, "b")), "07132"}});
+  std::vector<std::string> seen;
+  const auto wanted = [&](const StoredChange& change) {
+    EXPECT_TRUE(change.record.empty());
+    seen.push_back(change.record_id);
+    return change.facts.unit_code == "07132-K01";
+  };
+  auto page = store_->ReadStoredChanges(ChangeScope::Commune("07132"), 0, 2, 1 << 20, CountRemaining::kYes, wanted);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(seen, (std::vector<std::string>{Id(1), Id(2)}));
+  ASSERT_EQ(page->changes.size(), 1u);
+  EXPECT_EQ(page->changes[0].record_id, Id(1));
+  EXPECT_EQ(page->through_seq, 2u);
+  EXPECT_EQ(page->remaining, 1u);
+  Record record;
+  ASSERT_TRUE(TownStore::ParseStoredRecord(page->changes[0], &record).ok());
+  EXPECT_EQ(record.field_stamps(0).stamp().node(), "a") << "stamps filled in";
+}
+
 // Was INTERNAL ("reading record ...: NotFound").
 TEST_F(DamagedTownStoreTest, ChangeIndexNamingAMissingRecordIsDataLoss) {
   Commit("b1", {{NewCase(Id(1), "07132", MakeStamp(1000, 0, "a")), "07132"}});

@@ -132,5 +132,76 @@ TEST_F(AccessTest, PersonalDataIsRedactedBeforeItLeavesAndStampsStay) {
   EXPECT_EQ(house.household_registration().evaluation(), hamlet::v1::HOUSEHOLD_EVALUATION_PASS);
 }
 
+// A pull decides from the change index's facts alone (ReachOfFacts) whom a
+// record reaches: for every role, unit, author, type, sensitivity and
+// referral here, the facts give what the whole record gives; an admin unit is
+// left to the record.
+TEST_F(AccessTest, TheFactsOfARecordReachWhomTheRecordReaches) {
+  const std::vector<std::string> units = {"07132-K01", "07132-K03", "07132", "07195", "206", "207", "22", ""};
+  const std::vector<hamlet::v1::Role> roles = {
+      hamlet::v1::ROLE_UNSPECIFIED,      hamlet::v1::ROLE_MEMBER,          hamlet::v1::ROLE_TEAM_LEADER,
+      hamlet::v1::ROLE_COMMUNE_POLICE,   hamlet::v1::ROLE_COMMUNE_JUSTICE, hamlet::v1::ROLE_TOWN_OFFICER,
+      hamlet::v1::ROLE_PROVINCE_OFFICER, hamlet::v1::ROLE_ADMIN,           hamlet::v1::ROLE_REPLICATION_NODE};
+  std::vector<Record> records;
+  for (const std::string& unit : units) {
+    for (const char* author : {"p", "q"}) {
+      for (int type = 0; type < 7; ++type) {
+        for (auto sensitivity :
+             {hamlet::v1::SENSITIVITY_NORMAL, hamlet::v1::SENSITIVITY_CONFIDENTIAL, hamlet::v1::SENSITIVITY_SEALED}) {
+          Record record;
+          record.set_id(kId);
+          record.set_unit_code(unit);
+          record.set_author(author);
+          record.set_sensitivity(sensitivity);
+          switch (type) {
+            case 0:
+              record.mutable_mediation_case();
+              break;
+            case 1:
+              record.mutable_mediation_case()->set_transferred_to(hamlet::v1::TRANSFER_TARGET_COMMUNE_POLICE);
+              break;
+            case 2:
+              record.mutable_security_tip();
+              break;
+            case 3:
+              record.mutable_informant_identity();
+              break;
+            case 4:
+              record.mutable_household_registration();
+              break;
+            case 5:
+              record.mutable_team();
+              break;
+            default:
+              break;  // No body.
+          }
+          records.push_back(record);
+        }
+      }
+    }
+  }
+  int compared = 0, reached = 0;
+  for (const hamlet::v1::Role role : roles) {
+    for (const std::string& unit : units) {
+      const Principal p{role, unit, "p"};
+      for (const Record& record : records) {
+        const std::optional<Reach> facts = ReachOfFacts(p, AccessFactsOf(record), units_);
+        ASSERT_TRUE(facts.has_value());
+        ASSERT_EQ(*facts, ReachOf(p, record, units_))
+            << hamlet::v1::Role_Name(role) << " of " << unit << " on " << record.ShortDebugString();
+        ++compared;
+        if (*facts >= Reach::kRead) ++reached;
+      }
+    }
+  }
+  EXPECT_GT(reached, compared / 10);  // The table grants reads, not only refusals.
+  EXPECT_LT(reached, compared / 2);
+  Record unit;
+  unit.set_id(kId);
+  unit.set_unit_code("22");
+  *unit.mutable_admin_unit() = *units_.Find("07132");
+  EXPECT_EQ(ReachOfFacts({hamlet::v1::ROLE_MEMBER, "07132-K01", "p"}, AccessFactsOf(unit), units_), std::nullopt);
+}
+
 }  // namespace
 }  // namespace hamlet::sync

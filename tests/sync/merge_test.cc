@@ -678,12 +678,15 @@ TEST(MergeTest, WrittenOnlyByNamesTheOneWriterOfEveryValue) {
   EXPECT_TRUE(WrittenOnlyBy(created, "a"));
   EXPECT_FALSE(WrittenOnlyBy(created, "b"));
   EXPECT_FALSE(WrittenOnlyBy(Record(), "a"));
+  EXPECT_EQ(SoleWriter(created), "a");
+  EXPECT_EQ(SoleWriter(Record()), "");
   Record edit = EmptyChangeOf(created);
   edit.mutable_mediation_case()->set_summary("B's summary");
   SetFieldStamp(&edit, MediationCase::kSummaryFieldNumber, MakeStamp(2000, 0, "b"));
   Record state = Merged({&created, &edit});
   EXPECT_FALSE(WrittenOnlyBy(state, "b"));  // a's summary is kept as superseded.
   EXPECT_FALSE(WrittenOnlyBy(state, "a"));
+  EXPECT_EQ(SoleWriter(state), "");
 }
 
 }  // namespace

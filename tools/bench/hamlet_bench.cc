@@ -245,12 +245,14 @@ struct PullResult {
   double bytes_per_record = 0;
   uint64_t records = 0;      // Per client.
   double payload_bytes = 0;  // Per client.
+  std::string last_page;     // The first client's last full page, serialized.
 };
 
 // `clients` devices at once each pull everything from an empty cursor.
 PullResult CatchUp(const std::string& address, const Device& reader, int clients) {
   std::vector<double> seconds(static_cast<size_t>(clients));
   std::vector<uint64_t> records(static_cast<size_t>(clients)), bytes(static_cast<size_t>(clients));
+  std::string last_page;
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
@@ -259,6 +261,7 @@ PullResult CatchUp(const std::string& address, const Device& reader, int clients
       request.set_device_id(reader.id);
       request.set_page_size(5000);
       request.set_max_page_bytes(3 << 20);
+      request.set_lean_stamps(true);  // As a phone pulls (client/device.cc).
       const auto t0 = std::chrono::steady_clock::now();
       while (true) {
         grpc::ClientContext context;
@@ -268,6 +271,7 @@ PullResult CatchUp(const std::string& address, const Device& reader, int clients
         if (!status.ok()) Fail("pull: " + status.error_message());
         records[c] += static_cast<uint64_t>(response.records_size());
         bytes[c] += response.ByteSizeLong() + request.ByteSizeLong();
+        if (c == 0 && response.ByteSizeLong() > last_page.size()) last_page = response.SerializeAsString();
         request.set_cursor(response.next_cursor());
         if (response.remaining() == 0) break;
       }
@@ -281,6 +285,7 @@ PullResult CatchUp(const std::string& address, const Device& reader, int clients
   out.payload_bytes = static_cast<double>(bytes[0]);
   out.records_per_s = static_cast<double>(records[0]) / seconds[0];
   out.bytes_per_record = static_cast<double>(bytes[0]) / static_cast<double>(records[0]);
+  out.last_page = std::move(last_page);
   return out;
 }
 
@@ -620,6 +625,22 @@ int Run() {
     std::printf("catch-up of %llu records: %.2f s, %.0f records/s, %.1f us a record\n",
                 static_cast<unsigned long long>(one.records), one.seconds, one.records_per_s,
                 1e6 * one.seconds / static_cast<double>(one.records));
+    Echo echo;
+    const double echo_s = echo.StreamSeconds(one.payload_bytes, 1 << 20);
+    std::printf("bare gRPC stream of the same bytes: %.2f s (%.2f x)\n", echo_s, echo_s / one.seconds);
+    // What the client's parse of the records costs on its own: a bound on
+    // the pull's rate that no server change moves.
+    if (!one.last_page.empty()) {
+      hamlet::v1::PullResponse page;
+      const auto t0 = std::chrono::steady_clock::now();
+      int parsed = 0;
+      for (; parsed < 20; ++parsed) {
+        if (!page.ParseFromString(one.last_page)) Fail("a pulled page does not parse");
+      }
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("the client's parse alone: %.1f us a record (a page of %d, %zu bytes)\n",
+                  1e6 * s / (parsed * page.records_size()), page.records_size(), one.last_page.size());
+    }
     return 0;
   }
 
