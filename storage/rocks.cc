@@ -48,6 +48,10 @@ absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::s
   // after it without an error; the reliability work is to test and watch that.
   options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   options.keep_log_file_num = 5;
+  // At most 64 MiB of memtables in all column families together (RocksDB's
+  // default is 64 MiB a family, two of them while one flushes): a town
+  // server's memory stays small beside whatever else the machine runs.
+  options.db_write_buffer_size = 64 << 20;
 
   // One block cache for every column family (64 MiB in all, not per family),
   // and bloom filters so point lookups of records and receipts skip files.
