@@ -612,8 +612,8 @@ int Run() {
     std::printf("hamletd pid %d\n", server.pid());
     std::fflush(stdout);
     Throughput t = PushLoad(server.address(), devices, b, absl::Seconds(20));
-    std::printf("%d x %d: %.0f records/s, p50 %.2f ms, p99 %.2f ms; server RSS peak %.0f MiB\n", d, b,
-                t.records_per_s, t.p50_ms, t.p99_ms, RssOf(server.pid()).peak_mib);
+    std::printf("%d x %d: %.0f records/s, p50 %.2f ms, p99 %.2f ms; server RSS peak %.0f MiB\n", d, b, t.records_per_s,
+                t.p50_ms, t.p99_ms, RssOf(server.pid()).peak_mib);
     return 0;
   }
 
