@@ -764,13 +764,16 @@ absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, co
   // when pages are small (a slow link's), so that a phone that pushed a week
   // of work skips past it in a few calls while one call never reads more
   // than 8 pages of the largest size.
+  // A sealed record's entry holds no facts, and an admin unit's reach needs
+  // the unit: both are decided once read.
   const auto wanted = [&](const storage::StoredChange& change) {
+    if (change.sealed) return true;
     if (request.omit_own_writes() && !caller.device_id.empty() && change.sole_writer == caller.device_id) {
       return false;
     }
     absl::MutexLock lock(&units_mu_);
     const std::optional<sync::Reach> reach = sync::ReachOfFacts(caller.principal, change.facts, units_);
-    return !reach.has_value() || *reach >= sync::Reach::kRead;  // An admin unit is decided once read.
+    return !reach.has_value() || *reach >= sync::Reach::kRead;
   };
   const bool as_stored = request.lean_stamps() && sync::RedactsNothing(caller.principal.role);
   std::vector<std::string> sealed_reads;
@@ -785,6 +788,7 @@ absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, co
       }
       Record record;
       HAMLET_RETURN_IF_ERROR(storage::TownStore::ParseStoredRecord(change, &record));
+      if (request.omit_own_writes() && sync::WrittenOnlyBy(record, caller.device_id)) continue;
       {
         absl::MutexLock lock(&units_mu_);
         if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;

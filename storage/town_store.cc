@@ -62,6 +62,9 @@ constexpr char kFormat[] = "2";
 // The format before records kept lean stamps and index entries their
 // records' access facts; Open migrates it.
 constexpr char kFormatBeforeFacts[] = "1";
+// A store whose migration to format 2 has begun: no hamletd before format 2
+// opens it (half its records and entries are new), and Open carries on.
+constexpr char kFormatMigrating[] = "1-to-2";
 constexpr size_t kCursorKeyBytes = 32;
 
 absl::StatusOr<std::string> NewCursorKey() {
@@ -145,9 +148,14 @@ bool IsSealed(const Record& record) {
 
 // The change index value of a record's latest change.
 std::string IndexValue(const Record& state) {
-  const sync::AccessFacts facts = sync::AccessFactsOf(state);
   ChangeEntry entry;
   entry.set_record_id(state.id());
+  entry.set_whole_size(state.ByteSizeLong());
+  if (IsSealed(state)) {
+    entry.set_sealed(true);
+    return EncodeValue(entry);
+  }
+  const sync::AccessFacts facts = sync::AccessFactsOf(state);
   entry.set_type(static_cast<int32_t>(facts.type));
   entry.set_sensitivity(facts.sensitivity);
   entry.set_unit_code(facts.unit_code);
@@ -168,6 +176,8 @@ absl::Status ReadIndexValue(absl::string_view value, StoredChange* change) {
   change->facts.author = std::move(*entry.mutable_author());
   change->facts.referred_to_police = entry.referred_to_police();
   change->sole_writer = std::move(*entry.mutable_sole_writer());
+  change->sealed = entry.sealed();
+  change->whole_size = entry.whole_size();
   return absl::OkStatus();
 }
 
@@ -200,9 +210,9 @@ absl::Status TownStore::DecodeRecord(absl::string_view value, const std::string&
   return ParseStoredRecord(change, record);
 }
 
-absl::Status TownStore::OpenRecordValue(std::string* value, const std::string& id, bool* sealed) const {
-  *sealed = !value->empty() && static_cast<uint8_t>((*value)[0]) == kSealedFormatV1;
-  if (!*sealed) {
+absl::Status TownStore::OpenRecordValue(std::string* value, const std::string& id, bool* encrypted) const {
+  *encrypted = !value->empty() && static_cast<uint8_t>((*value)[0]) == kSealedFormatV1;
+  if (!*encrypted) {
     if (value->empty() || static_cast<uint8_t>((*value)[0]) != internal::kValueFormatV1) {
       return absl::DataLossError(absl::StrCat("stored record ", id, " has unknown format version ",
                                               value->empty() ? -1 : static_cast<uint8_t>((*value)[0])));
@@ -233,6 +243,10 @@ absl::Status TownStore::ParseStoredRecord(const StoredChange& change, Record* re
 
 absl::Status TownStore::MigrateFromFormat1() {
   rocksdb::WriteOptions write;
+  write.sync = true;
+  HAMLET_RETURN_IF_ERROR(
+      FromRocks(db_->db->Put(write, meta_, "format", kFormatMigrating), "starting the migration to format 2"));
+  write.sync = false;
   constexpr size_t kKeysABatch = 1000;
   rocksdb::WriteBatch batch;
   const auto flush = [&]() -> absl::Status {
@@ -240,12 +254,17 @@ absl::Status TownStore::MigrateFromFormat1() {
     batch.Clear();
     return absl::OkStatus();
   };
-  // Records: decoded (whole stamps) and encoded again (lean).
+  // Records: decoded (whole stamps) and encoded again (lean). An informant
+  // identity kept in the clear from before sealing existed is sealed now if
+  // the server has a key, and else left as it is (it is never sent as
+  // stored, and reads whole or lean alike).
   std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), records_));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     Record record;
     HAMLET_RETURN_IF_ERROR(DecodeRecord(internal::View(it->value()), it->key().ToString(), &record));
+    if (IsSealed(record) && options_.sealer == nullptr) continue;
     HAMLET_ASSIGN_OR_RETURN(std::string encoded, EncodeRecord(record));
+    if (static_cast<uint8_t>(encoded[0]) == kSealedFormatV1) batch.Put(meta_, "holds_sealed", "1");
     batch.Put(records_, it->key(), encoded);
     if (batch.Count() >= kKeysABatch) HAMLET_RETURN_IF_ERROR(flush());
   }
@@ -458,7 +477,7 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Load(const std::string& di
     return store;
   }
   HAMLET_RETURN_IF_ERROR(FromRocks(s, "reading store format"));
-  const bool before_facts = value == kFormatBeforeFacts;
+  const bool before_facts = value == kFormatBeforeFacts || value == kFormatMigrating;
   if (value != kFormat && !before_facts) {
     return absl::FailedPreconditionError(absl::StrCat("data dir ", dir, " has store format ", value,
                                                       "; this hamletd reads formats ", kFormatBeforeFacts, " and ",
@@ -956,12 +975,13 @@ absl::StatusOr<StoredPage> TownStore::ReadStoredChanges(const ChangeScope& scope
   size_t entries = 0;
   Bucket* b = nullptr;
   while ((b = next_bucket()) != nullptr) {
-    if (entries >= std::max<size_t>(max_records, 1) || (!page.changes.empty() && bytes >= max_bytes)) break;
+    if (entries >= std::max<size_t>(max_records, 1) || (entries > 0 && bytes >= max_bytes)) break;
     StoredChange change;
     change.seq = b->Seq();
     HAMLET_RETURN_IF_ERROR(ReadIndexValue(internal::View(b->it->value()), &change));
     ++entries;
     page.through_seq = change.seq;
+    bytes += b->it->value().size();  // A change passed over costs its entry.
     b->it->Next();
     if (wanted && !wanted(change)) continue;
     const rocksdb::Status got = db_->db->Get(read, records_, change.record_id, &change.record);
@@ -970,8 +990,11 @@ absl::StatusOr<StoredPage> TownStore::ReadStoredChanges(const ChangeScope& scope
           absl::StrCat("the change index names record ", change.record_id, ", which is not stored"));
     }
     HAMLET_RETURN_IF_ERROR(FromRocks(got, absl::StrCat("reading record ", change.record_id)));
-    HAMLET_RETURN_IF_ERROR(OpenRecordValue(&change.record, change.record_id, &change.sealed));
-    bytes += change.record.size();
+    bool encrypted = false;
+    HAMLET_RETURN_IF_ERROR(OpenRecordValue(&change.record, change.record_id, &encrypted));
+    change.sealed = change.sealed || encrypted;
+    // Counted as the larger form, whole stamps, whichever form goes out.
+    bytes += std::max<uint64_t>(change.record.size(), change.whole_size);
     page.changes.push_back(std::move(change));
   }
   HAMLET_RETURN_IF_ERROR(damaged(buckets));

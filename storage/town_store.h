@@ -162,9 +162,12 @@ struct StoredChange {
   sync::AccessFacts facts;
   // The device that wrote every value of the record (sync::SoleWriter), or "".
   std::string sole_writer;
-  // True for a record stored sealed (an informant identity, or
-  // SENSITIVITY_SEALED); `record` is then its opened plaintext.
+  // True for a sealed record (an informant identity, or SENSITIVITY_SEALED):
+  // its index entry holds no facts (`facts` and `sole_writer` are empty), and
+  // `record` is its opened plaintext.
   bool sealed = false;
+  // The record's size with whole stamps, as its index entry says.
+  uint64_t whole_size = 0;
   // The record as a serialized hamlet.v1.Record with lean stamps
   // (sync::LeanStamps(record, "")), as the store keeps it: what a pull that
   // asks for lean stamps sends. ParseStoredRecord reads it back.
@@ -362,16 +365,19 @@ class TownStore {
   absl::StatusOr<uint64_t> Reseal();
 
   // Up to `max_records` records changed after `after_seq` in `scope`, stopping
-  // once their encoded size reaches `max_bytes` (a page always holds at least
-  // one record if any remain).
+  // once their encoded size (with whole stamps) reaches `max_bytes` (a page
+  // always holds at least one record if any remain).
   absl::StatusOr<ChangePage> ReadChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
                                          size_t max_bytes, CountRemaining count) const;
 
   // ReadChanges for a pull that sends records as they are stored. `wanted`
   // sees each change's index entry (its `record` still empty); only the
-  // records of the changes it wants are read, and only they count toward
-  // `max_bytes` and are returned. Every change read counts toward
-  // `max_records`, so a page reads at most that many index entries.
+  // records of the changes it wants are read and returned. Every change read
+  // counts toward `max_records`, and toward `max_bytes` with its index
+  // entry's size, or its record's whole size if wanted: so a page reads at
+  // most that many index entries, and one that passes over many unwanted
+  // changes ends as soon as their entries fill its bytes (returning nothing,
+  // but passing them).
   using WantedFn = std::function<bool(const StoredChange& change)>;
   absl::StatusOr<StoredPage> ReadStoredChanges(const ChangeScope& scope, uint64_t after_seq, size_t max_records,
                                                size_t max_bytes, CountRemaining count, const WantedFn& wanted) const;
@@ -394,8 +400,8 @@ class TownStore {
   absl::Status DecodeRecord(absl::string_view value, const std::string& id, hamlet::v1::Record* record) const;
   // The serialized record inside a stored value, opened if sealed.
   // Turns a stored record value into the serialized record, opening it if it
-  // is sealed (and saying so in `sealed`).
-  absl::Status OpenRecordValue(std::string* value, const std::string& id, bool* sealed) const;
+  // is encrypted (and saying so in `encrypted`).
+  absl::Status OpenRecordValue(std::string* value, const std::string& id, bool* encrypted) const;
   // Rewrites a store of format 1 as format 2: records with lean stamps, and
   // change index entries that carry their records' access facts.
   // REQUIRES: nothing else uses the store yet.

@@ -450,8 +450,22 @@ TEST_F(DamagedTownStoreTest, AStoreOfFormatOneIsMigratedWhenOpened) {
   Commit("b3", {{shared, "07132"}});
   const ChangePage before = Read(ChangeScope::WholeServer(), 0);
   ASSERT_EQ(before.records.size(), 2u);
-  std::vector<RawWrite> format_one = {{"default", "format", "1"}};
-  for (const Record& record : before.records) {
+  // And an informant identity from before sealing existed, kept in the
+  // clear; this store has no sealing key.
+  Record identity;
+  identity.set_id(Id(3));
+  identity.set_unit_code("07132-K01");
+  identity.set_author("person-a");
+  identity.set_sensitivity(hamlet::v1::SENSITIVITY_SEALED);
+  identity.mutable_informant_identity()->set_name("Người báo tin");
+  hamlet::v1::FieldStamp* stamp = identity.add_field_stamps();
+  stamp->set_field(hamlet::v1::InformantIdentity::kNameFieldNumber);
+  *stamp->mutable_stamp() = MakeStamp(1000, 0, "a");
+  identity.set_server_seq(before.records.back().server_seq() + 1);
+  std::vector<Record> all = before.records;
+  all.push_back(identity);
+  std::vector<RawWrite> format_one = {{"default", "format", "1"}, {"default", "last_seq", Be64(identity.server_seq())}};
+  for (const Record& record : all) {
     format_one.push_back({"records", record.id(), "\x01" + record.SerializeAsString()});
     format_one.push_back({"changes", Be64(record.server_seq()), record.id()});
     format_one.push_back({"commune_changes",
@@ -461,18 +475,31 @@ TEST_F(DamagedTownStoreTest, AStoreOfFormatOneIsMigratedWhenOpened) {
                           record.id()});
   }
   Damage(format_one);
-  auto store = OpenDamaged();
-  ASSERT_TRUE(store.ok()) << store.status();
-  for (const ChangeScope& scope : {ChangeScope::WholeServer(), ChangeScope::Commune("07132")}) {
-    auto after = (*store)->ReadChanges(scope, 0, 10, 1 << 20, CountRemaining::kYes);
-    ASSERT_TRUE(after.ok()) << after.status();
-    ASSERT_EQ(after->records.size(), 2u);
-    for (size_t i = 0; i < 2; ++i) {
-      EXPECT_EQ(after->records[i].SerializeAsString(), before.records[i].SerializeAsString());
+  std::unique_ptr<TownStore> store;
+  for (const char* opened_at : {"1", "1-to-2"}) {  // A migration cut short carries on.
+    if (opened_at == std::string("1-to-2")) {
+      store.reset();
+      Damage({{"default", "format", opened_at}});
     }
-    auto stored = (*store)->ReadStoredChanges(scope, 0, 10, 1 << 20, CountRemaining::kYes, TownStore::WantedFn());
+    auto opened = OpenDamaged();
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    store = std::move(*opened);
+  }
+  for (const ChangeScope& scope : {ChangeScope::WholeServer(), ChangeScope::Commune("07132")}) {
+    auto after = store->ReadChanges(scope, 0, 10, 1 << 20, CountRemaining::kYes);
+    ASSERT_TRUE(after.ok()) << after.status();
+    ASSERT_EQ(after->records.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(after->records[i].SerializeAsString(), all[i].SerializeAsString());
+    auto stored = store->ReadStoredChanges(scope, 0, 10, 1 << 20, CountRemaining::kYes, TownStore::WantedFn());
     ASSERT_TRUE(stored.ok()) << stored.status();
-    ASSERT_EQ(stored->changes.size(), 2u);
+    ASSERT_EQ(stored->changes.size(), 3u);
+    // The identity's entry names no author, unit or writer: those stay in the record.
+    const StoredChange& sealed = stored->changes[2];
+    EXPECT_TRUE(sealed.sealed);
+    EXPECT_EQ(sealed.facts.author, "");
+    EXPECT_EQ(sealed.facts.unit_code, "");
+    EXPECT_EQ(sealed.sole_writer, "");
+    EXPECT_EQ(sealed.whole_size, identity.ByteSizeLong());
     const StoredChange& first = stored->changes[0];
     EXPECT_EQ(first.record_id, Id(1));
     EXPECT_EQ(first.facts.type, Record::kMediationCase);
@@ -509,6 +536,14 @@ TEST_F(TownStoreTest, ARecordNotWantedIsNotReadButItsChangeIsPassed) {
   Record record;
   ASSERT_TRUE(TownStore::ParseStoredRecord(page->changes[0], &record).ok());
   EXPECT_EQ(record.field_stamps(0).stamp().node(), "a") << "stamps filled in";
+  // Changes passed over fill a page's bytes with their entries: a page of
+  // one byte passes one, and returns nothing.
+  page = store_->ReadStoredChanges(ChangeScope::Commune("07132"), 0, 100, 1, CountRemaining::kYes,
+                                   [](const StoredChange&) { return false; });
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_TRUE(page->changes.empty());
+  EXPECT_EQ(page->through_seq, 1u);
+  EXPECT_EQ(page->remaining, 2u);
 }
 
 // Was INTERNAL ("reading record ...: NotFound").
