@@ -132,8 +132,9 @@ class FieldDevice {
   // Sync with no link: bundles carried by hand (docs/PROTOCOL.md, "Bundles").
   struct BundleReport {
     uint64_t batches = 0;
-    // Export: changes written. Import: records the bundle held.
+    // Export: changes written.
     uint64_t changes = 0;
+    // Import: records the bundle held.
     uint64_t records = 0;
     uint64_t bytes = 0;
     // Import: the pull cursor moved to the bundle's end (else it was kept:

@@ -101,10 +101,16 @@ absl::StatusOr<ExportedBundle> ExportBundle(
   starting_at(pull.cursor());
   while (true) {
     absl::StatusOr<PulledPage> pulled = town.Pull(pull, device.caller);
-    if (!pulled.ok() && content.records_size() == 0 && (!pull.cursor().empty() || !pull.scope_unit_code().empty())) {
+    const absl::StatusCode code = pulled.status().code();
+    const bool no_place_to_start = code == absl::StatusCode::kFailedPrecondition ||
+                                   code == absl::StatusCode::kPermissionDenied ||
+                                   code == absl::StatusCode::kInvalidArgument;
+    if (no_place_to_start && content.records_size() == 0 &&
+        (!pull.cursor().empty() || !pull.scope_unit_code().empty())) {
       // Where the device's pulls stood is no longer a place to start (a
-      // cursor from before a restore, a scope beyond its enrolment now):
-      // everything it may see, from the beginning.
+      // cursor from before a restore or of another scope, a scope beyond its
+      // enrolment now): everything it may see, from the beginning. Any other
+      // error (the disk, say) ends the export.
       pull.clear_scope_unit_code();
       starting_at("");
       continue;

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -758,21 +759,26 @@ absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, co
   storage::StoredPage page;
   // Records the caller may not read are skipped, and so are those it wrote
   // every value of if it asks (it holds them already: no echo of its push).
-  // Both are decided from the change index, before a record is read. A page
-  // of nothing but those is followed by the next, so a device rarely gets an
+  // Both are decided from the change index before a record is read, but for
+  // sealed records (whose entries hold no facts) and admin units (whose
+  // reach needs the unit): those are decided once read. A page of nothing
+  // but skipped records is followed by the next, so a device rarely gets an
   // empty page while changes remain: up to 8 pages, or as many as make 1 MiB
   // when pages are small (a slow link's), so that a phone that pushed a week
   // of work skips past it in a few calls while one call never reads more
   // than 8 pages of the largest size.
-  // A sealed record's entry holds no facts, and an admin unit's reach needs
-  // the unit: both are decided once read.
+  // The changes `wanted` could not decide from their facts, by seq.
+  absl::flat_hash_set<uint64_t> undecided;
   const auto wanted = [&](const storage::StoredChange& change) {
-    if (change.sealed) return true;
-    if (request.omit_own_writes() && !caller.device_id.empty() && change.sole_writer == caller.device_id) {
-      return false;
+    std::optional<sync::Reach> reach;
+    if (!change.sealed) {
+      if (request.omit_own_writes() && !caller.device_id.empty() && change.sole_writer == caller.device_id) {
+        return false;
+      }
+      absl::ReaderMutexLock lock(&units_mu_);
+      reach = sync::ReachOfFacts(caller.principal, change.facts, units_);
     }
-    absl::MutexLock lock(&units_mu_);
-    const std::optional<sync::Reach> reach = sync::ReachOfFacts(caller.principal, change.facts, units_);
+    if (!reach.has_value()) undecided.insert(change.seq);
     return !reach.has_value() || *reach >= sync::Reach::kRead;
   };
   const bool as_stored = request.lean_stamps() && sync::RedactsNothing(caller.principal.role);
@@ -782,21 +788,23 @@ absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, co
     HAMLET_ASSIGN_OR_RETURN(page, store_->ReadStoredChanges(IndexScope(commune), after, page_size, page_bytes,
                                                             storage::CountRemaining::kYes, wanted));
     for (storage::StoredChange& change : page.changes) {
-      if (as_stored && !change.sealed && change.facts.type != Record::kAdminUnit) {
-        pulled.records.push_back(std::move(change.record));
-        continue;
+      const bool decided = !undecided.contains(change.seq);
+      if (!decided || !as_stored) {
+        Record record;
+        HAMLET_RETURN_IF_ERROR(storage::TownStore::ParseStoredRecord(change, &record));
+        if (!decided) {
+          if (request.omit_own_writes() && sync::WrittenOnlyBy(record, caller.device_id)) continue;
+          absl::ReaderMutexLock lock(&units_mu_);
+          if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
+        }
+        if (!as_stored) {  // Sent otherwise than stored: redacted, stamps as asked.
+          sync::Redact(caller.principal, &record);
+          if (request.lean_stamps()) sync::LeanStamps(&record, "");
+          change.record = record.SerializeAsString();
+        }
       }
-      Record record;
-      HAMLET_RETURN_IF_ERROR(storage::TownStore::ParseStoredRecord(change, &record));
-      if (request.omit_own_writes() && sync::WrittenOnlyBy(record, caller.device_id)) continue;
-      {
-        absl::MutexLock lock(&units_mu_);
-        if (sync::ReachOf(caller.principal, record, units_) < sync::Reach::kRead) continue;
-      }
-      sync::Redact(caller.principal, &record);
-      if (request.lean_stamps()) sync::LeanStamps(&record, "");
-      if (change.sealed) sealed_reads.push_back(record.id());
-      pulled.records.push_back(record.SerializeAsString());
+      if (change.sealed) sealed_reads.push_back(change.record_id);
+      pulled.records.push_back(std::move(change.record));
     }
     after = page.through_seq;
     if (page.remaining == 0) break;

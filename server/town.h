@@ -121,11 +121,12 @@ class Town {
   // device's id), FAILED_PRECONDITION with reason CURSOR_INVALIDATED (cursor
   // from another server or epoch).
   //
-  // A record goes out as the store keeps it, unparsed, when that is what the
-  // caller gets: it asked for lean stamps, its role sees records whole, the
-  // record is not sealed (each sealed read is audited), and the change
-  // index's access facts decide its reach (all but admin units). Any other is
-  // parsed, checked, redacted and encoded again.
+  // A record goes out as the store keeps it when that is what the caller
+  // gets: it asked for lean stamps and its role sees records whole. It is
+  // sent unparsed when the change index's access facts decide its reach;
+  // a sealed record (whose entry holds none) or an admin unit (whose reach
+  // needs the unit) is parsed and checked first. For any other caller each
+  // record is parsed, redacted and encoded again.
   absl::StatusOr<PulledPage> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
 
   // Notes where a device's pulls stand: the cursor a pull call gave it, or

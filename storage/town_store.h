@@ -398,7 +398,6 @@ class TownStore {
   // with its stamps filled in.
   absl::StatusOr<std::string> EncodeRecord(const hamlet::v1::Record& record) const;
   absl::Status DecodeRecord(absl::string_view value, const std::string& id, hamlet::v1::Record* record) const;
-  // The serialized record inside a stored value, opened if sealed.
   // Turns a stored record value into the serialized record, opening it if it
   // is encrypted (and saying so in `encrypted`).
   absl::Status OpenRecordValue(std::string* value, const std::string& id, bool* encrypted) const;

@@ -270,8 +270,9 @@ PullResult CatchUp(const std::string& address, const Device& reader, int clients
         const grpc::Status status = stub->Pull(&context, request, &response);
         if (!status.ok()) Fail("pull: " + status.error_message());
         records[c] += static_cast<uint64_t>(response.records_size());
-        bytes[c] += response.ByteSizeLong() + request.ByteSizeLong();
-        if (c == 0 && response.ByteSizeLong() > last_page.size()) last_page = response.SerializeAsString();
+        const size_t size = response.ByteSizeLong();
+        bytes[c] += size + request.ByteSizeLong();
+        if (c == 0 && size > last_page.size()) last_page = response.SerializeAsString();
         request.set_cursor(response.next_cursor());
         if (response.remaining() == 0) break;
       }
