@@ -578,9 +578,15 @@ absl::Status Refusing(const absl::Status& failed) {
                                                   "hamletd"));
 }
 
-// Most commits one group takes: bounds what one WriteBatch holds (a push
-// carries at most a few MiB) and what the commits at its end wait for.
+// Most commits one group takes, and the WriteBatch size after which it takes
+// no more. A group holds what its commits write twice over (the batch, and
+// the records for reads through the group) until it is written, so the bytes
+// bound the server's memory under many large pushes: 256 pushes of 50 cases
+// made groups of about 17 MB and a peak RSS of about 350 MiB, groups of 32
+// about 270 MiB, at the same rate (docs/BENCHMARKS.md). 2 MiB is still about
+// 30 such pushes, or every waiting push of one record, to one sync.
 constexpr size_t kMaxGroup = 256;
+constexpr size_t kMaxGroupBytes = 2 << 20;
 
 }  // namespace
 
@@ -703,20 +709,31 @@ void TownStore::RunCommits() {
       std::move(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take), std::back_inserter(pending));
       queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take));
     }
-    CommitGroupOf(pending);
+    const size_t done = CommitGroupOf(pending);
+    if (done < pending.size()) {
+      // The group was full: the rest go back to the head of the queue, in order.
+      absl::MutexLock lock(&queue_mu_);
+      queue_.insert(queue_.begin(), std::make_move_iterator(pending.begin() + static_cast<std::ptrdiff_t>(done)),
+                    std::make_move_iterator(pending.end()));
+    }
   }
 }
 
-void TownStore::CommitGroupOf(std::vector<Pending>& pending) {
-  std::vector<absl::Status> staged(pending.size());
+size_t TownStore::CommitGroupOf(std::vector<Pending>& pending) {
+  std::vector<absl::Status> staged;
   absl::Status written = store_error();
   if (written.ok()) {
     absl::MutexLock lock(&commit_mu_);
     CommitGroup group(this);
-    for (size_t i = 0; i < pending.size(); ++i) staged[i] = pending[i].stage(group);
+    while (staged.size() < pending.size() && group.batch_->GetDataSize() < kMaxGroupBytes) {
+      staged.push_back(pending[staged.size()].stage(group));
+    }
     if (!group.receipts_.empty()) written = WriteGroup(group);
+  } else {
+    staged.resize(pending.size());
   }
-  for (size_t i = 0; i < pending.size(); ++i) pending[i].done(staged[i].ok() ? written : staged[i]);
+  for (size_t i = 0; i < staged.size(); ++i) pending[i].done(staged[i].ok() ? written : staged[i]);
+  return staged.size();
 }
 
 absl::Status TownStore::WriteGroup(CommitGroup& group) {

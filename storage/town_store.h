@@ -448,8 +448,9 @@ class TownStore {
     DoneFn done;
   };
   void RunCommits();
-  // Stages `pending` into one group and writes it; calls each `done`.
-  void CommitGroupOf(std::vector<Pending>& pending);
+  // Stages the first of `pending` into one group, as many as fit in it, and
+  // writes it; calls the `done` of each staged one. Returns how many.
+  size_t CommitGroupOf(std::vector<Pending>& pending);
   // Writes a group: its staged batch, with the counts and tallies it changes,
   // the audit entries, last_seq and the clock, in one synced write.
   absl::Status WriteGroup(CommitGroup& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);

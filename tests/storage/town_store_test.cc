@@ -200,6 +200,58 @@ TEST_F(TownStoreTest, CommitsWaitingTogetherAreOneGroupVisibleOnlyOnceWritten) {
   EXPECT_EQ(*store_->CountRecords(), 2u) << "the index counts of the group are off";
 }
 
+// A group takes no more once its batch holds 2 MiB: the commits after that
+// wait for the next group, in the order they came, so that a burst of large
+// pushes does not gather in memory as one batch.
+TEST_F(TownStoreTest, AFullGroupLeavesTheRestToTheNextInOrder) {
+  absl::Notification release, holding;
+  store_->Submit(
+      [&](CommitGroup&) {
+        holding.Notify();
+        release.WaitForNotification();
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {});
+  holding.WaitForNotification();
+  // Six commits of a record of about 700 KB each: three fill a group.
+  constexpr int kCommits = 6;
+  const std::string summary(700 << 10, 'x');
+  std::vector<absl::StatusOr<uint64_t>> done(kCommits, absl::UnknownError("not answered"));
+  absl::BlockingCounter finished(kCommits);
+  for (int i = 0; i < kCommits; ++i) {
+    store_->Submit(
+        [&, i](CommitGroup& group) {
+          PushCommit commit;
+          commit.device_id = "device-1";
+          commit.batch_id = absl::StrCat("b", i);
+          commit.records.push_back({NewCase(Id(i + 1), "07132", MakeStamp(1, 0, "d"), summary), "07132", 0, Record()});
+          commit.device.set_device_id("device-1");
+          done[i] = group.Stage(std::move(commit), [](uint64_t) { return BatchReceipt(); });
+          return done[i].status();
+        },
+        [&](const absl::Status&) { finished.DecrementCount(); });
+  }
+  const uint64_t syncs_before = store_->wal_syncs();
+  release.Notify();
+  finished.Wait();
+  for (int i = 0; i < kCommits; ++i) {
+    ASSERT_TRUE(done[i].ok()) << i << ": " << done[i].status();
+    EXPECT_EQ(*done[i], static_cast<uint64_t>(i + 1)) << "commit " << i << " was not staged in its turn";
+  }
+  EXPECT_EQ(store_->wal_syncs() - syncs_before, 2u) << "six commits of 700 KB should make two groups";
+  Reopen();
+  std::vector<std::string> ids;
+  for (uint64_t at = 0;;) {
+    ChangePage page = Read(ChangeScope::WholeServer(), at);
+    if (page.records.empty()) break;
+    for (const Record& record : page.records) ids.push_back(record.id());
+    at = page.through_seq;
+  }
+  std::vector<std::string> expected;
+  for (int i = 0; i < kCommits; ++i) expected.push_back(Id(i + 1));
+  EXPECT_EQ(ids, expected);
+}
+
 TEST_F(TownStoreTest, ConcurrentPushesShareWalSyncs) {
   constexpr int kThreads = 16;
   constexpr int kPushes = 20;

@@ -671,15 +671,16 @@ int Run() {
   devices = server.EnrollMembers(device_counts.back());
   const Device officer = server.Enroll(hamlet::v1::ROLE_TOWN_OFFICER, "206");
   std::printf("\nHamlet push (D devices x batches of B ~1 KB cases, %.0f s each):\n", absl::ToDoubleSeconds(run));
-  std::printf("  %5s %4s %12s %9s %9s %12s\n", "D", "B", "records/s", "p50 ms", "p99 ms", "bytes/rec");
+  std::printf("  %5s %4s %12s %9s %9s %12s %12s\n", "D", "B", "records/s", "p50 ms", "p99 ms", "bytes/rec",
+              "RSS peak MiB");
   std::map<std::pair<int, int>, Throughput> hamlet_push;
   for (int d : device_counts) {
     for (int b : batches) {
       std::vector<Device> some(devices.begin(), devices.begin() + d);
       Throughput t = PushLoad(server.address(), some, b, run);
       hamlet_push[{d, b}] = t;
-      std::printf("  %5d %4d %12.0f %9.2f %9.2f %12.0f%s\n", d, b, t.records_per_s, t.p50_ms, t.p99_ms,
-                  t.bytes_per_record, t.failures > 0 ? "  (failures!)" : "");
+      std::printf("  %5d %4d %12.0f %9.2f %9.2f %12.0f %12.0f%s\n", d, b, t.records_per_s, t.p50_ms, t.p99_ms,
+                  t.bytes_per_record, RssOf(server.pid()).peak_mib, t.failures > 0 ? "  (failures!)" : "");
       std::fflush(stdout);
     }
   }
