@@ -36,7 +36,8 @@ OpenedDb::~OpenedDb() {
   db->Close().PermitUncheckedError();
 }
 
-absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names, rocksdb::Env* env) {
+absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names, rocksdb::Env* env,
+                                const std::set<std::string>& looked_up) {
   rocksdb::DBOptions options;
   if (env != nullptr) options.env = env;
   options.create_if_missing = true;
@@ -67,6 +68,12 @@ absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::s
   for (const std::string& name : names) {
     rocksdb::ColumnFamilyOptions cf;
     cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+    if (looked_up.count(name) > 0) {
+      // 2% of the family's write buffer (64 MiB by default): about 1.3 MiB of
+      // bits for a memtable that the shared budget fills at 64 MiB in all.
+      cf.memtable_whole_key_filtering = true;
+      cf.memtable_prefix_bloom_size_ratio = 0.02;
+    }
     descriptors.emplace_back(name, cf);
   }
   OpenedDb opened;

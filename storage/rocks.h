@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,9 +36,11 @@ struct OpenedDb {
 // `names`, which must start with "default". FAILED_PRECONDITION if another
 // process holds the database. `env` is where RocksDB does its I/O: null for
 // rocksdb::Env::Default(), else (tests injecting faults) not owned, and must
-// outlive the database.
+// outlive the database. The families named in `looked_up` are read mostly by
+// key, and often for keys they do not hold (a new record, a new batch): their
+// memtables keep a bloom filter of whole keys, so such a read skips them.
 absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::string>& names,
-                                rocksdb::Env* env = nullptr);
+                                rocksdb::Env* env = nullptr, const std::set<std::string>& looked_up = {});
 
 // Debian's Abseil has its own string_view, distinct from std::string_view.
 inline absl::string_view View(const rocksdb::Slice& s) { return absl::string_view(s.data(), s.size()); }

@@ -431,7 +431,8 @@ absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& di
 }
 
 absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Load(const std::string& dir, const TownStoreOptions& options) {
-  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened, internal::OpenDb(dir, FamilyNames(), options.env));
+  HAMLET_ASSIGN_OR_RETURN(internal::OpenedDb opened,
+                          internal::OpenDb(dir, FamilyNames(), options.env, {"records", "batches"}));
   std::unique_ptr<TownStore> store(new TownStore());
   store->options_ = options;
   store->db_ = std::make_unique<internal::OpenedDb>(std::move(opened));

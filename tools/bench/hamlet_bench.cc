@@ -623,6 +623,9 @@ int Run() {
     const std::vector<Device> fillers = server.EnrollMembers(16);
     uint64_t stored = 289;
     Fill(server.address(), fillers, &stored, static_cast<uint64_t>(n));
+    std::printf("hamletd pid %d holds %llu records; catching up\n", server.pid(),
+                static_cast<unsigned long long>(stored));
+    std::fflush(stdout);
     const PullResult one = CatchUp(server.address(), server.Enroll(hamlet::v1::ROLE_TOWN_OFFICER, "206"), 1);
     std::printf("catch-up of %llu records: %.2f s, %.0f records/s, %.1f us a record\n",
                 static_cast<unsigned long long>(one.records), one.seconds, one.records_per_s,
