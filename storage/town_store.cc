@@ -645,7 +645,10 @@ absl::StatusOr<uint64_t> CommitGroup::Stage(PushCommit commit,
     sync::AddTallyDelta(write.previous, write.state, &tally_delta_);
     if (write.state.conflicts_size() > 0) {
       batch.Put(store_->conflicted_, write.state.id(), write.commune);
-    } else {
+    } else if (write.previous.conflicts_size() > 0) {
+      // Only a record that had a conflict has an entry to delete: a delete
+      // for every other record would leave a tombstone that counting and
+      // listing conflicts step over until compaction.
       batch.Delete(store_->conflicted_, write.state.id());
     }
     records_[write.state.id()] = std::move(write.state);

@@ -281,6 +281,36 @@ TEST_F(TownStoreTest, ConcurrentPushesShareWalSyncs) {
   EXPECT_EQ(Read(ChangeScope::WholeServer(), 0, 1000).records.size(), static_cast<size_t>(kThreads * kPushes));
 }
 
+// `conflicted` holds exactly the records with an open conflict: an entry
+// comes with a conflict and goes with it, across a reopen; records that
+// never had one are not listed.
+TEST_F(TownStoreTest, ConflictedHoldsTheRecordsWithAnOpenConflict) {
+  Record disputed = NewCase(Id(1), "07132", MakeStamp(1, 0, "d"));
+  hamlet::v1::Conflict* conflict = disputed.add_conflicts();
+  conflict->set_field(9);
+  conflict->add_values()->mutable_stamp()->set_node("a");
+  conflict->add_values()->mutable_stamp()->set_node("b");
+  Commit("b1", {{disputed, "07132"}, {NewCase(Id(2), "07132", MakeStamp(1, 0, "d")), "07132"}});
+  Commit("b2", {{NewCase(Id(3), "07135", MakeStamp(1, 0, "d")), "07135"}});
+  EXPECT_EQ(*store_->CountConflicted(), 1u);
+  auto listed = store_->ListConflicted("07132", "", 10);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].id(), Id(1));
+  EXPECT_TRUE(store_->ListConflicted("07135", "", 10)->empty());
+
+  // Rewritten with its conflict still open, it stays; resolved, it goes.
+  Commit("b3", {{disputed, "07132"}, {NewCase(Id(2), "07132", MakeStamp(2, 0, "d"), "sửa"), "07132"}});
+  EXPECT_EQ(*store_->CountConflicted(), 1u);
+  Record resolved = disputed;
+  resolved.clear_conflicts();
+  Commit("b4", {{resolved, "07132"}});
+  EXPECT_EQ(*store_->CountConflicted(), 0u);
+  EXPECT_TRUE(store_->ListConflicted("", "", 10)->empty());
+  Reopen();
+  EXPECT_EQ(*store_->CountConflicted(), 0u);
+}
+
 // `remaining` comes from per-block counts of the change index (blocks of
 // 4,096 sequence numbers): it must equal a plain count across many blocks,
 // with records rewritten (their old entries gone) and after a rebuild.
