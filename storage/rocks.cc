@@ -1,5 +1,7 @@
 #include "storage/rocks.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/filter_policy.h"
@@ -64,6 +66,11 @@ absl::StatusOr<OpenedDb> OpenDb(const std::string& dir, const std::vector<std::s
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = cache;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  for (const std::string& name : looked_up) {
+    if (std::find(names.begin(), names.end(), name) == names.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("no column family ", name, " to filter"));
+    }
+  }
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (const std::string& name : names) {
     rocksdb::ColumnFamilyOptions cf;

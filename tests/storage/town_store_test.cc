@@ -213,12 +213,14 @@ TEST_F(TownStoreTest, AFullGroupLeavesTheRestToTheNextInOrder) {
       },
       [](const absl::Status&) {});
   holding.WaitForNotification();
-  // Six commits of a record of about 700 KB each: three fill a group.
-  constexpr int kCommits = 6;
+  // Six commits of a record of about 700 KB each: three fill a group. The
+  // first one's answer, on the commit thread once the first group is
+  // written, submits a seventh, which must come after the three put back.
+  constexpr int kCommits = 7;
   const std::string summary(700 << 10, 'x');
   std::vector<absl::StatusOr<uint64_t>> done(kCommits, absl::UnknownError("not answered"));
   absl::BlockingCounter finished(kCommits);
-  for (int i = 0; i < kCommits; ++i) {
+  std::function<void(int)> submit = [&](int i) {
     store_->Submit(
         [&, i](CommitGroup& group) {
           PushCommit commit;
@@ -229,8 +231,12 @@ TEST_F(TownStoreTest, AFullGroupLeavesTheRestToTheNextInOrder) {
           done[i] = group.Stage(std::move(commit), [](uint64_t) { return BatchReceipt(); });
           return done[i].status();
         },
-        [&](const absl::Status&) { finished.DecrementCount(); });
-  }
+        [&, i](const absl::Status&) {
+          if (i == 0) submit(kCommits - 1);
+          finished.DecrementCount();
+        });
+  };
+  for (int i = 0; i < kCommits - 1; ++i) submit(i);
   const uint64_t syncs_before = store_->wal_syncs();
   release.Notify();
   finished.Wait();
@@ -238,7 +244,7 @@ TEST_F(TownStoreTest, AFullGroupLeavesTheRestToTheNextInOrder) {
     ASSERT_TRUE(done[i].ok()) << i << ": " << done[i].status();
     EXPECT_EQ(*done[i], static_cast<uint64_t>(i + 1)) << "commit " << i << " was not staged in its turn";
   }
-  EXPECT_EQ(store_->wal_syncs() - syncs_before, 2u) << "six commits of 700 KB should make two groups";
+  EXPECT_EQ(store_->wal_syncs() - syncs_before, 3u) << "seven commits of 700 KB should make three groups";
   Reopen();
   std::vector<std::string> ids;
   for (uint64_t at = 0;;) {
@@ -282,8 +288,8 @@ TEST_F(TownStoreTest, ConcurrentPushesShareWalSyncs) {
 }
 
 // `conflicted` holds exactly the records with an open conflict: an entry
-// comes with a conflict and goes with it, across a reopen; records that
-// never had one are not listed.
+// comes with a conflict and goes with it, across a reopen and within one
+// group; records that never had one are not listed.
 TEST_F(TownStoreTest, ConflictedHoldsTheRecordsWithAnOpenConflict) {
   Record disputed = NewCase(Id(1), "07132", MakeStamp(1, 0, "d"));
   hamlet::v1::Conflict* conflict = disputed.add_conflicts();
@@ -307,6 +313,48 @@ TEST_F(TownStoreTest, ConflictedHoldsTheRecordsWithAnOpenConflict) {
   Commit("b4", {{resolved, "07132"}});
   EXPECT_EQ(*store_->CountConflicted(), 0u);
   EXPECT_TRUE(store_->ListConflicted("", "", 10)->empty());
+  Reopen();
+  EXPECT_EQ(*store_->CountConflicted(), 0u);
+
+  // Given a conflict and resolved in one group: the second commit's previous
+  // state is the first one's, read through the group.
+  absl::Notification release, holding;
+  store_->Submit(
+      [&](CommitGroup&) {
+        holding.Notify();
+        release.WaitForNotification();
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {});
+  holding.WaitForNotification();
+  absl::BlockingCounter finished(2);
+  std::vector<absl::Status> done(2);
+  const auto stage = [&](int i, const Record& state) {
+    store_->Submit(
+        [&, i, state](CommitGroup& group) -> absl::Status {
+          auto stored = group.GetRecord(state.id());
+          if (!stored.ok() || !stored->has_value()) return absl::InternalError("the record is not read back");
+          PushCommit commit;
+          commit.device_id = "device-1";
+          commit.batch_id = absl::StrCat("g", i);
+          commit.records.push_back({state, "07132", (*stored)->server_seq(), **stored});
+          commit.device.set_device_id("device-1");
+          return group.Stage(std::move(commit), [](uint64_t) { return BatchReceipt(); }).status();
+        },
+        [&, i](const absl::Status& status) {
+          done[i] = status;
+          finished.DecrementCount();
+        });
+  };
+  stage(0, disputed);
+  stage(1, resolved);
+  const uint64_t syncs_before = store_->wal_syncs();
+  release.Notify();
+  finished.Wait();
+  EXPECT_TRUE(done[0].ok()) << done[0];
+  EXPECT_TRUE(done[1].ok()) << done[1];
+  EXPECT_EQ(store_->wal_syncs() - syncs_before, 1u) << "the two commits were not one group";
+  EXPECT_EQ(*store_->CountConflicted(), 0u);
   Reopen();
   EXPECT_EQ(*store_->CountConflicted(), 0u);
 }
