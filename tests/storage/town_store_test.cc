@@ -6,6 +6,7 @@
 #include <atomic>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -36,6 +37,20 @@ std::string Id(int n) { return absl::StrFormat("00000000-0000-4000-8000-%012d", 
 class TownStoreTest : public ::testing::Test {
  protected:
   void SetUp() override { Reopen(); }
+  // Returns once the commit thread is held by a commit of nothing, which ends
+  // when `release` is notified: the commits submitted meanwhile queue behind it.
+  void HoldCommitThread(absl::Notification* release) {
+    // Shared, so that it outlives this function while Notify() returns.
+    auto holding = std::make_shared<absl::Notification>();
+    store_->Submit(
+        [holding, release](CommitGroup&) {
+          holding->Notify();
+          release->WaitForNotification();
+          return absl::OkStatus();
+        },
+        [](const absl::Status&) {});
+    holding->WaitForNotification();
+  }
   void Reopen() {
     store_.reset();
     auto opened = TownStore::Open(dir_.path(), TownStoreOptions());
@@ -110,15 +125,8 @@ TEST_F(TownStoreTest, NewStoreHasIdentityAndNoChanges) {
 // nothing is visible to a pull until the group's one synced write.
 TEST_F(TownStoreTest, CommitsWaitingTogetherAreOneGroupVisibleOnlyOnceWritten) {
   // Holds the commit thread, so that the commits below queue behind it.
-  absl::Notification release, holding;
-  store_->Submit(
-      [&](CommitGroup&) {
-        holding.Notify();
-        release.WaitForNotification();
-        return absl::OkStatus();
-      },
-      [](const absl::Status&) {});
-  holding.WaitForNotification();
+  absl::Notification release;
+  HoldCommitThread(&release);
 
   const auto create = [&](int n, const std::string& batch) {
     PushCommit commit;
@@ -204,15 +212,8 @@ TEST_F(TownStoreTest, CommitsWaitingTogetherAreOneGroupVisibleOnlyOnceWritten) {
 // wait for the next group, in the order they came, so that a burst of large
 // pushes does not gather in memory as one batch.
 TEST_F(TownStoreTest, AFullGroupLeavesTheRestToTheNextInOrder) {
-  absl::Notification release, holding;
-  store_->Submit(
-      [&](CommitGroup&) {
-        holding.Notify();
-        release.WaitForNotification();
-        return absl::OkStatus();
-      },
-      [](const absl::Status&) {});
-  holding.WaitForNotification();
+  absl::Notification release;
+  HoldCommitThread(&release);
   // Six commits of a record of about 700 KB each: three fill a group. The
   // first one's answer, on the commit thread once the first group is
   // written, submits a seventh, which must come after the three put back.
@@ -318,15 +319,8 @@ TEST_F(TownStoreTest, ConflictedHoldsTheRecordsWithAnOpenConflict) {
 
   // Given a conflict and resolved in one group: the second commit's previous
   // state is the first one's, read through the group.
-  absl::Notification release, holding;
-  store_->Submit(
-      [&](CommitGroup&) {
-        holding.Notify();
-        release.WaitForNotification();
-        return absl::OkStatus();
-      },
-      [](const absl::Status&) {});
-  holding.WaitForNotification();
+  absl::Notification release;
+  HoldCommitThread(&release);
   absl::BlockingCounter finished(2);
   std::vector<absl::Status> done(2);
   const auto stage = [&](int i, const Record& state) {
