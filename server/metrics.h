@@ -47,6 +47,9 @@ class Metrics {
   void CountCall(absl::string_view method, grpc::StatusCode code, absl::Duration took);
   void CountRecordsApplied(uint64_t n);
   void CountRecordsPulled(uint64_t n);
+  // A page read ahead for a pull ended: "served", "stale" or "unused"
+  // (server/pull_ahead.h).
+  void CountPullAhead(absl::string_view outcome);
   // Watch streams are how devices stay connected.
   void WatchOpened();
   void WatchClosed();
@@ -61,6 +64,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* latency_;
   prometheus::Counter* records_applied_;
   prometheus::Counter* records_pulled_;
+  prometheus::Family<prometheus::Counter>* pull_ahead_;
   prometheus::Gauge* connected_;
   prometheus::Gauge* records_;
   prometheus::Gauge* last_seq_;

@@ -258,8 +258,17 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
                                  std::chrono::steady_clock::time_point start, grpc::ByteBuffer* response,
                                  grpc::ServerUnaryReactor* reactor) {
   absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead);
-  absl::StatusOr<PulledPage> result =
-      caller.ok() ? town_->Pull(request, *caller) : absl::StatusOr<PulledPage>(caller.status());
+  absl::StatusOr<PulledPage> result = absl::UnknownError("not read");
+  if (!caller.ok()) {
+    result = caller.status();
+  } else if (std::optional<PulledPage> ahead = pull_ahead_.Take(request, *caller, town_->last_seq())) {
+    result = *std::move(ahead);
+  } else {
+    result = town_->Pull(request, *caller);
+  }
+  if (result.ok()) {
+    if (absl::Status audited = town_->AuditSealedReads(*result, *caller); !audited.ok()) result = audited;
+  }
   Counted("Pull", result.status(), start);
   if (!result.ok()) {
     LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request.device_id(),
@@ -273,6 +282,14 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
   // Where a bundle for it would start (reference data is a cursor of its own).
   if (!request.reference_only()) {
     town_->NotePull(caller->device_id, request.scope_unit_code(), result->response.next_cursor());
+  }
+  if (result->response.remaining() > 0) {
+    // Read before this page is sent, so the read overlaps the sending and
+    // the device's parsing of it.
+    hamlet::v1::PullRequest next = request;
+    next.set_cursor(result->response.next_cursor());
+    const uint64_t last_seq = town_->last_seq();
+    pull_ahead_.Start(next, *caller, last_seq, [this, next, caller = *caller] { return town_->Pull(next, caller); });
   }
   *response = SerializedPull(*result);
   Leave();
@@ -364,6 +381,8 @@ SyncServiceImpl::SyncServiceImpl(Town* town, const ChangeFeed* feed, const Devic
       rate_limit_(rate_limit),
       max_calls_(max_calls),
       dispatcher_([this] { Dispatch(); }),
+      // A page ahead for as many devices as there are readers.
+      pull_ahead_(&readers_, ReaderThreads(), [metrics](const char* outcome) { metrics->CountPullAhead(outcome); }),
       readers_(ReaderThreads()) {}
 
 SyncServiceImpl::~SyncServiceImpl() {

@@ -16,6 +16,7 @@
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "server/devices.h"
 #include "server/metrics.h"
+#include "server/pull_ahead.h"
 #include "server/rate_limit.h"
 #include "server/town.h"
 #include "server/work_pool.h"
@@ -99,7 +100,9 @@ class SyncServiceImpl final
     bool reoffer = false;
   };
   void Answered(const PushSummary& push, const absl::StatusOr<hamlet::v1::PushResponse>& result, absl::Duration took);
-  // A pull, on a reader thread.
+  // A pull, on a reader thread: the page read ahead for it, if there is
+  // one (PullAhead), else read now; then, if more remains, the next page
+  // is read ahead.
   void AnswerPull(grpc::CallbackServerContext* context, const hamlet::v1::PullRequest& request,
                   std::chrono::steady_clock::time_point start, grpc::ByteBuffer* response,
                   grpc::ServerUnaryReactor* reactor);
@@ -119,8 +122,9 @@ class SyncServiceImpl final
   std::set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mu_);
   bool stopping_ ABSL_GUARDED_BY(watchers_mu_) = false;
   std::thread dispatcher_;
-  // Declared last: destroyed first, so the pulls still queued run while the
-  // rest of the service is there.
+  PullAhead pull_ahead_;
+  // Declared last: destroyed first, so the pulls and reads ahead still queued
+  // run while the rest of the service is there.
   WorkPool readers_;
 };
 

@@ -782,7 +782,6 @@ absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, co
     return !reach.has_value() || *reach >= sync::Reach::kRead;
   };
   const bool as_stored = request.lean_stamps() && sync::RedactsNothing(caller.principal.role);
-  std::vector<std::string> sealed_reads;
   const int max_reads = std::clamp((1 << 20) / std::max(page_bytes, 1), 8, 64);
   for (int pages = 0; pages < max_reads && pulled.records.empty(); ++pages) {
     HAMLET_ASSIGN_OR_RETURN(page, store_->ReadStoredChanges(IndexScope(commune), after, page_size, page_bytes,
@@ -803,22 +802,26 @@ absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, co
           change.record = record.SerializeAsString();
         }
       }
-      if (change.sealed) sealed_reads.push_back(change.record_id);
+      if (change.sealed) pulled.sealed_reads.push_back(change.record_id);
       pulled.records.push_back(std::move(change.record));
     }
     after = page.through_seq;
     if (page.remaining == 0) break;
-  }
-  for (const std::string& id : sealed_reads) {
-    HAMLET_RETURN_IF_ERROR(
-        store_->AppendAudit(AuditOf(caller, "sealed_read", id, "sealed record pulled", clock_.physical().NowMs()))
-            .status());
   }
   hamlet::v1::PullResponse& response = pulled.response;
   response.set_next_cursor(MakeCursor(commune, page.through_seq));
   response.set_remaining(page.remaining);
   if (request.cursor().empty()) *response.mutable_history() = store_->history();
   return pulled;
+}
+
+absl::Status Town::AuditSealedReads(const PulledPage& page, const Caller& caller) {
+  for (const std::string& id : page.sealed_reads) {
+    HAMLET_RETURN_IF_ERROR(
+        store_->AppendAudit(AuditOf(caller, "sealed_read", id, "sealed record pulled", clock_.physical().NowMs()))
+            .status());
+  }
+  return absl::OkStatus();
 }
 
 void Town::NotePull(const std::string& device_id, const std::string& scope_unit_code, const std::string& cursor) {

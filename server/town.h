@@ -59,6 +59,8 @@ struct TownOptions {
 struct PulledPage {
   hamlet::v1::PullResponse response;  // records is empty.
   std::vector<std::string> records;
+  // The ids of the sealed records among them.
+  std::vector<std::string> sealed_reads;
 };
 
 // A town server's sync logic: validates, merges and commits pushes, serves
@@ -116,7 +118,8 @@ class Town {
                                                                       const Caller& caller);
 
   // Only the records the caller may read, redacted for it (sync/access.h);
-  // sealed reads are audited. Errors: INVALID_ARGUMENT (bad scope or malformed
+  // the page names the sealed records it holds, which AuditSealedReads must
+  // audit before the page is sent. Errors: INVALID_ARGUMENT (bad scope or malformed
   // cursor), PERMISSION_DENIED (a scope beyond the caller's reach, or another
   // device's id), FAILED_PRECONDITION with reason CURSOR_INVALIDATED (cursor
   // from another server or epoch).
@@ -128,6 +131,12 @@ class Town {
   // needs the unit) is parsed and checked first. For any other caller each
   // record is parsed, redacted and encoded again.
   absl::StatusOr<PulledPage> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
+  // The store's last seq: it moves with every commit that changes what a
+  // pull returns.
+  uint64_t last_seq() const { return store_->last_seq(); }
+  // Writes an audit entry for each sealed record of `page`, going to
+  // `caller`. A page read ahead (PullAhead) is audited only when sent.
+  absl::Status AuditSealedReads(const PulledPage& page, const Caller& caller);
 
   // Notes where a device's pulls stand: the cursor a pull call gave it, or
   // what a bundle from it says. For LastPull; kept in memory only.

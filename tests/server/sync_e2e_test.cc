@@ -8,8 +8,10 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "hamlet/v1/sync.grpc.pb.h"
 #include "sync/clock.h"
 #include "sync/cursor.h"
@@ -424,6 +426,69 @@ TEST_F(SyncE2eTest, PullPagesCountDownAndCommuneScopeIsFiltered) {
   // 289 reference units + 10 cases, 4 a page: the count falls by 4 each page.
   EXPECT_EQ(remaining.front(), static_cast<uint64_t>(kSeededUnits + 10 - 4));
   for (size_t i = 1; i < remaining.size(); ++i) EXPECT_EQ(remaining[i], std::max<int64_t>(0, remaining[i - 1] - 4));
+}
+
+// A catch-up's next page is read while the device takes in the last one,
+// and served only if nothing was committed since its read began: a record
+// rewritten between two pulls comes once, in its new state, at its new place.
+TEST_F(SyncE2eTest, APageReadAheadIsServedOnlyIfNothingWasCommittedSince) {
+  std::vector<Record> batch;
+  for (int i = 0; i < 12; ++i) batch.push_back(NewCase(Uuid(i), "07132", MakeStamp(NowMs(), 0, kDevice)));
+  PushResponse pushed;
+  ASSERT_TRUE(client_->Push(Batch(Uuid(100), batch), &pushed).ok());
+  const auto count = [&](const char* outcome) {
+    return std::max(0.0,
+                    server_->Metric(absl::StrCat("hamlet_pull_pages_read_ahead_total{outcome=\"", outcome, "\"}")));
+  };
+  const auto pull = [&](std::string* cursor) {
+    PullRequest request;
+    request.set_device_id(kDevice);
+    request.set_cursor(*cursor);
+    request.set_page_size(4);
+    PullResponse page;
+    EXPECT_TRUE(client_->Pull(request, &page).ok());
+    *cursor = page.next_cursor();
+    // Time for the next page's read to begin: a pull that comes first reads
+    // for itself, which is right but shows nothing here.
+    absl::SleepFor(absl::Milliseconds(200));
+    return page;
+  };
+
+  // Nothing committed between the pages: those after the first are read ahead.
+  const double served = count("served");
+  std::string cursor = start_cursor_;
+  std::vector<std::string> ids;
+  for (PullResponse page; ids.empty() || page.remaining() > 0;) {
+    page = pull(&cursor);
+    for (const Record& record : page.records()) ids.push_back(record.id());
+  }
+  EXPECT_EQ(ids.size(), 12u);
+  EXPECT_GE(count("served") - served, 1) << "no page read ahead was served";
+
+  // A rewrite of a record of the page read ahead, after its read: that page
+  // is stale, and the pull reads again.
+  const double stale = count("stale");
+  cursor = start_cursor_;
+  PullResponse first = pull(&cursor);
+  ASSERT_EQ(first.records_size(), 4);
+  Record edit = sync::EmptyChangeOf(batch[5]);
+  edit.mutable_mediation_case()->set_summary("sửa giữa hai trang");
+  sync::SetFieldStamp(&edit, 5, MakeStamp(NowMs() + 1, 0, kDevice));
+  const grpc::Status rewritten = client_->Push(Batch(Uuid(101), {edit}), &pushed);
+  ASSERT_TRUE(rewritten.ok()) << rewritten.error_message();
+  std::map<std::string, int> seen;
+  std::string summary;
+  for (PullResponse page; seen.empty() || page.remaining() > 0;) {
+    page = pull(&cursor);
+    for (const Record& record : page.records()) {
+      ++seen[record.id()];
+      if (record.id() == Uuid(5)) summary = record.mediation_case().summary();
+    }
+  }
+  EXPECT_EQ(seen.size(), 8u);
+  EXPECT_EQ(seen[Uuid(5)], 1) << "the rewritten record came in its old state too";
+  EXPECT_EQ(summary, "sửa giữa hai trang");
+  EXPECT_GE(count("stale") - stale, 1) << "the page read ahead before the rewrite was not found stale";
 }
 
 TEST_F(SyncE2eTest, BadPullsGetPreciseErrors) {

@@ -13,7 +13,10 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "httplib.h"
 
 namespace hamlet::testing {
 
@@ -97,6 +100,20 @@ int ServerProcess::Stop() {
   const int code = WaitExit(pid_);
   pid_ = -1;
   return code;
+}
+
+double ServerProcess::Metric(const std::string& series) const {
+  const size_t colon = metrics_address_.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(metrics_address_.substr(colon + 1), &port)) return -1;
+  httplib::Client client(metrics_address_.substr(0, colon), port);
+  httplib::Result response = client.Get("/metrics");
+  if (!response || response->status != 200) return -1;
+  for (absl::string_view line : absl::StrSplit(response->body, '\n')) {
+    double value = -1;
+    if (absl::ConsumePrefix(&line, series + " ") && absl::SimpleAtod(line, &value)) return value;
+  }
+  return -1;
 }
 
 }  // namespace hamlet::testing

@@ -34,6 +34,9 @@ class ServerProcess {
   const std::string& admin_address() const { return admin_address_; }
   // The Prometheus endpoint (GET /metrics).
   const std::string& metrics_address() const { return metrics_address_; }
+  // The value of the metric line that starts with `series` (a name with its
+  // labels, as exposed: `name{label="value"}`), or -1 if there is none.
+  double Metric(const std::string& series) const;
   // The admin token the server wrote into its data dir.
   std::string admin_token() const;
   const std::string& log_path() const { return log_path_; }
