@@ -194,7 +194,7 @@ grpc::ServerUnaryReactor* SyncServiceImpl::Push(grpc::CallbackServerContext* con
     reactor->Finish(ToGrpc(busy, context));
     return reactor;
   }
-  // Called on the store's write thread once the push is durable, or at once
+  // Called on the store's commit thread once the push is durable, or at once
   // if it is refused before.
   auto answer = [this, context, reactor, response, start,
                  summary = std::move(summary)](absl::StatusOr<hamlet::v1::PushResponse> result) {

@@ -31,8 +31,8 @@ class WatchReactor;
 //
 // No call in flight holds a thread. Push, Pull and Watch are callback
 // methods: a push is parsed and checked on gRPC's callback thread, then
-// merged on the store's commit thread and written on its write thread, which
-// answers it once it is durable (Town::Push); a pull's reads, which wait on the disk, run on a
+// merged and written on the store's commit thread, which answers it once it
+// is durable (Town::Push); a pull's reads, which wait on the disk, run on a
 // small pool of reader threads (not gRPC's callback threads, which must not
 // block). Watch streams stay open for as long as a phone is connected; one
 // dispatcher thread tells them all about new changes (and re-checks their

@@ -90,10 +90,10 @@ class Town {
   // Lean stamps are filled in first (sync::ExpandStamps), so a batch is the
   // same batch, for its receipt too, in its lean and its whole form.
   //
-  // The push is checked on the calling thread, then merged on the store's
-  // commit thread with the pushes arriving with it, and written on its write
-  // thread (one synced write: storage::TownStore::Submit); `done` is called
-  // there once it is durable, or refused. It must be quick and must not wait for another push.
+  // The push is checked on the calling thread, then merged and written on the
+  // store's commit thread with the pushes arriving with it (one synced
+  // write: storage::TownStore::Submit); `done` is called there once it is
+  // durable, or refused. It must be quick and must not wait for another push.
   using PushDone = std::function<void(absl::StatusOr<hamlet::v1::PushResponse>)>;
   void Push(hamlet::v1::PushRequest request, const Caller& caller, PushDone done);
   // Push, waiting for `done`.

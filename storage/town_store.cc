@@ -378,7 +378,6 @@ absl::StatusOr<std::map<std::string, std::map<std::string, int64_t>>> TownStore:
 absl::StatusOr<uint64_t> TownStore::Reseal() {
   if (options_.sealer == nullptr) return absl::FailedPreconditionError("no sealing key to reseal with");
   absl::MutexLock lock(&commit_mu_);
-  WaitForWriteThread();
   uint64_t count = 0;
   rocksdb::WriteBatch batch;
   std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), records_));
@@ -420,20 +419,14 @@ TownStore::~TownStore() {
     absl::MutexLock lock(&queue_mu_);
     stopping_ = true;
   }
-  // The commits already queued are staged and written first.
+  // The commits already queued are written first.
   if (committer_.joinable()) committer_.join();
-  {
-    absl::MutexLock lock(&write_mu_);
-    writer_stopping_ = true;
-  }
-  if (writer_.joinable()) writer_.join();
 }
 
 absl::StatusOr<std::unique_ptr<TownStore>> TownStore::Open(const std::string& dir, const TownStoreOptions& options) {
   HAMLET_ASSIGN_OR_RETURN(std::unique_ptr<TownStore> store, Load(dir, options));
   TownStore* started = store.get();
   store->committer_ = std::thread([started] { started->RunCommits(); });
-  store->writer_ = std::thread([started] { started->RunWrites(); });
   return store;
 }
 
@@ -598,36 +591,24 @@ constexpr size_t kMaxGroupBytes = 2 << 20;
 
 }  // namespace
 
-CommitGroup::CommitGroup(TownStore* store, const CommitGroup* before)
-    : store_(store),
-      before_(before),
-      seq_(before != nullptr ? before->seq_ : store->last_seq_.load()),
-      batch_(std::make_unique<rocksdb::WriteBatch>()) {}
+CommitGroup::CommitGroup(TownStore* store)
+    : store_(store), seq_(store->last_seq_.load()), batch_(std::make_unique<rocksdb::WriteBatch>()) {}
 
 CommitGroup::~CommitGroup() = default;
 
-// Reads through the groups: this one, then the one before it (whose maps the
-// write thread does not touch), then the store. Only the commit thread reads.
 absl::StatusOr<std::optional<Record>> CommitGroup::GetRecord(const std::string& id) const {
-  for (const CommitGroup* group = this; group != nullptr; group = group == this ? before_ : nullptr) {
-    if (auto it = group->records_.find(id); it != group->records_.end()) return it->second;
-  }
+  if (auto it = records_.find(id); it != records_.end()) return it->second;
   return store_->GetRecord(id);
 }
 
 absl::StatusOr<std::optional<BatchReceipt>> CommitGroup::GetBatchReceipt(const std::string& device_id,
                                                                          const std::string& batch_id) const {
-  const std::string key = BatchKey(device_id, batch_id);
-  for (const CommitGroup* group = this; group != nullptr; group = group == this ? before_ : nullptr) {
-    if (auto it = group->receipts_.find(key); it != group->receipts_.end()) return it->second;
-  }
+  if (auto it = receipts_.find(BatchKey(device_id, batch_id)); it != receipts_.end()) return it->second;
   return store_->GetBatchReceipt(device_id, batch_id);
 }
 
 absl::StatusOr<std::optional<DeviceState>> CommitGroup::GetDevice(const std::string& device_id) const {
-  for (const CommitGroup* group = this; group != nullptr; group = group == this ? before_ : nullptr) {
-    if (auto it = group->devices_.find(device_id); it != group->devices_.end()) return it->second;
-  }
+  if (auto it = devices_.find(device_id); it != devices_.end()) return it->second;
   return store_->GetDevice(device_id);
 }
 
@@ -721,87 +702,42 @@ absl::Status TownStore::store_error() const {
 }
 
 void TownStore::RunCommits() {
-  // The group handed to the write thread last: the next one is staged over
-  // it while it is written.
-  std::unique_ptr<StagedGroup> previous;
   while (true) {
     std::vector<Pending> pending;
     {
       absl::MutexLock lock(&queue_mu_);
       const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) { return stopping_ || !queue_.empty(); };
       queue_mu_.Await(absl::Condition(&ready));
-      if (queue_.empty()) break;  // Stopping, and nothing left to commit.
+      if (queue_.empty()) return;  // Stopping, and nothing left to commit.
       const size_t take = std::min(queue_.size(), kMaxGroup);
       std::move(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take), std::back_inserter(pending));
       queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(take));
     }
-    absl::MutexLock lock(&commit_mu_);
-    std::unique_ptr<StagedGroup> staged = StageGroup(pending, previous ? previous->group.get() : nullptr);
-    if (!pending.empty()) {
+    const size_t done = CommitGroupOf(pending);
+    if (done < pending.size()) {
       // The group was full: the rest go back to the head of the queue, in order.
-      absl::MutexLock queue_lock(&queue_mu_);
-      queue_.insert(queue_.begin(), std::make_move_iterator(pending.begin()), std::make_move_iterator(pending.end()));
+      absl::MutexLock lock(&queue_mu_);
+      queue_.insert(queue_.begin(), std::make_move_iterator(pending.begin() + static_cast<std::ptrdiff_t>(done)),
+                    std::make_move_iterator(pending.end()));
     }
-    // The hand-over waits for the group before to be written and answered.
-    // That one is freed after it, off the write thread's way.
-    WaitForWriteThread();
-    {
-      absl::MutexLock write_lock(&write_mu_);
-      writing_ = staged.get();
-    }
-    previous = std::move(staged);
   }
-  WaitForWriteThread();
 }
 
-std::unique_ptr<TownStore::StagedGroup> TownStore::StageGroup(std::vector<Pending>& pending,
-                                                              const CommitGroup* before) {
-  auto staged = std::make_unique<StagedGroup>();
-  staged->group.reset(new CommitGroup(this, before));
-  staged->over_previous = before != nullptr;
-  CommitGroup& group = *staged->group;
-  size_t taken = 0;
-  while (taken < pending.size() && group.batch_->GetDataSize() < kMaxGroupBytes) {
-    staged->staged.push_back(pending[taken].stage(group));
-    ++taken;
-  }
-  group.before_ = nullptr;
-  std::move(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(taken), std::back_inserter(staged->commits));
-  pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(taken));
-  return staged;
-}
-
-void TownStore::WaitForWriteThread() {
-  absl::MutexLock lock(&write_mu_);
-  const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) { return writing_ == nullptr; };
-  write_mu_.Await(absl::Condition(&idle));
-}
-
-void TownStore::RunWrites() {
-  // The last group's write: a group staged over a group whose write failed
-  // read what never reached the disk, and is refused with the same error.
-  absl::Status previous;
-  while (true) {
-    StagedGroup* staged;
-    {
-      absl::MutexLock lock(&write_mu_);
-      const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
-        return writer_stopping_ || writing_ != nullptr;
-      };
-      write_mu_.Await(absl::Condition(&ready));
-      if (writing_ == nullptr) return;  // Stopping, and every group written.
-      staged = writing_;
+size_t TownStore::CommitGroupOf(std::vector<Pending>& pending) {
+  std::vector<absl::Status> staged;
+  absl::Status written = store_error();
+  if (written.ok()) {
+    absl::MutexLock lock(&commit_mu_);
+    CommitGroup group(this);
+    while (staged.size() < pending.size() && group.batch_->GetDataSize() < kMaxGroupBytes) {
+      staged.push_back(pending[staged.size()].stage(group));
     }
-    absl::Status written = store_error();
-    if (written.ok() && staged->over_previous) written = previous;
-    if (written.ok() && !staged->group->receipts_.empty()) written = WriteGroup(*staged->group);
-    for (size_t i = 0; i < staged->commits.size(); ++i) {
-      staged->commits[i].done(staged->staged[i].ok() ? written : staged->staged[i]);
-    }
-    previous = written;
-    absl::MutexLock lock(&write_mu_);
-    writing_ = nullptr;
+    if (!group.receipts_.empty()) written = WriteGroup(group);
+  } else {
+    staged.resize(pending.size());
   }
+  for (size_t i = 0; i < staged.size(); ++i) pending[i].done(staged[i].ok() ? written : staged[i]);
+  return staged.size();
 }
 
 absl::Status TownStore::WriteGroup(CommitGroup& group) {

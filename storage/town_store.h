@@ -106,10 +106,8 @@ class TownStore;
 
 // The commits of one group (TownStore::Submit) staged into one WriteBatch, and
 // the store as they leave it: a read through the group sees what the commits
-// before it in the group staged, else what the group before it staged (which
-// may still be being written), else what is stored. Read and staged on the
-// commit thread, for the `stage` functions of one group; then written on the
-// write thread.
+// before it in the group staged, else what is stored. Lives on the commit
+// thread, for the `stage` functions of one group.
 class CommitGroup {
  public:
   ~CommitGroup();
@@ -134,12 +132,9 @@ class CommitGroup {
 
  private:
   friend class TownStore;
-  // `before`: the group written before this one, if it may not be written
-  // yet; reads look there after this group. Set to null once staged.
-  CommitGroup(TownStore* store, const CommitGroup* before);
+  explicit CommitGroup(TownStore* store);
 
   TownStore* const store_;
-  const CommitGroup* before_;
   uint64_t seq_;
   std::unique_ptr<rocksdb::WriteBatch> batch_;
   // What the staged commits wrote, for reads through the group. Every
@@ -268,24 +263,21 @@ class TownStore {
 
   absl::StatusOr<std::optional<DeviceState>> GetDevice(const std::string& device_id) const;
 
-  // Commits go through one queue (in the style of LevelDB's DBImpl::Write),
-  // served by two threads in a pipeline. The commit thread takes every commit
-  // waiting and runs each one's `stage` in order over one CommitGroup (each
-  // sees what those before it staged, and what the group before staged). The
-  // write thread writes the group as one WriteBatch synced to disk, and only
-  // then calls each one's `done`, in order. While the write thread waits for a
-  // group's sync, the commit thread stages the next group. So a change is
-  // visible to reads exactly when it is durable, commits arriving together
-  // share one sync, and staging does not wait for the disk.
+  // Commits go through one queue, served by one commit thread (in the style
+  // of LevelDB's DBImpl::Write): the thread takes every commit waiting, runs
+  // each one's `stage` in order over one CommitGroup (each sees what those
+  // before it staged), writes the group as one WriteBatch synced to disk, and
+  // only then calls each one's `done`, in order. So a change is visible to
+  // reads exactly when it is durable, and commits arriving together share one
+  // sync.
   //
   // `stage` reads what it needs through the group and stages its commit
-  // (CommitGroup::Stage), or returns an error having staged nothing; it runs
-  // on the commit thread. `done` gets OK, the error `stage` returned, or the
-  // group's write error (then nothing of the group was written, nor of a
-  // group staged over it); it runs on the write thread, must be quick and
-  // must not wait for another commit. After a failed log write or sync
-  // (UNAVAILABLE, or RESOURCE_EXHAUSTED for a full disk) every commit is
-  // refused with that error until the store is reopened.
+  // (CommitGroup::Stage), or returns an error having staged nothing. `done`
+  // gets OK, the error `stage` returned, or the group's write error (then
+  // nothing of the group was written). Both run on the commit thread: `done`
+  // must be quick and must not wait for another commit. After a failed log
+  // write or sync (UNAVAILABLE, or RESOURCE_EXHAUSTED for a full disk) every
+  // commit is refused with that error until the store is reopened.
   using StageFn = std::function<absl::Status(CommitGroup& group)>;
   using DoneFn = std::function<void(const absl::Status& status)>;
   void Submit(StageFn stage, DoneFn done);
@@ -445,53 +437,29 @@ class TownStore {
   std::string cursor_key_;
   hamlet::v1::ServerHistory history_;
   hamlet::v1::Stamp persisted_clock_;
-  // Held while a group is staged and handed to the write thread, and by
-  // Reseal, which also waits for the write thread: so Reseal reads no record
-  // that a group in flight is about to change.
+  // Held while a group is staged and written (and by Reseal): assigning
+  // sequence numbers, the WriteBatch, last_seq.
   absl::Mutex commit_mu_;
-  // The last seq written (read by pulls); the write thread sets it.
   std::atomic<uint64_t> last_seq_{0};
 
-  // The commit queue and its two threads (Submit).
+  // The commit queue and its thread (Submit).
   struct Pending {
     StageFn stage;
     DoneFn done;
   };
-  // A group as the commit thread hands it to the write thread: the group, its
-  // commits, and what each one's `stage` returned.
-  struct StagedGroup {
-    std::unique_ptr<CommitGroup> group;
-    std::vector<Pending> commits;
-    std::vector<absl::Status> staged;
-    // Whether it was staged over the group before it (CommitGroup::before_),
-    // so that it must not be written if that one's write failed.
-    bool over_previous = false;
-  };
-  // The commit thread.
   void RunCommits();
-  // Stages the first of `pending` into one group read through `before`, as
-  // many as fit in it; they are moved out of `pending`, the rest stay.
-  std::unique_ptr<StagedGroup> StageGroup(std::vector<Pending>& pending, const CommitGroup* before)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
-  // Waits until the write thread has written and answered the group it has.
-  void WaitForWriteThread() ABSL_LOCKS_EXCLUDED(write_mu_);
-  // The write thread: writes each group handed to it, then calls its `done`s.
-  void RunWrites();
+  // Stages the first of `pending` into one group, as many as fit in it, and
+  // writes it; calls the `done` of each staged one. Returns how many.
+  size_t CommitGroupOf(std::vector<Pending>& pending);
   // Writes a group: its staged batch, with the counts and tallies it changes,
-  // the audit entries, last_seq and the clock, in one synced write. On the
-  // write thread, so the group before it is written.
-  absl::Status WriteGroup(CommitGroup& group);
+  // the audit entries, last_seq and the clock, in one synced write.
+  absl::Status WriteGroup(CommitGroup& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
   mutable absl::Mutex queue_mu_;
   std::vector<Pending> queue_ ABSL_GUARDED_BY(queue_mu_);
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
   absl::Status store_error_ ABSL_GUARDED_BY(queue_mu_);
-  // The group handed to the write thread, until it is written and answered.
-  absl::Mutex write_mu_ ABSL_ACQUIRED_AFTER(commit_mu_);
-  StagedGroup* writing_ ABSL_GUARDED_BY(write_mu_) = nullptr;
-  bool writer_stopping_ ABSL_GUARDED_BY(write_mu_) = false;
   std::atomic<uint64_t> wal_syncs_{0};
   std::thread committer_;
-  std::thread writer_;
 };
 
 }  // namespace hamlet::storage

@@ -215,7 +215,7 @@ TEST_F(TownStoreTest, AFullGroupLeavesTheRestToTheNextInOrder) {
   absl::Notification release;
   HoldCommitThread(&release);
   // Six commits of a record of about 700 KB each: three fill a group. The
-  // first one's answer, on the write thread once the first group is
+  // first one's answer, on the commit thread once the first group is
   // written, submits a seventh, which must come after the three put back.
   constexpr int kCommits = 7;
   const std::string summary(700 << 10, 'x');

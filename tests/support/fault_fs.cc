@@ -164,22 +164,6 @@ void FaultFileSystem::SetSyncDelay(std::chrono::microseconds delay) {
   sync_delay_ = delay;
 }
 
-void FaultFileSystem::HoldWalSyncs() {
-  absl::MutexLock lock(&mu_);
-  wal_syncs_held_ = true;
-}
-
-void FaultFileSystem::ReleaseWalSyncs() {
-  absl::MutexLock lock(&mu_);
-  wal_syncs_held_ = false;
-}
-
-void FaultFileSystem::WaitForHeldWalSync() const {
-  absl::MutexLock lock(&mu_);
-  const auto held = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_wal_syncs_ > 0; };
-  mu_.Await(absl::Condition(&held));
-}
-
 void FaultFileSystem::Heal() {
   absl::MutexLock lock(&mu_);
   append_fault_.armed = false;
@@ -295,12 +279,6 @@ IOStatus FaultFileSystem::Sync(FileState* file) {
   std::chrono::microseconds delay;
   {
     absl::MutexLock lock(&mu_);
-    if (file->wal && wal_syncs_held_) {
-      ++held_wal_syncs_;
-      const auto released = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !wal_syncs_held_; };
-      mu_.Await(absl::Condition(&released));
-      --held_wal_syncs_;
-    }
     if (file->wal) ++wal_syncs_;
     if (file->durable) ++durable_syncs_;
     if (power_cut_) return PowerIsOff(file->name);

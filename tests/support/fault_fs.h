@@ -115,13 +115,6 @@ class FaultFileSystem : public rocksdb::FileSystemWrapper {
   // How long each sync takes from now on (default none): a disk's flush, so
   // that writes pile up behind a sync in flight as they do on a real disk.
   void SetSyncDelay(std::chrono::microseconds delay);
-  // From HoldWalSyncs until ReleaseWalSyncs, every sync of a write-ahead log
-  // waits (before any armed sync fault is counted), so that a test can act
-  // while a write is held in its sync. WaitForHeldWalSync returns once one
-  // is waiting.
-  void HoldWalSyncs();
-  void ReleaseWalSyncs();
-  void WaitForHeldWalSync() const;
 
   // Calls that reached this file system (failed ones included), and how many
   // faults it has injected, since it was made.
@@ -190,8 +183,6 @@ class FaultFileSystem : public rocksdb::FileSystemWrapper {
   Trigger sync_fault_ ABSL_GUARDED_BY(mu_);
   bool disk_full_ ABSL_GUARDED_BY(mu_) = false;
   std::chrono::microseconds sync_delay_ ABSL_GUARDED_BY(mu_){0};
-  bool wal_syncs_held_ ABSL_GUARDED_BY(mu_) = false;
-  int held_wal_syncs_ ABSL_GUARDED_BY(mu_) = 0;
   bool power_cut_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t wal_appends_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t durable_appends_ ABSL_GUARDED_BY(mu_) = 0;

@@ -10,7 +10,7 @@
 // objects that live in gRPC's headers (compiled into Hamlet, so instrumented)
 // are written on the first thread and read on the second, and TSan reported
 // each such pair as a race: for instance a callback method's Finish, called
-// on Hamlet's store write thread, sets its finish tag, which a gRPC thread then
+// on Hamlet's commit thread, sets its finish tag, which a gRPC thread then
 // runs (docs/RELIABILITY.md, "TSan").
 //
 // Linked into every executable of a HAMLET_SANITIZE=thread build (with
