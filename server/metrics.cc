@@ -42,10 +42,13 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                          .Help("Records sent to pulling devices.")
                          .Register(*registry_)
                          .Add({});
-  pull_ahead_ = &prometheus::BuildCounter()
-                     .Name("hamlet_pull_pages_read_ahead_total")
-                     .Help("Pull pages read ahead of the device's next pull, by what became of them.")
-                     .Register(*registry_);
+  auto& pull_ahead = prometheus::BuildCounter()
+                         .Name("hamlet_pull_pages_read_ahead_total")
+                         .Help("Pull pages read ahead of the device's next pull, by what became of them.")
+                         .Register(*registry_);
+  pull_ahead_served_ = &pull_ahead.Add({{"outcome", "served"}});
+  pull_ahead_stale_ = &pull_ahead.Add({{"outcome", "stale"}});
+  pull_ahead_unused_ = &pull_ahead.Add({{"outcome", "unused"}});
   auto gauge = [this](const char* name, const char* help) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
   };
@@ -79,7 +82,13 @@ void Metrics::CountCall(absl::string_view method, grpc::StatusCode code, absl::D
 void Metrics::CountRecordsApplied(uint64_t n) { records_applied_->Increment(static_cast<double>(n)); }
 void Metrics::CountRecordsPulled(uint64_t n) { records_pulled_->Increment(static_cast<double>(n)); }
 void Metrics::CountPullAhead(absl::string_view outcome) {
-  pull_ahead_->Add({{"outcome", std::string(outcome)}}).Increment();
+  if (outcome == "served") {
+    pull_ahead_served_->Increment();
+  } else if (outcome == "stale") {
+    pull_ahead_stale_->Increment();
+  } else {
+    pull_ahead_unused_->Increment();
+  }
 }
 void Metrics::WatchOpened() { connected_->Increment(); }
 void Metrics::WatchClosed() { connected_->Decrement(); }

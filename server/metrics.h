@@ -64,7 +64,9 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* latency_;
   prometheus::Counter* records_applied_;
   prometheus::Counter* records_pulled_;
-  prometheus::Family<prometheus::Counter>* pull_ahead_;
+  prometheus::Counter* pull_ahead_served_;
+  prometheus::Counter* pull_ahead_stale_;
+  prometheus::Counter* pull_ahead_unused_;
   prometheus::Gauge* connected_;
   prometheus::Gauge* records_;
   prometheus::Gauge* last_seq_;

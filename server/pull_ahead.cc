@@ -9,7 +9,7 @@ namespace hamlet::server {
 struct PullAhead::Page {
   enum class State { kQueued, kReading, kRead, kDropped };
   std::string key;
-  uint64_t last_seq = 0;
+  uint64_t published_seq = 0;
   // Which Start made it: the smallest is the oldest.
   uint64_t order = 0;
   State state = State::kQueued;
@@ -20,11 +20,6 @@ struct PullAhead::Page {
 PullAhead::PullAhead(WorkPool* readers, size_t max_pages, std::function<void(const char* outcome)> counted)
     : readers_(readers), max_pages_(max_pages), counted_(std::move(counted)) {}
 
-void PullAhead::Count(uint64_t Counts::*count, const char* outcome) {
-  ++(counts_.*count);
-  if (counted_) counted_(outcome);
-}
-
 std::string PullAhead::KeyOf(const hamlet::v1::PullRequest& request, const Caller& caller) {
   const sync::Principal& who = caller.principal;
   return absl::StrCat(caller.device_id, std::string(1, '\0'), static_cast<int>(who.role), std::string(1, '\0'),
@@ -32,21 +27,21 @@ std::string PullAhead::KeyOf(const hamlet::v1::PullRequest& request, const Calle
                       request.SerializeAsString());
 }
 
-void PullAhead::Drop(Page& page) {
-  Count(&Counts::unused, "unused");
+void PullAhead::End(Page& page, const char* outcome) {
+  if (counted_) counted_(outcome);
   // A read not begun will not be; one under way ends unseen.
   if (page.state == Page::State::kQueued) page.state = Page::State::kDropped;
   page.page.reset();
 }
 
-void PullAhead::Start(const hamlet::v1::PullRequest& next, const Caller& caller, uint64_t last_seq, Read read) {
+void PullAhead::Start(const hamlet::v1::PullRequest& next, const Caller& caller, uint64_t published_seq, Read read) {
   auto page = std::make_shared<Page>();
   page->key = KeyOf(next, caller);
-  page->last_seq = last_seq;
+  page->published_seq = published_seq;
   {
     absl::MutexLock lock(&mu_);
     if (auto it = pages_.find(caller.device_id); it != pages_.end()) {
-      Drop(*it->second);
+      End(*it->second, "unused");
       pages_.erase(it);
     }
     if (pages_.size() >= max_pages_) {
@@ -57,7 +52,7 @@ void PullAhead::Start(const hamlet::v1::PullRequest& next, const Caller& caller,
         if (oldest == pages_.end() || it->second->order < oldest->second->order) oldest = it;
       }
       if (oldest == pages_.end()) return;
-      Drop(*oldest->second);
+      End(*oldest->second, "unused");
       pages_.erase(oldest);
     }
     page->order = ++started_;
@@ -78,34 +73,34 @@ void PullAhead::Start(const hamlet::v1::PullRequest& next, const Caller& caller,
 }
 
 std::optional<PulledPage> PullAhead::Take(const hamlet::v1::PullRequest& request, const Caller& caller,
-                                          uint64_t last_seq) {
+                                          uint64_t published_seq) {
   absl::MutexLock lock(&mu_);
   auto it = pages_.find(caller.device_id);
   if (it == pages_.end()) return std::nullopt;
   std::shared_ptr<Page> page = std::move(it->second);
   pages_.erase(it);
-  // Not read yet: reading it here is sooner than waiting for a reader.
-  if (page->key != KeyOf(request, caller) || page->state == Page::State::kQueued) {
-    Drop(*page);
+  if (page->key != KeyOf(request, caller)) {
+    End(*page, "unused");
+    return std::nullopt;
+  }
+  // Decided before any wait: a commit since makes it stale, read or not.
+  if (page->published_seq != published_seq) {
+    End(*page, "stale");
+    return std::nullopt;
+  }
+  // Not begun: reading it here is sooner than waiting for a reader.
+  if (page->state == Page::State::kQueued) {
+    End(*page, "unused");
     return std::nullopt;
   }
   const auto read = [&page]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return page->state == Page::State::kRead; };
   mu_.Await(absl::Condition(&read));
   if (!page->page.has_value()) {
-    Count(&Counts::unused, "unused");  // Its read failed.
+    End(*page, "unused");  // Its read failed.
     return std::nullopt;
   }
-  if (page->last_seq != last_seq) {
-    Count(&Counts::stale, "stale");
-    return std::nullopt;
-  }
-  Count(&Counts::served, "served");
+  if (counted_) counted_("served");
   return std::move(page->page);
-}
-
-PullAhead::Counts PullAhead::counts() const {
-  absl::MutexLock lock(&mu_);
-  return counts_;
 }
 
 }  // namespace hamlet::server

@@ -1,7 +1,6 @@
 #ifndef HAMLET_SERVER_PULL_AHEAD_H_
 #define HAMLET_SERVER_PULL_AHEAD_H_
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -28,7 +27,7 @@ namespace hamlet::server {
 // while the server reads. Once a page with more to come is answered,
 // PullAhead reads the next one (the same request with the new cursor) on a
 // reader thread. If the device's next pull is that request, from the same
-// caller, and nothing was committed since (the store's last_seq is the one
+// caller, and nothing was committed since (Town::published_seq is the value
 // the read began at), it gets that page, which is exactly what a read then
 // would return; if the read is under way, it waits for it. Anything else
 // drops the page and the pull is read as usual.
@@ -39,45 +38,38 @@ namespace hamlet::server {
 class PullAhead {
  public:
   using Read = std::function<absl::StatusOr<PulledPage>()>;
-  // What became of the pages read ahead (for metrics).
-  struct Counts {
-    uint64_t served = 0;  // taken by the pull they were read for
-    uint64_t stale = 0;   // asked for, but a commit came after their read began
-    uint64_t unused = 0;  // dropped: another pull came, their read had not begun or failed
-  };
 
   // `readers` runs the reads and must outlive every read: destroy it first.
-  // `counted`, if set, is told of each page's end: "served", "stale" or
-  // "unused" (as in Counts).
+  // `counted`, if set, is told how each page ended: "served" (to the pull it
+  // was read for), "stale" (a commit came after its read began) or "unused"
+  // (another pull came, or none; its read had not begun; or it failed).
+  // It is called under PullAhead's lock, so it must not call back.
   PullAhead(WorkPool* readers, size_t max_pages, std::function<void(const char* outcome)> counted = nullptr);
 
   // Reads `next` for `caller` ahead with `read`, unless no place is free.
-  // `last_seq`: the store's, before `read` runs.
-  void Start(const hamlet::v1::PullRequest& next, const Caller& caller, uint64_t last_seq, Read read);
-  // The page read ahead for `request` from `caller`, if the store's last_seq
-  // is still `last_seq`; waits for its read if that has begun. nullopt if
-  // there is none, and then any page kept for the device is dropped.
-  std::optional<PulledPage> Take(const hamlet::v1::PullRequest& request, const Caller& caller, uint64_t last_seq);
-
-  Counts counts() const;
+  // `published_seq`: the town's, before `read` runs.
+  void Start(const hamlet::v1::PullRequest& next, const Caller& caller, uint64_t published_seq, Read read);
+  // The page read ahead for `request` from `caller`, if the town's
+  // published seq is still `published_seq`; waits for its read if that has
+  // begun. nullopt if there is none, and then any page kept for the device
+  // is dropped.
+  std::optional<PulledPage> Take(const hamlet::v1::PullRequest& request, const Caller& caller, uint64_t published_seq);
 
  private:
   struct Page;
   // What a page read ahead answers: caller and request, as one string.
   static std::string KeyOf(const hamlet::v1::PullRequest& request, const Caller& caller);
-  // Counts `page`, taken out of the map, as unused; a read of it not begun
+  // Ends `page`, taken out of the map, as `outcome`; a read of it not begun
   // will not be.
-  void Drop(Page& page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Count(uint64_t Counts::*count, const char* outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void End(Page& page, const char* outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   WorkPool* const readers_;
   const size_t max_pages_;
   const std::function<void(const char* outcome)> counted_;
-  mutable absl::Mutex mu_;
+  absl::Mutex mu_;
   // By device id.
   std::map<std::string, std::shared_ptr<Page>> pages_ ABSL_GUARDED_BY(mu_);
   uint64_t started_ ABSL_GUARDED_BY(mu_) = 0;
-  Counts counts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace hamlet::server

@@ -258,17 +258,7 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
                                  std::chrono::steady_clock::time_point start, grpc::ByteBuffer* response,
                                  grpc::ServerUnaryReactor* reactor) {
   absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead);
-  absl::StatusOr<PulledPage> result = absl::UnknownError("not read");
-  if (!caller.ok()) {
-    result = caller.status();
-  } else if (std::optional<PulledPage> ahead = pull_ahead_.Take(request, *caller, town_->last_seq())) {
-    result = *std::move(ahead);
-  } else {
-    result = town_->Pull(request, *caller);
-  }
-  if (result.ok()) {
-    if (absl::Status audited = town_->AuditSealedReads(*result, *caller); !audited.ok()) result = audited;
-  }
+  absl::StatusOr<PulledPage> result = caller.ok() ? PageFor(request, *caller) : caller.status();
   Counted("Pull", result.status(), start);
   if (!result.ok()) {
     LogLine(absl::StrFormat("pull device=%s scope=%s result=%s error=%s", request.device_id(),
@@ -283,17 +273,26 @@ void SyncServiceImpl::AnswerPull(grpc::CallbackServerContext* context, const ham
   if (!request.reference_only()) {
     town_->NotePull(caller->device_id, request.scope_unit_code(), result->response.next_cursor());
   }
-  if (result->response.remaining() > 0) {
-    // Read before this page is sent, so the read overlaps the sending and
-    // the device's parsing of it.
+  // The next page is read ahead before this one is sent, so that the read
+  // overlaps the sending and the device's parsing of this one; but not on a
+  // busy server, where it would take a reader from a pull that was asked for.
+  if (result->response.remaining() > 0 && calls_.load() <= static_cast<int>(reader_threads_)) {
     hamlet::v1::PullRequest next = request;
     next.set_cursor(result->response.next_cursor());
-    const uint64_t last_seq = town_->last_seq();
-    pull_ahead_.Start(next, *caller, last_seq, [this, next, caller = *caller] { return town_->Pull(next, caller); });
+    const uint64_t published_seq = town_->published_seq();
+    pull_ahead_.Start(next, *caller, published_seq,
+                      [this, next, caller = *caller] { return town_->ReadPull(next, caller); });
   }
   *response = SerializedPull(*result);
   Leave();
   reactor->Finish(grpc::Status::OK);
+}
+
+absl::StatusOr<PulledPage> SyncServiceImpl::PageFor(const hamlet::v1::PullRequest& request, const Caller& caller) {
+  std::optional<PulledPage> ahead = pull_ahead_.Take(request, caller, town_->published_seq());
+  HAMLET_ASSIGN_OR_RETURN(PulledPage page, ahead.has_value() ? *std::move(ahead) : town_->ReadPull(request, caller));
+  HAMLET_RETURN_IF_ERROR(town_->AuditSealedReads(page, caller));
+  return page;
 }
 
 // One Watch stream. Lives from Watch() until OnDone(), which deletes it; the
@@ -381,9 +380,10 @@ SyncServiceImpl::SyncServiceImpl(Town* town, const ChangeFeed* feed, const Devic
       rate_limit_(rate_limit),
       max_calls_(max_calls),
       dispatcher_([this] { Dispatch(); }),
+      reader_threads_(ReaderThreads()),
       // A page ahead for as many devices as there are readers.
-      pull_ahead_(&readers_, ReaderThreads(), [metrics](const char* outcome) { metrics->CountPullAhead(outcome); }),
-      readers_(ReaderThreads()) {}
+      pull_ahead_(&readers_, reader_threads_, [metrics](const char* outcome) { metrics->CountPullAhead(outcome); }),
+      readers_(reader_threads_) {}
 
 SyncServiceImpl::~SyncServiceImpl() {
   {

@@ -100,12 +100,14 @@ class SyncServiceImpl final
     bool reoffer = false;
   };
   void Answered(const PushSummary& push, const absl::StatusOr<hamlet::v1::PushResponse>& result, absl::Duration took);
-  // A pull, on a reader thread: the page read ahead for it, if there is
-  // one (PullAhead), else read now; then, if more remains, the next page
-  // is read ahead.
+  // A pull, on a reader thread: its page (PageFor); then, if more remains
+  // and the server is not busy, the next page is read ahead.
   void AnswerPull(grpc::CallbackServerContext* context, const hamlet::v1::PullRequest& request,
                   std::chrono::steady_clock::time_point start, grpc::ByteBuffer* response,
                   grpc::ServerUnaryReactor* reactor);
+  // The page read ahead for the pull (PullAhead), else read now; its sealed
+  // records audited.
+  absl::StatusOr<PulledPage> PageFor(const hamlet::v1::PullRequest& request, const Caller& caller);
   grpc::Status AnswerResolveConflict(grpc::ServerContext* context, const hamlet::v1::ResolveConflictRequest& request,
                                      hamlet::v1::ResolveConflictResponse* response);
   void Dispatch();
@@ -122,6 +124,7 @@ class SyncServiceImpl final
   std::set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mu_);
   bool stopping_ ABSL_GUARDED_BY(watchers_mu_) = false;
   std::thread dispatcher_;
+  const size_t reader_threads_;
   PullAhead pull_ahead_;
   // Declared last: destroyed first, so the pulls and reads ahead still queued
   // run while the rest of the service is there.

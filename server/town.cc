@@ -743,6 +743,12 @@ std::string Town::MakeCursor(const std::string& commune, uint64_t seq) const {
 }
 
 absl::StatusOr<PulledPage> Town::Pull(const hamlet::v1::PullRequest& request, const Caller& caller) {
+  HAMLET_ASSIGN_OR_RETURN(PulledPage pulled, ReadPull(request, caller));
+  HAMLET_RETURN_IF_ERROR(AuditSealedReads(pulled, caller));
+  return pulled;
+}
+
+absl::StatusOr<PulledPage> Town::ReadPull(const hamlet::v1::PullRequest& request, const Caller& caller) {
   HAMLET_RETURN_IF_ERROR(CheckDevice(request.device_id(), caller));
   HAMLET_ASSIGN_OR_RETURN(std::string commune,
                           ResolveScope(request.scope_unit_code(), request.reference_only(), caller));

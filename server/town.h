@@ -59,7 +59,7 @@ struct TownOptions {
 struct PulledPage {
   hamlet::v1::PullResponse response;  // records is empty.
   std::vector<std::string> records;
-  // The ids of the sealed records among them.
+  // The ids of the sealed records among them (Town::ReadPull).
   std::vector<std::string> sealed_reads;
 };
 
@@ -118,8 +118,7 @@ class Town {
                                                                       const Caller& caller);
 
   // Only the records the caller may read, redacted for it (sync/access.h);
-  // the page names the sealed records it holds, which AuditSealedReads must
-  // audit before the page is sent. Errors: INVALID_ARGUMENT (bad scope or malformed
+  // sealed reads are audited. Errors: INVALID_ARGUMENT (bad scope or malformed
   // cursor), PERMISSION_DENIED (a scope beyond the caller's reach, or another
   // device's id), FAILED_PRECONDITION with reason CURSOR_INVALIDATED (cursor
   // from another server or epoch).
@@ -131,12 +130,16 @@ class Town {
   // needs the unit) is parsed and checked first. For any other caller each
   // record is parsed, redacted and encoded again.
   absl::StatusOr<PulledPage> Pull(const hamlet::v1::PullRequest& request, const Caller& caller);
-  // The store's last seq: it moves with every commit that changes what a
-  // pull returns.
-  uint64_t last_seq() const { return store_->last_seq(); }
-  // Writes an audit entry for each sealed record of `page`, going to
-  // `caller`. A page read ahead (PullAhead) is audited only when sent.
+  // Pull in two steps, for a page that may be read before it is sent
+  // (PullAhead): ReadPull reads it and names its sealed records;
+  // AuditSealedReads writes their audit entries, once it is sent.
+  absl::StatusOr<PulledPage> ReadPull(const hamlet::v1::PullRequest& request, const Caller& caller);
   absl::Status AuditSealedReads(const PulledPage& page, const Caller& caller);
+  // The last seq published to watchers. It moves after every commit that
+  // changes what a pull returns, once the commit is visible and the unit
+  // directory holds the units it wrote: a page read at one value is what a
+  // read would return for as long as it stays.
+  uint64_t published_seq() const { return feed_->last_seq(); }
 
   // Notes where a device's pulls stand: the cursor a pull call gave it, or
   // what a bundle from it says. For LastPull; kept in memory only.
