@@ -51,6 +51,17 @@ class PullAheadTest : public ::testing::Test {
   }
   // How many pages ended as `outcome`.
   size_t Ended(const std::string& outcome) const { return std::count(outcomes_.begin(), outcomes_.end(), outcome); }
+  // Returns once the one reader is held by a task that ends when `free` is
+  // notified: what is added meanwhile queues behind it.
+  void HoldReader(absl::Notification* free) {
+    // Shared, so that it outlives this function while Notify() returns.
+    auto busy = std::make_shared<absl::Notification>();
+    pool_.Add([busy, free] {
+      busy->Notify();
+      free->WaitForNotification();
+    });
+    busy->WaitForNotification();
+  }
   // Waits until the reader pool has run everything added so far.
   void Settle() {
     absl::Notification done;
@@ -87,12 +98,8 @@ TEST_F(PullAheadTest, ACommitSinceTheReadBeganMakesThePageStale) {
   EXPECT_FALSE(ahead_.Take(Request("c2"), Member("d1"), 8).has_value());
   EXPECT_EQ(Ended("stale"), 1u);
 
-  absl::Notification busy, free;
-  pool_.Add([&] {
-    busy.Notify();
-    free.WaitForNotification();
-  });
-  busy.WaitForNotification();
+  absl::Notification free;
+  HoldReader(&free);
   ahead_.Start(Request("c3"), Member("d1"), 8, Reading("page 3"));
   EXPECT_FALSE(ahead_.Take(Request("c3"), Member("d1"), 9).has_value());
   free.Notify();
@@ -145,12 +152,8 @@ TEST_F(PullAheadTest, APullWaitsForAReadUnderWayButNotForOneNotBegun) {
   EXPECT_EQ(taken->records, std::vector<std::string>{"page 2"});
 
   // The one reader busy: a page started now is queued behind it.
-  absl::Notification busy, free;
-  pool_.Add([&] {
-    busy.Notify();
-    free.WaitForNotification();
-  });
-  busy.WaitForNotification();
+  absl::Notification free;
+  HoldReader(&free);
   ahead_.Start(Request("c3"), Member("d1"), 7, Reading("page 3"));
   EXPECT_FALSE(ahead_.Take(Request("c3"), Member("d1"), 7).has_value());
   free.Notify();
